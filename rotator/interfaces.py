@@ -1,0 +1,200 @@
+"""The contracts between rotator's core and its providers. Read this file to write a plugin.
+
+A provider is a class registered under an entry-point group::
+
+    [project.entry-points."rotator.issuers"]
+    quivaworks = "providers.quiva.issuer:QuivaIssuer"
+
+    [project.entry-points."rotator.backends"]
+    file = "providers.file:FileBackend"
+
+Built-in providers are registered exactly like third-party ones. The core never imports a provider
+module by name; it asks the registry for the class whose name the config's ``type`` gives.
+
+Life of a provider
+------------------
+1. **Validate, without the network.** ``cls(name, settings, context)`` receives the raw config
+   section (minus ``type``). It validates it and raises :class:`rotator.errors.ConfigError` with
+   the offending field's path relative to the section. It must not open connections or import
+   heavy SDKs here beyond what validation needs.
+2. **Connect lazily.** The first real call builds the client (boto3, hvac, httpx, ...).
+3. **Translate errors at the edge.** Every foreign exception (HTTP status, ``ClientError``,
+   ``hvac.exceptions.*``, ``OSError``) becomes a class of :mod:`rotator.errors`, with
+   ``transient`` set when trying again later may help. No message may contain a key value.
+4. ``close()`` releases connections; it is safe to call twice.
+
+Key values travel only as :class:`rotator.models.Secret`; call ``reveal()`` at the last moment,
+when the value goes on the wire, and never put it in a message, a tag, a name or a description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+from rotator.models import (
+    BackendCapabilities,
+    IssuedKey,
+    IssuerCapabilities,
+    KeyInfo,
+    KeyRef,
+    RotationRecord,
+    Secret,
+    Snapshot,
+)
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """The source of time. ``now()`` returns an aware UTC datetime."""
+
+    def now(self) -> datetime: ...
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What the core hands every provider at construction.
+
+    ``sleep`` is the only way a provider may wait (retry back-off), so tests can run without
+    wall-clock waits. ``resolve_credential`` turns a credential reference from the config
+    (``{env = "..."}``, ``{file = "..."}``, ``{backend = "...", ...}``) into a Secret.
+    ``on_call`` is told about every remote call (provider, operation, outcome) for metrics and
+    benchmarks.
+    """
+
+    clock: Clock
+    sleep: Callable[[float], None]
+    resolve_credential: Callable[[Any, str], Secret]
+    on_call: Callable[[str, str, str], None] = field(default=lambda provider, op, outcome: None)
+
+
+class Target(Protocol):
+    """Where one managed secret lives in one backend (a file path, a secret id, a KV path).
+
+    Built by :meth:`Backend.target` from the ``targets`` entry of a managed secret; immutable.
+    ``label`` is a short human-readable locator used in messages ("file:/etc/app/quiva.json").
+    ``field`` is the name of the JSON field applications read the key from.
+    """
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def field(self) -> str: ...
+
+
+class Backend(Protocol):
+    """A secret store applications read their key from.
+
+    A target holds three slots, modelled on AWS Secrets Manager's version stages:
+
+    * **current** — what applications read (the payload's ``field``),
+    * **pending** — a new key, staged but not yet promoted (primary only),
+    * **previous** — the key current was promoted over, kept during the grace window,
+
+    plus, on the **primary** target, the :class:`RotationRecord`. Every primary write is one
+    atomic compare-and-swap that carries the record along with the slot change: it succeeds only
+    if the target is still at ``expect`` (the ``version`` of the snapshot the caller decided on)
+    and raises :class:`rotator.errors.Conflict` otherwise. ``expect=None`` means "create: the
+    target must not exist yet". Each primary write returns the new version token.
+
+    Secondary targets are written with :meth:`deploy`, an idempotent overwrite of current and
+    previous (the engine orders those writes; the primary's record is the lock).
+
+    Writing never removes fields the backend did not put there (an application's payload may
+    carry other fields).
+    """
+
+    name: str
+    capabilities: BackendCapabilities
+
+    def target(self, spec: Mapping[str, Any]) -> Target:
+        """Validate one target entry (without the network); raise ConfigError naming the field."""
+        ...
+
+    def read(self, target: Target) -> Snapshot:
+        """Read every slot and the record. A missing target returns ``Snapshot()`` (version None).
+
+        A payload rotator cannot parse raises :class:`rotator.errors.CorruptPayload`.
+        """
+        ...
+
+    def write_record(self, target: Target, record: RotationRecord, *, expect: str | None) -> str:
+        """Replace the record only (claim, lease renewal, failure notes, finish). CAS."""
+        ...
+
+    def stage(self, target: Target, value: Secret, record: RotationRecord, *, expect: str | None) -> str:
+        """Put ``value`` in the pending slot and save ``record``, atomically. CAS.
+
+        Creates the target when ``expect`` is None (bootstrap of a new secret).
+        """
+        ...
+
+    def promote(self, target: Target, record: RotationRecord, *, expect: str) -> str:
+        """pending → current, current → previous, pending emptied, ``record`` saved. CAS."""
+        ...
+
+    def discard_pending(self, target: Target, record: RotationRecord, *, expect: str) -> str:
+        """Empty the pending slot and save ``record`` (rollback). CAS."""
+        ...
+
+    def deploy(self, target: Target, current: Secret, previous: Secret | None, meta: KeyRef) -> None:
+        """Secondary write: set current (and previous), with ``meta`` as the backend's metadata.
+
+        Idempotent: repeating the same call leaves the same state. Creates the target when the
+        backend's settings allow it, else raises :class:`rotator.errors.SecretMissing`.
+        """
+        ...
+
+    def delete(self, target: Target) -> None:
+        """Remove the target entirely (tests and clean-up; never called by a rotation)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Issuer(Protocol):
+    """Who mints keys: one account / user of an API provider.
+
+    Keys are user-scoped: a key issued through this issuer belongs to its user and carries that
+    user's permissions. ``owner`` names that user once known (after the first call).
+    """
+
+    name: str
+    capabilities: IssuerCapabilities
+
+    @property
+    def owner(self) -> str | None: ...
+
+    def issue(self, name: str) -> IssuedKey:
+        """Mint a key called ``name``. The value is returned this once; ``key_id`` may be None.
+
+        Not idempotent: a retried request may mint twice. ``name`` carries the rotation id so
+        any extra key is recognisable as an orphan and revoked later.
+        """
+        ...
+
+    def list_keys(self) -> list[KeyInfo]:
+        """Every live key of the issuer's user (metadata only; follows paging if the API pages)."""
+        ...
+
+    def verify(self, value: Secret) -> bool:
+        """Authenticate with ``value``: True if the issuer accepts it, False if it refuses it.
+
+        Raises a transient error when the answer is unknown (5xx, timeouts, rate limits).
+        """
+        ...
+
+    def revoke(self, *, key_id: str | None = None, value: Secret | None = None) -> None:
+        """Delete a key by id (preferred) or by value. Raises :class:`KeyNotFound` when it is
+        already gone, which callers treat as success."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: Signature of a registered backend class: ``BackendClass(name, settings, context)``.
+BackendFactory = Callable[[str, Mapping[str, Any], ProviderContext], Backend]
+#: Signature of a registered issuer class: ``IssuerClass(name, settings, context)``.
+IssuerFactory = Callable[[str, Mapping[str, Any], ProviderContext], Issuer]

@@ -1,0 +1,260 @@
+"""The data rotator reasons about: key values wrapped so they cannot leak, key metadata, the
+rotation record (the journal kept in the primary backend) and what a backend read returns.
+
+Everything here is a frozen dataclass. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from typing import Any, Mapping
+
+from rotator import redact
+from rotator.timeutil import format_instant, parse_instant
+
+RECORD_FORMAT = 1
+_FINGERPRINT_KEY = b"rotator/fingerprint/v1"
+
+
+def fingerprint(value: str) -> str:
+    """A stable, one-way digest of a key value, safe to store and print (16 hex characters)."""
+    return hmac.new(_FINGERPRINT_KEY, value.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+class Secret:
+    """A key value. Its ``str``/``repr`` never show it; only ``reveal()`` does.
+
+    Creating one registers the value with the redactor, so the value is masked in every log
+    record, exception message and CLI line this process produces from then on.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise ValueError("a secret must be a non-empty string")
+        self._value = value
+        redact.remember(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    @property
+    def last4(self) -> str:
+        return self._value[-4:]
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self._value)
+
+    def __repr__(self) -> str:
+        return f"<secret …{self.last4} fp={self.fingerprint}>"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("secrets are not picklable")
+
+
+class Phase(str, enum.Enum):
+    """Where a managed secret stands in its rotation (ARCHITECTURE.md §4)."""
+
+    IDLE = "idle"                  # one current key; nothing in flight
+    CLAIMED = "claimed"            # a runner holds the lease and is about to issue
+    STAGED = "staged"              # the new key is pending in the primary; deploy + verify next
+    GRACE = "grace"                # new key is current everywhere; old key still valid until grace_until
+    ROLLING_BACK = "rolling_back"  # the new key failed verification; restoring the old one
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """What rotator knows of one key, without its value."""
+
+    fingerprint: str
+    last4: str
+    key_id: str | None = None
+    name: str | None = None
+    created_on: datetime | None = None
+    expires_on: datetime | None = None
+    rotation_id: str | None = None
+
+    @classmethod
+    def of(cls, secret: Secret, **meta: Any) -> KeyRef:
+        return cls(fingerprint=secret.fingerprint, last4=secret.last4, **meta)
+
+    def label(self) -> str:
+        """Short, printable: '…c0de (id 42)'."""
+        ident = f" (id {self.key_id})" if self.key_id else ""
+        return f"…{self.last4}{ident}"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["created_on"] = format_instant(self.created_on)
+        out["expires_on"] = format_instant(self.expires_on)
+        return {k: v for k, v in out.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KeyRef:
+        return cls(
+            fingerprint=str(data["fingerprint"]),
+            last4=str(data["last4"]),
+            key_id=data.get("key_id"),
+            name=data.get("name"),
+            created_on=_instant(data.get("created_on")),
+            expires_on=_instant(data.get("expires_on")),
+            rotation_id=data.get("rotation_id"),
+        )
+
+
+@dataclass(frozen=True)
+class RotationRecord:
+    """The journal of one managed secret, stored in its primary backend next to the value.
+
+    Written with compare-and-swap before every effect, so a crash anywhere replays to the same
+    outcome. Holds fingerprints and ids, never values.
+    """
+
+    phase: Phase = Phase.IDLE
+    current: KeyRef | None = None
+    pending: KeyRef | None = None
+    previous: KeyRef | None = None
+    rotation_id: str | None = None
+    owner: str | None = None
+    lease_until: datetime | None = None
+    started_at: datetime | None = None
+    verified_at: datetime | None = None
+    grace_until: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    last_rotated_at: datetime | None = None
+    rotations: int = 0
+    adoption: str | None = None
+    format: int = RECORD_FORMAT
+
+    def evolve(self, **changes: Any) -> RotationRecord:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": self.format, "phase": self.phase.value}
+        for name in ("current", "pending", "previous"):
+            ref = getattr(self, name)
+            if ref is not None:
+                out[name] = ref.to_dict()
+        for name in ("started_at", "verified_at", "grace_until", "lease_until", "last_rotated_at"):
+            if getattr(self, name) is not None:
+                out[name] = format_instant(getattr(self, name))
+        for name in ("rotation_id", "owner", "last_error", "adoption"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        out["attempts"] = self.attempts
+        out["rotations"] = self.rotations
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RotationRecord:
+        version = int(data.get("format", 1))
+        if version > RECORD_FORMAT:
+            raise ValueError(
+                f"rotation record format {version} is newer than this rotator understands"
+                f" ({RECORD_FORMAT}); upgrade rotator"
+            )
+        refs = {n: KeyRef.from_dict(data[n]) for n in ("current", "pending", "previous") if data.get(n)}
+        return cls(
+            phase=Phase(data.get("phase", "idle")),
+            rotation_id=data.get("rotation_id"),
+            owner=data.get("owner"),
+            lease_until=_instant(data.get("lease_until")),
+            started_at=_instant(data.get("started_at")),
+            verified_at=_instant(data.get("verified_at")),
+            grace_until=_instant(data.get("grace_until")),
+            attempts=int(data.get("attempts", 0)),
+            last_error=data.get("last_error"),
+            last_rotated_at=_instant(data.get("last_rotated_at")),
+            rotations=int(data.get("rotations", 0)),
+            adoption=data.get("adoption"),
+            **refs,
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One read of a backend target.
+
+    ``version`` is an opaque compare-and-swap token (None: the target does not exist). Secondary
+    targets may leave ``pending`` and ``record`` empty.
+    """
+
+    version: str | None = None
+    current: Secret | None = None
+    pending: Secret | None = None
+    previous: Secret | None = None
+    record: RotationRecord | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.version is not None
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key just minted. The issuer returns its value once; ``key_id`` is often unknown yet."""
+
+    value: Secret
+    name: str
+    created_on: datetime
+    expires_on: datetime
+    key_id: str | None = None
+
+    def ref(self, rotation_id: str | None = None) -> KeyRef:
+        return KeyRef.of(
+            self.value,
+            key_id=self.key_id,
+            name=self.name,
+            created_on=self.created_on,
+            expires_on=self.expires_on,
+            rotation_id=rotation_id,
+        )
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One entry of an issuer's key listing: metadata, never the value."""
+
+    key_id: str
+    name: str
+    last4: str
+    created_on: datetime | None
+    expires_on: datetime | None
+    account: str | None = None
+    last_used_on: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IssuerCapabilities:
+    reports_last_used: bool = False
+    revoke_by_value: bool = False
+    max_keys_per_owner: int | None = None
+
+
+@dataclass(frozen=True)
+class BackendCapabilities:
+    holds_record: bool = True       # has compare-and-swap: may be a primary
+    keeps_previous: bool = True     # can hold the previous value during the grace window
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _instant(value: Any) -> datetime | None:
+    return None if value in (None, "") else parse_instant(value)
