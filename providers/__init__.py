@@ -1,0 +1,1 @@
+"""Issuer and backend plugins that ship with rotator."""

@@ -1,0 +1,574 @@
+"""The emulator's in-memory model: users, API keys, sessions, clock, faults and counters.
+
+Nothing here speaks HTTP. Domain failures are raised as :class:`ApiError` subclasses and
+``server.py`` turns them into status codes and bodies. Key values are secrets even in an
+emulator: they are never put in exception text, ``repr`` output or fault snapshots.
+
+Thread safety: :class:`State` owns one re-entrant lock; every public method takes it, and the
+:class:`Faults` object shares it. Nothing in this module sleeps while holding it.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import secrets
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+UTC = timezone.utc
+ROLES = ("admin", "member", "viewer")
+_KEY_WRITERS = frozenset({"admin", "member"})
+_KEY_PREFIX = "ms-"
+
+
+# --------------------------------------------------------------------------- time helpers
+
+def as_utc(moment: datetime) -> datetime:
+    """Return ``moment`` as an aware UTC datetime; a naive one is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def to_millis(moment: datetime) -> datetime:
+    """Drop sub-millisecond precision, so a stored instant equals its rendered form."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """Render an instant as ISO-8601 UTC with milliseconds and ``Z``: ``2026-11-26T14:00:00.123Z``."""
+    if moment is None:
+        return None
+    moment = as_utc(moment)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_iso(text: str) -> datetime:
+    """Parse an ISO-8601 instant (``Z`` or an offset; naive means UTC) into aware UTC."""
+    if not isinstance(text, str):
+        raise ValueError("an instant must be an ISO-8601 string")
+    return as_utc(datetime.fromisoformat(text.strip()))
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """Add calendar months, clamping the day to the target month's length (Nov 30 + 3 = Feb 28/29)."""
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def fingerprint(value: str) -> str:
+    """The sha256 hex digest of a key value: lets tests identify a key without holding it."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+class SettableClock:
+    """Real UTC time plus an adjustable offset: the emulator's default clock. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._offset = timedelta(0)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            offset = self._offset
+        return datetime.now(UTC) + offset
+
+    def set(self, moment: datetime) -> None:
+        """Make ``now()`` read ``moment`` from here on (time keeps running from there)."""
+        with self._lock:
+            self._offset = as_utc(moment) - datetime.now(UTC)
+
+    def advance(self, delta: timedelta) -> datetime:
+        with self._lock:
+            self._offset += delta
+        return self.now()
+
+    def reset(self) -> None:
+        """Back to real time."""
+        with self._lock:
+            self._offset = timedelta(0)
+
+
+# --------------------------------------------------------------------------- errors
+
+class ApiError(Exception):
+    """A refusal the API reports to the caller. Messages never contain key or token values."""
+
+
+class BadRequest(ApiError):
+    """The request is malformed (400)."""
+
+
+class InvalidCredentials(ApiError):
+    """Unknown, deleted, expired or malformed key or token (401)."""
+
+
+class Forbidden(ApiError):
+    """The caller's role may not do this (403)."""
+
+
+class NotFound(ApiError):
+    """No such key, user or route (404)."""
+
+
+# --------------------------------------------------------------------------- records
+
+@dataclass
+class User:
+    email: str
+    role: str
+
+
+@dataclass
+class KeyRecord:
+    """One API key. ``value`` and ``creds`` are kept out of ``repr`` so they cannot leak via logs."""
+
+    id: str
+    name: str
+    account: str
+    value: str = field(repr=False)
+    creds: str = field(repr=False)
+    created_on: datetime
+    expires_on: datetime
+    deleted_on: datetime | None = None
+    last_used_on: datetime | None = None
+    delete_count: int = 0
+
+    def is_live(self, now: datetime) -> bool:
+        """Not deleted and not yet expired."""
+        return self.deleted_on is None and now < self.expires_on
+
+    def issue_view(self) -> dict[str, Any]:
+        """The ``data`` of an issue response: the only place a value is ever shown. No id."""
+        return {"key": self.value, "name": self.name, "created_on": iso(self.created_on),
+                "expires_on": iso(self.expires_on), "creds": self.creds}
+
+    def listing_view(self, with_last_used: bool = False) -> dict[str, Any]:
+        """An entry of the list endpoint (also the ``data`` of a delete response)."""
+        view = {"id": self.id, "name": self.name, "last_4_characters": self.value[-4:],
+                "created_on": iso(self.created_on), "expires_on": iso(self.expires_on),
+                "account": self.account}
+        if with_last_used:
+            view["last_used_on"] = iso(self.last_used_on)
+        return view
+
+    def record_view(self) -> dict[str, Any]:
+        """The test-side view: everything but the value, which is replaced by its fingerprint."""
+        view = self.listing_view(with_last_used=True)
+        view.update(deleted_on=iso(self.deleted_on), value_fingerprint=fingerprint(self.value),
+                    delete_count=self.delete_count)
+        return view
+
+
+@dataclass
+class Session:
+    auth_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    email: str
+    expires_at: datetime
+
+
+# --------------------------------------------------------------------------- faults
+
+@dataclass
+class Injected:
+    """A response forced by a fault instead of (or after) the real one."""
+
+    status: int
+    message: str
+    retry_after: int | None = None
+    retry_after_header: bool = False
+
+
+@dataclass
+class _Countdown:
+    """``remaining`` more requests matching ``path`` get ``status``."""
+
+    remaining: int
+    status: int
+    path: str | None
+
+
+class _TokenBucket:
+    """Classic token bucket in real monotonic time: ``burst`` tokens, refilled at ``rate``/s."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+def _path_matches(wanted: str | None, method: str, path: str) -> bool:
+    """A fault's path filter: None matches all, "/p" matches any method, "POST /p" one method."""
+    if wanted is None:
+        return True
+    if " " in wanted:
+        return wanted == f"{method} {path}"
+    return wanted == path
+
+
+def _count(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError("n must be a non-negative integer")
+    return n
+
+
+def _status(status: Any) -> int:
+    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+        raise ValueError("status must be an integer from 400 to 599")
+    return status
+
+
+def _seconds(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{what} must be a non-negative number")
+    return float(value)
+
+
+def _path_filter(path: Any) -> str | None:
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        raise ValueError("path must be a string like '/accounts/api-key' or 'DELETE /accounts/api-key'")
+    return path.strip() if path else None
+
+
+class Faults:
+    """Fault injection and knobs. Shares the state lock; never sleeps itself.
+
+    Per request the server asks, in this order: :meth:`latency_for` (then sleeps outside the
+    lock), :meth:`before_effect` (rate limit, then throttle, then fail-without-effect), and after
+    performing the action :meth:`after_effect` (lost response).
+    """
+
+    def __init__(self, lock: threading.RLock) -> None:
+        self._lock = lock
+        self.clear()
+
+    # ---- knobs
+    def fail_next(self, n: int, status: int = 503, path: str | None = None) -> None:
+        """The next ``n`` matching requests get ``status`` WITHOUT the action being performed."""
+        with self._lock:
+            self._before.append(_Countdown(_count(n), _status(status), _path_filter(path)))
+
+    def fail_after_effect_next(self, n: int, status: int = 503, path: str | None = None) -> None:
+        """The next ``n`` matching requests ARE performed, then answered with ``status``."""
+        with self._lock:
+            self._after.append(_Countdown(_count(n), _status(status), _path_filter(path)))
+
+    def throttle_next(self, n: int, retry_after: int = 1, header: bool = True) -> None:
+        """The next ``n`` requests get 429 with ``retry_after`` (and a Retry-After header if asked)."""
+        with self._lock:
+            self._throttle_left = _count(n)
+            self._throttle_retry_after = int(_seconds(retry_after, "retry_after"))
+            self._throttle_header = bool(header)
+
+    def rate_limit(self, per_second: float | None, burst: int = 1, retry_after: int = 1) -> None:
+        """Limit all requests with a token bucket in real time; ``None`` disables the limit."""
+        with self._lock:
+            if per_second is None:
+                self._bucket = None
+                return
+            if _seconds(per_second, "per_second") <= 0:
+                raise ValueError("per_second must be positive (or None to disable)")
+            if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+                raise ValueError("burst must be a positive integer")
+            self._bucket = _TokenBucket(float(per_second), burst)
+            self._bucket_retry_after = int(_seconds(retry_after, "retry_after"))
+
+    def set_latency(self, seconds: float, path: str | None = None) -> None:
+        """Sleep ``seconds`` (real time) before answering requests to ``path`` (all if None); 0 removes."""
+        with self._lock:
+            seconds = _seconds(seconds, "seconds")
+            key = _path_filter(path)
+            if seconds:
+                self._latency[key] = seconds
+            else:
+                self._latency.pop(key, None)
+
+    def clear(self) -> None:
+        """Remove every fault, limit and latency."""
+        with self._lock:
+            self._before: list[_Countdown] = []
+            self._after: list[_Countdown] = []
+            self._throttle_left = 0
+            self._throttle_retry_after = 1
+            self._throttle_header = True
+            self._bucket: _TokenBucket | None = None
+            self._bucket_retry_after = 1
+            self._latency: dict[str | None, float] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        """What is currently armed, for the knob endpoint."""
+        with self._lock:
+            return {
+                "fail_next": self._armed(self._before),
+                "fail_after_effect_next": self._armed(self._after),
+                "throttle_next": {"n": self._throttle_left, "retry_after": self._throttle_retry_after,
+                                  "header": self._throttle_header},
+                "rate_limit": None if self._bucket is None else {
+                    "per_second": self._bucket.rate, "burst": self._bucket.burst,
+                    "retry_after": self._bucket_retry_after},
+                "latency": [{"path": p, "seconds": s} for p, s in self._latency.items()],
+            }
+
+    # ---- used by the server for each API request
+    def latency_for(self, method: str, path: str) -> float:
+        """Seconds to sleep before answering: the most specific matching latency wins."""
+        with self._lock:
+            for key in (f"{method} {path}", path, None):
+                if key in self._latency:
+                    return self._latency[key]
+            return 0.0
+
+    def before_effect(self, method: str, path: str) -> Injected | None:
+        """A response that replaces the real one, the action not performed; None to proceed."""
+        with self._lock:
+            if self._bucket is not None and not self._bucket.take():
+                return Injected(429, "Too many requests; slow down",
+                                self._bucket_retry_after, retry_after_header=True)
+            if self._throttle_left:
+                self._throttle_left -= 1
+                return Injected(429, "Too many requests; slow down",
+                                self._throttle_retry_after, self._throttle_header)
+            rule = self._consume(self._before, method, path)
+            if rule is not None:
+                return Injected(rule.status, "Injected failure; the request was not performed")
+            return None
+
+    def after_effect(self, method: str, path: str) -> Injected | None:
+        """A response that replaces the real one after the action was performed; None if none."""
+        with self._lock:
+            rule = self._consume(self._after, method, path)
+            if rule is None:
+                return None
+            return Injected(rule.status, "Injected failure")
+
+    @staticmethod
+    def _armed(rules: list[_Countdown]) -> list[dict[str, Any]]:
+        return [{"n": r.remaining, "status": r.status, "path": r.path} for r in rules if r.remaining]
+
+    @staticmethod
+    def _consume(rules: list[_Countdown], method: str, path: str) -> _Countdown | None:
+        for rule in rules:
+            if rule.remaining and _path_matches(rule.path, method, path):
+                rule.remaining -= 1
+                return rule
+        return None
+
+
+# --------------------------------------------------------------------------- the model
+
+class State:
+    """Users, keys and sessions of one emulated QuivaWorks deployment, plus faults and counters."""
+
+    def __init__(self, clock: Any, key_lifetime_months: int = 3,
+                 session_ttl: timedelta = timedelta(minutes=30)) -> None:
+        if key_lifetime_months < 1:
+            raise ValueError("key_lifetime_months must be at least 1")
+        self.lock = threading.RLock()
+        self.clock = clock
+        self.key_lifetime_months = key_lifetime_months
+        self.session_ttl = session_ttl
+        self.faults = Faults(self.lock)
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop all users, keys, sessions, faults and counters."""
+        with self.lock:
+            self._users: dict[str, User] = {}
+            self._keys: dict[str, KeyRecord] = {}          # id -> record, in creation order
+            self._key_ids_by_value: dict[str, str] = {}
+            self._issued: list[str] = []
+            self._sessions: dict[str, Session] = {}        # auth token -> session
+            self._refresh: dict[str, str] = {}             # unused refresh token -> auth token
+            self._counters: Counter[str] = Counter()
+            self.faults.clear()
+
+    def now(self) -> datetime:
+        return as_utc(self.clock.now())
+
+    # ---- counters
+    def count_request(self, method: str, path: str) -> None:
+        with self.lock:
+            self._counters[f"{method} {path}"] += 1
+
+    def count_status(self, status: int) -> None:
+        with self.lock:
+            self._counters[f"status:{status}"] += 1
+
+    def counters(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self._counters)
+
+    def reset_counters(self) -> None:
+        with self.lock:
+            self._counters.clear()
+
+    # ---- users and keys (test-side)
+    def add_user(self, email: str, role: str = "admin", key: str | None = None) -> str:
+        """Create (or re-role) a user and give it a key named "admin"; returns the key value.
+
+        ``key`` registers a value supplied by the caller instead of minting one.
+        """
+        if not isinstance(email, str) or not email.strip():
+            raise BadRequest("email must be a non-empty string")
+        if role not in ROLES:
+            raise BadRequest(f"role must be one of {', '.join(ROLES)}")
+        if key is not None and (not isinstance(key, str) or not key.strip()):
+            raise BadRequest("a supplied key must be a non-empty string")
+        with self.lock:
+            if key is not None and key in self._key_ids_by_value:
+                raise BadRequest("that key value is already registered")
+            self._users[email] = User(email, role)
+            return self._new_key(email, "admin", value=key).value
+
+    def create_key(self, email: str, name: str, created_on: datetime | None = None) -> KeyRecord:
+        """Seed a key for an existing user, optionally back-dated (or future-dated)."""
+        with self.lock:
+            if email not in self._users:
+                raise NotFound("User not found")
+            if not isinstance(name, str) or not name.strip():
+                raise BadRequest("name must be a non-empty string")
+            return self._new_key(email, name, created_on=created_on)
+
+    def _new_key(self, email: str, name: str, created_on: datetime | None = None,
+                 value: str | None = None) -> KeyRecord:
+        created = to_millis(as_utc(created_on) if created_on is not None else self.now())
+        value = value if value is not None else _KEY_PREFIX + secrets.token_hex(16)
+        record = KeyRecord(id=secrets.token_hex(12), name=name, account=email, value=value,
+                           creds=secrets.token_urlsafe(24), created_on=created,
+                           expires_on=add_months(created, self.key_lifetime_months))
+        self._keys[record.id] = record
+        self._key_ids_by_value[value] = record.id
+        self._issued.append(value)
+        return record
+
+    def is_active(self, value: str) -> bool:
+        with self.lock:
+            key_id = self._key_ids_by_value.get(value) if isinstance(value, str) else None
+            return key_id is not None and self._keys[key_id].is_live(self.now())
+
+    def key_records(self, email: str | None = None) -> list[KeyRecord]:
+        """Every key, deleted ones included, optionally of one account."""
+        with self.lock:
+            return [r for r in self._keys.values() if email is None or r.account == email]
+
+    def issued_values(self) -> list[str]:
+        with self.lock:
+            return list(self._issued)
+
+    def delete_count(self, key_id: str) -> int:
+        with self.lock:
+            record = self._keys.get(key_id)
+            return record.delete_count if record else 0
+
+    # ---- the API's operations
+    def authenticate(self, api_key: Any) -> Session:
+        """Exchange a live key for a session; records the key's last use."""
+        with self.lock:
+            record = self._live_key(api_key)
+            record.last_used_on = to_millis(self.now())
+            return self._new_session(record.account)
+
+    def refresh(self, auth_token: Any, refresh_token: Any) -> Session:
+        """Trade a matching, unused (auth, refresh) pair for a new pair; the refresh token is spent.
+
+        The old auth token stays valid until its own expiry (the reference is silent on this).
+        """
+        with self.lock:
+            if not isinstance(auth_token, str) or not isinstance(refresh_token, str):
+                raise InvalidCredentials("auth_token and refresh_token are required")
+            if self._refresh.get(refresh_token) != auth_token:
+                raise InvalidCredentials("Invalid or already used refresh token")
+            del self._refresh[refresh_token]
+            return self._new_session(self._sessions[auth_token].email)
+
+    def session_user(self, auth_token: str) -> User:
+        """The user behind a session token, or InvalidCredentials if unknown or expired."""
+        with self.lock:
+            session = self._sessions.get(auth_token)
+            if session is None:
+                raise InvalidCredentials("Invalid session token")
+            if self.now() >= session.expires_at:
+                raise InvalidCredentials("Session token expired")
+            return self._users[session.email]
+
+    def use_key(self, api_key: Any) -> KeyRecord:
+        """Product-API use of a key (e.g. GET /v1/agents): must be live; records last use."""
+        with self.lock:
+            record = self._live_key(api_key)
+            record.last_used_on = to_millis(self.now())
+            return record
+
+    def issue_key(self, user: User, key_name: Any) -> KeyRecord:
+        with self.lock:
+            if user.role not in _KEY_WRITERS:
+                raise Forbidden(f"Role '{user.role}' cannot create API keys")
+            if not isinstance(key_name, str) or not key_name.strip():
+                raise BadRequest("key_name is required")
+            return self._new_key(user.email, key_name)
+
+    def list_keys(self, user: User, email: str | None = None) -> list[KeyRecord]:
+        """Live (not deleted) keys of ``email`` (default: the caller), expired ones included."""
+        with self.lock:
+            target = email or user.email
+            if target != user.email and user.role != "admin":
+                raise Forbidden("Only admins may list another user's API keys")
+            return [r for r in self._keys.values() if r.account == target and r.deleted_on is None]
+
+    def delete_key(self, user: User, key_id: str | None = None, value: str | None = None) -> KeyRecord:
+        """Revoke a key at once, found by id or by full value.
+
+        A key of another user is reported as 404, not 403, to a non-admin: the reference is
+        silent here, and 404 does not reveal that the id exists. Admins may delete any key.
+        An already deleted key is 404 as well, so a retried delete can never count twice.
+        """
+        with self.lock:
+            if user.role not in _KEY_WRITERS:
+                raise Forbidden(f"Role '{user.role}' cannot delete API keys")
+            if (key_id is None) == (value is None):
+                raise BadRequest("Give exactly one of the query parameters id or key")
+            found = self._keys.get(key_id) if key_id is not None else \
+                self._keys.get(self._key_ids_by_value.get(value, ""))
+            if found is None or found.deleted_on is not None or \
+                    (found.account != user.email and user.role != "admin"):
+                raise NotFound("API key not found")
+            found.deleted_on = to_millis(self.now())
+            found.delete_count += 1
+            return found
+
+    # ---- internals
+    def _live_key(self, api_key: Any) -> KeyRecord:
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise InvalidCredentials("Malformed API key")
+        key_id = self._key_ids_by_value.get(api_key)
+        if key_id is None:
+            raise InvalidCredentials("Unknown API key")
+        record = self._keys[key_id]
+        if record.deleted_on is not None:
+            raise InvalidCredentials("API key has been deleted")
+        if self.now() >= record.expires_on:
+            raise InvalidCredentials("API key has expired")
+        return record
+
+    def _new_session(self, email: str) -> Session:
+        session = Session(auth_token=secrets.token_urlsafe(32), refresh_token=secrets.token_urlsafe(32),
+                          email=email, expires_at=self.now() + self.session_ttl)
+        self._sessions[session.auth_token] = session
+        self._refresh[session.refresh_token] = session.auth_token
+        return session

@@ -1,0 +1,327 @@
+"""The rotation state machine. PURE: no I/O, no clock; ``now`` is an argument.
+
+``decide(policy, obs, now)`` looks at the rotation record (the journal in the primary backend)
+and at what this run has observed and done so far, and returns the one next :class:`Step`. The
+engine performs it, updates the observations and asks again, until a terminal step (``Rest``,
+``Wait``, ``Fail``). Because every decision is a function of the persisted record plus facts the
+current run gathered itself, a run that dies after any effect is resumed by the next run from
+the record alone (I5).
+
+Phases (see ARCHITECTURE.md §4)::
+
+    IDLE ─due─▶ CLAIMED ─issue+stage─▶ STAGED ─deploy, read back, authenticate─▶ GRACE ─▶ IDLE
+                  │                      │                                  (revoke old, finish)
+                  └ runner died: sweep   └ new key refused: ROLLING_BACK ─restore, revoke new─▶ IDLE
+                    orphans, claim again
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Mapping
+
+from rotator.models import Phase, RotationRecord, Secret, Snapshot
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The per-secret settings decisions depend on."""
+
+    lead_time: timedelta
+    grace: timedelta
+    lease: timedelta
+    create_if_missing: bool
+    primary: str                  # label of the primary target
+    secondaries: tuple[str, ...]  # labels of the other targets, in config order
+
+
+@dataclass(frozen=True)
+class View:
+    """What one target holds, as fingerprints. ``fresh``: read from the backend in this run
+    (False when inferred from this run's own write and not yet read back)."""
+
+    exists: bool = False
+    current: str | None = None
+    pending: str | None = None
+    previous: str | None = None
+    fresh: bool = True
+
+
+def view_of(snap: Snapshot, fresh: bool = True) -> View:
+    """Reduce a backend read to fingerprints: the machine never sees values."""
+    def fp(value: Secret | None) -> str | None:
+        return value.fingerprint if value is not None else None
+
+    return View(exists=snap.exists, current=fp(snap.current), pending=fp(snap.pending),
+                previous=fp(snap.previous), fresh=fresh)
+
+
+@dataclass(frozen=True)
+class Observations:
+    """The record plus everything this run has seen and done for one secret."""
+
+    me: str                                   # this runner's identity
+    record: RotationRecord | None
+    views: Mapping[str, View] = field(default_factory=dict)   # by target label; absent = not read
+    force: bool = False
+    deployed: frozenset[str] = frozenset()    # secondaries written by this run in this phase
+    new_key_accepted: bool | None = None      # live authentication of the pending key
+    orphans_swept: bool = False
+    old_revoked: bool = False
+    new_revoked: bool = False
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    """Base class. ``terminal`` steps end the run for this secret."""
+
+    terminal = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class Rest(Step):
+    """Nothing to do now; the next thing happens at ``next_at``."""
+
+    reason: str
+    next_at: datetime | None = None
+    terminal = True
+
+
+@dataclass(frozen=True)
+class Wait(Step):
+    """Another runner holds the lease; look again at ``until``."""
+
+    reason: str
+    until: datetime | None = None
+    terminal = True
+
+
+@dataclass(frozen=True)
+class Fail(Step):
+    """This run cannot make progress for this secret. ``retry`` False: needs a person."""
+
+    reason: str
+    retry: bool = True
+    terminal = True
+
+
+@dataclass(frozen=True)
+class Adopt(Step):
+    """The primary holds a key rotator has no record of: match it at the issuer, record it."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Claim(Step):
+    """Take the lease for a new rotation (CAS on the record). ``bootstrap``: no key exists yet."""
+
+    reason: str
+    bootstrap: bool = False
+
+
+@dataclass(frozen=True)
+class SweepOrphans(Step):
+    """A runner died after claiming: revoke any key its rotation id minted."""
+
+
+@dataclass(frozen=True)
+class IssueAndStage(Step):
+    """Issue the new key and write it to the primary's pending slot in one breath (I2)."""
+
+
+@dataclass(frozen=True)
+class TakeOver(Step):
+    """The lease holder is gone (lease expired or released): take the lease to continue."""
+
+
+@dataclass(frozen=True)
+class Deploy(Step):
+    """Write the new key as current (old as previous) to these secondaries."""
+
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReadBack(Step):
+    """Read these targets to compare fingerprints."""
+
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VerifyNewKey(Step):
+    """Authenticate at the issuer with the pending key."""
+
+
+@dataclass(frozen=True)
+class Promote(Step):
+    """Primary: pending → current, current → previous; the grace window starts."""
+
+
+@dataclass(frozen=True)
+class BeginRollback(Step):
+    reason: str
+
+
+@dataclass(frozen=True)
+class Restore(Step):
+    """Rollback: put the old key back as current on these secondaries."""
+
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RevokeNew(Step):
+    """Rollback: revoke the key that failed verification."""
+
+
+@dataclass(frozen=True)
+class FinishRollback(Step):
+    reason: str
+
+
+@dataclass(frozen=True)
+class RevokeOld(Step):
+    """Grace is over and every target holds the new key: revoke the old one (I3)."""
+
+
+@dataclass(frozen=True)
+class Finish(Step):
+    """Close the rotation: record back to IDLE."""
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+def decide(policy: Policy, obs: Observations, now: datetime) -> Step:
+    """The next step for one secret."""
+    record = obs.record
+    primary = obs.views.get(policy.primary, View(exists=False))
+    if record is None:
+        return _unmanaged(policy, primary)
+    if record.phase in (Phase.CLAIMED, Phase.STAGED, Phase.ROLLING_BACK) and record.owner != obs.me:
+        if record.owner and record.lease_until and record.lease_until > now:
+            return Wait(f"rotation {record.rotation_id} in progress by {record.owner}", record.lease_until)
+    handler = _PHASES[record.phase]
+    return handler(policy, obs, record, primary, now)
+
+
+def due_at(policy: Policy, record: RotationRecord) -> datetime | None:
+    """When the current key must be replaced: its real expiry minus the lead time."""
+    if record.current is None or record.current.expires_on is None:
+        return None
+    return record.current.expires_on - policy.lead_time
+
+
+def _unmanaged(policy: Policy, primary: View) -> Step:
+    if primary.current is not None:
+        return Adopt("first run: the primary holds a key rotator has not recorded yet")
+    if primary.pending is not None:
+        return Fail("primary holds a pending value but no rotation record; inspect it by hand", retry=False)
+    if not policy.create_if_missing:
+        return Fail(f"{policy.primary} holds no key and create_if_missing is off", retry=False)
+    return Claim("bootstrap: no key yet", bootstrap=True)
+
+
+def _idle(policy: Policy, obs: Observations, record: RotationRecord, primary: View, now: datetime) -> Step:
+    recorded = record.current.fingerprint if record.current else None
+    if primary.current != recorded:
+        if primary.current is None:
+            return Claim("the primary lost its key: issuing a new one", bootstrap=True)
+        return Adopt("the primary's key was changed outside rotator")
+    due = due_at(policy, record)
+    if obs.force:
+        return Claim("forced")
+    if due is None:
+        return Claim("expiry of the current key is unknown")
+    if now >= due:
+        expired = record.current is not None and record.current.expires_on and now >= record.current.expires_on
+        return Claim("the current key has EXPIRED" if expired else "due: expires within the lead time")
+    return Rest("healthy", next_at=due)
+
+
+def _claimed(policy: Policy, obs: Observations, record: RotationRecord, primary: View, now: datetime) -> Step:
+    if record.owner == obs.me:
+        return IssueAndStage()
+    if not obs.orphans_swept:
+        return SweepOrphans()
+    return Claim(f"resuming rotation abandoned by {record.owner or 'a stopped runner'}",
+                 bootstrap=record.current is None)
+
+
+def _staged(policy: Policy, obs: Observations, record: RotationRecord, primary: View, now: datetime) -> Step:
+    if record.owner != obs.me:
+        return TakeOver()
+    if record.pending is None or primary.pending != record.pending.fingerprint:
+        return BeginRollback("the pending key is no longer in the primary")
+    todo = tuple(t for t in policy.secondaries if t not in obs.deployed)
+    if todo:
+        return Deploy(todo)
+    unread = tuple(t for t in (policy.primary, *policy.secondaries) if not _fresh(obs, t))
+    if unread:
+        return ReadBack(unread)
+    wanted = record.pending.fingerprint
+    wrong = [t for t in policy.secondaries if obs.views[t].current != wanted]
+    if primary.pending != wanted:
+        wrong.insert(0, policy.primary)
+    if wrong:
+        return Fail(f"read-back does not show the new key on {', '.join(wrong)}")
+    if obs.new_key_accepted is None:
+        return VerifyNewKey()
+    if not obs.new_key_accepted:
+        return BeginRollback("the issuer refused the new key")
+    return Promote()
+
+
+def _grace(policy: Policy, obs: Observations, record: RotationRecord, primary: View, now: datetime) -> Step:
+    current = record.current.fingerprint if record.current else None
+    old = record.previous
+    old_dead = old is not None and old.expires_on is not None and old.expires_on <= now
+    if record.grace_until and now < record.grace_until and not old_dead:
+        return Rest("grace window: both keys valid", next_at=record.grace_until)
+    if primary.current != current:
+        return Fail(f"{policy.primary} no longer holds the new key; not revoking the old one", retry=False)
+    unread = tuple(t for t in policy.secondaries if not _fresh(obs, t))
+    if unread:
+        return ReadBack(unread)
+    drifted = tuple(t for t in policy.secondaries if obs.views[t].current != current)
+    if drifted:
+        again = tuple(t for t in drifted if t not in obs.deployed)
+        if again:
+            return Deploy(again)
+        return Fail(f"{', '.join(drifted)} still not holding the new key; old key kept")
+    if old is not None and not obs.old_revoked:
+        return RevokeOld()
+    return Finish()
+
+
+def _rolling_back(policy: Policy, obs: Observations, record: RotationRecord, primary: View, now: datetime) -> Step:
+    if record.owner != obs.me:
+        return TakeOver()
+    todo = tuple(t for t in policy.secondaries if t not in obs.deployed)
+    if todo and primary.current is not None:
+        return Restore(todo)
+    if record.pending is not None and not obs.new_revoked:
+        return RevokeNew()
+    return FinishRollback(record.last_error or "rollback")
+
+
+def _fresh(obs: Observations, label: str) -> bool:
+    view = obs.views.get(label)
+    return view is not None and view.fresh
+
+
+_PHASES = {
+    Phase.IDLE: _idle,
+    Phase.CLAIMED: _claimed,
+    Phase.STAGED: _staged,
+    Phase.GRACE: _grace,
+    Phase.ROLLING_BACK: _rolling_back,
+}

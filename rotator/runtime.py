@@ -1,0 +1,161 @@
+"""Builds the live objects from validated settings: providers, targets, managed secrets.
+
+Construction does no network I/O (each provider validates its own section and targets), so a
+bad config fails here, before anything is touched, with an error naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from rotator import credentials, registry
+from rotator.clock import SystemClock
+from rotator.config import SecretSpec, Settings
+from rotator.errors import ConfigError
+from rotator.interfaces import Backend, Clock, Issuer, ProviderContext, Target
+from rotator.machine import Policy
+from rotator.models import Secret
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A backend together with one of its targets."""
+
+    backend: Backend
+    target: Target
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend.name}:{self.target.label.split(':', 1)[-1]}"
+
+
+@dataclass(frozen=True)
+class ManagedSecret:
+    spec: SecretSpec
+    issuer: Issuer
+    primary: Bound
+    secondaries: tuple[Bound, ...]
+    policy: Policy
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def targets(self) -> tuple[Bound, ...]:
+        return (self.primary, *self.secondaries)
+
+    def bound(self, label: str) -> Bound:
+        for item in self.targets:
+            if item.label == label:
+                return item
+        raise KeyError(label)
+
+    def key_name(self, rotation_id: str) -> str:
+        return self.spec.key_name.format(secret=self.spec.name, rotation=short_id(rotation_id))
+
+
+def short_id(rotation_id: str) -> str:
+    """The readable form carried in key names: 'r-7f3c2a1b'."""
+    return f"r-{rotation_id[:8]}"
+
+
+def runner_identity(configured: str | None = None) -> str:
+    """Unique per process: two processes on one host must never look like the same runner."""
+    base = configured or socket.gethostname() or "rotator"
+    return f"{base}:{os.getpid()}:{_random.token_hex(2)}"
+
+
+class Runtime:
+    """Everything a run needs, built once from the settings."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None,
+                 sleep: Callable[[float], None] | None = None,
+                 on_call: Callable[[str, str, str], None] | None = None,
+                 identity: str | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.identity = identity or runner_identity(settings.rotator.runner_id)
+        self._sleep = sleep or SystemClock().sleep
+        self.context = ProviderContext(
+            clock=self.clock,
+            sleep=self._sleep,
+            resolve_credential=self._resolve_credential,
+            on_call=on_call or (lambda provider, op, outcome: None),
+        )
+        self.backends: dict[str, Backend] = {
+            name: self._build("backend", name, section.type, section.options())
+            for name, section in settings.backends.items()
+        }
+        self.issuers: dict[str, Issuer] = {
+            name: self._build("issuer", name, section.type, section.options())
+            for name, section in settings.issuers.items()
+        }
+        self.secrets: list[ManagedSecret] = [self._manage(i, spec) for i, spec in enumerate(settings.secrets)]
+
+    def _build(self, kind: str, name: str, type_name: str, options: Mapping[str, Any]) -> Any:
+        where = f"{kind}s.{name}"
+        cls = registry.load(kind, type_name, where)
+        return cls(name, options, self.context)
+
+    def _bind(self, entry: Mapping[str, Any], field: str, where: str) -> Bound:
+        backend = self.backends[entry["backend"]]
+        spec = {"field": field, **{k: v for k, v in entry.items() if k != "backend"}}
+        try:
+            return Bound(backend, backend.target(spec))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def _manage(self, index: int, spec: SecretSpec) -> ManagedSecret:
+        bound = [
+            self._bind({"backend": t.backend, **t.options()}, spec.field, f"secrets[{index}].targets[{i}]")
+            for i, t in enumerate(spec.targets)
+        ]
+        labels = [b.label for b in bound]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"secrets[{index}].targets: the same target is listed twice")
+        primary = bound[0]
+        if not primary.backend.capabilities.holds_record:
+            raise ConfigError(
+                f"secrets[{index}].targets[0]: backend {primary.backend.name!r} cannot be a primary"
+                " (it has no compare-and-swap to hold the rotation record); list it after one that can"
+            )
+        policy = Policy(
+            lead_time=self.settings.lead_time(spec),
+            grace=self.settings.grace(spec),
+            lease=self.settings.rotator.lease,
+            create_if_missing=spec.create_if_missing,
+            primary=primary.label,
+            secondaries=tuple(labels[1:]),
+        )
+        return ManagedSecret(spec, self.issuers[spec.issuer], primary, tuple(bound[1:]), policy)
+
+    def _resolve_credential(self, ref: Any, where: str) -> Secret:
+        return credentials.resolve(ref, where, read_backend=self._read_backend_credential)
+
+    def _read_backend_credential(self, backend_name: str, spec: Mapping[str, Any]) -> Secret:
+        backend = self.backends.get(backend_name)
+        if backend is None:
+            raise ConfigError(f"credential reference: unknown backend {backend_name!r}")
+        target = backend.target({"field": "api_key", **spec})
+        value = backend.read(target).current
+        if value is None:
+            raise ConfigError(f"credential reference: {target.label} holds no key")
+        return value
+
+    def select(self, names: list[str] | None) -> list[ManagedSecret]:
+        if not names:
+            return list(self.secrets)
+        known = {s.name: s for s in self.secrets}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ConfigError(f"unknown secret(s): {', '.join(missing)} (configured: {', '.join(known)})")
+        return [known[n] for n in names]
+
+    def close(self) -> None:
+        for provider in (*self.issuers.values(), *self.backends.values()):
+            provider.close()

@@ -1,0 +1,139 @@
+"""Every transition of the rotation state machine, table-driven, with explicit instants."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from rotator import machine as m
+from rotator.machine import Observations, Policy, View
+from rotator.models import KeyRef, Phase, RotationRecord
+
+NOW = datetime(2027, 3, 1, 12, 0, tzinfo=timezone.utc)
+P, S1, S2 = "store:p", "app:s1", "aws:s2"
+POLICY = Policy(lead_time=timedelta(days=14), grace=timedelta(hours=48), lease=timedelta(minutes=15),
+                create_if_missing=True, primary=P, secondaries=(S1, S2))
+ME, OTHER = "me:1", "other:2"
+
+OLD = KeyRef(fingerprint="f-old", last4="0ld0", key_id="7", expires_on=NOW + timedelta(days=30))
+NEW = KeyRef(fingerprint="f-new", last4="new1", name="app [r-1]", expires_on=NOW + timedelta(days=90), rotation_id="1")
+
+
+def rec(phase: Phase, **kw) -> RotationRecord:
+    defaults = dict(phase=phase, current=OLD, rotation_id="1" if phase is not Phase.IDLE else None)
+    defaults.update(kw)
+    return RotationRecord(**defaults)
+
+
+def views(p: View | None = None, **secondaries: View) -> dict[str, View]:
+    out = {P: p or View(exists=True, current="f-old")}
+    out.update({ {"s1": S1, "s2": S2}[k]: v for k, v in secondaries.items()})
+    return out
+
+
+def obs(record, v=None, **facts) -> Observations:
+    return Observations(me=ME, record=record, views=v if v is not None else views(), **facts)
+
+
+STAGED_P = View(exists=True, current="f-old", pending="f-new", fresh=False)
+STAGED_P_READ = replace(STAGED_P, fresh=True)
+ON_NEW = View(exists=True, current="f-new", previous="f-old")
+GRACE_P = View(exists=True, current="f-new", previous="f-old")
+staged = rec(Phase.STAGED, pending=NEW, owner=ME, lease_until=NOW + timedelta(minutes=10))
+grace = rec(Phase.GRACE, current=NEW, previous=OLD, grace_until=NOW - timedelta(seconds=1))
+rolling = rec(Phase.ROLLING_BACK, pending=NEW, owner=ME, lease_until=NOW + timedelta(minutes=10),
+              last_error="the issuer refused the new key")
+
+CASES = [
+    # --- no record yet ---
+    ("bootstrap: empty primary", obs(None, views(View(exists=False))), m.Claim, {"bootstrap": True}),
+    ("adopt a hand-made key", obs(None), m.Adopt, {}),
+    ("pending without record", obs(None, views(View(exists=True, pending="x"))), m.Fail, {"retry": False}),
+    # --- idle ---
+    ("idle, not due", obs(rec(Phase.IDLE)), m.Rest, {"next_at": OLD.expires_on - timedelta(days=14)}),
+    ("idle, due", obs(rec(Phase.IDLE, current=replace(OLD, expires_on=NOW + timedelta(days=13)))), m.Claim, {}),
+    ("idle, exactly at due", obs(rec(Phase.IDLE, current=replace(OLD, expires_on=NOW + timedelta(days=14)))), m.Claim, {}),
+    ("idle, expired", obs(rec(Phase.IDLE, current=replace(OLD, expires_on=NOW - timedelta(days=1)))), m.Claim,
+     {"reason": "the current key has EXPIRED"}),
+    ("idle, forced", obs(rec(Phase.IDLE), force=True), m.Claim, {"reason": "forced"}),
+    ("idle, unknown expiry", obs(rec(Phase.IDLE, current=replace(OLD, expires_on=None))), m.Claim, {}),
+    ("idle, value changed by hand", obs(rec(Phase.IDLE), views(View(exists=True, current="f-hand"))), m.Adopt, {}),
+    ("idle, value deleted by hand", obs(rec(Phase.IDLE), views(View(exists=True))), m.Claim, {"bootstrap": True}),
+    # --- claimed ---
+    ("claimed by me", obs(rec(Phase.CLAIMED, owner=ME, lease_until=NOW + timedelta(minutes=5))), m.IssueAndStage, {}),
+    ("claimed by a live runner", obs(rec(Phase.CLAIMED, owner=OTHER, lease_until=NOW + timedelta(minutes=5))),
+     m.Wait, {"until": NOW + timedelta(minutes=5)}),
+    ("claimed, lease expired", obs(rec(Phase.CLAIMED, owner=OTHER, lease_until=NOW - timedelta(seconds=1))),
+     m.SweepOrphans, {}),
+    ("claimed, released after failure", obs(rec(Phase.CLAIMED, owner=None)), m.SweepOrphans, {}),
+    ("claimed, swept", obs(rec(Phase.CLAIMED, owner=OTHER, lease_until=NOW - timedelta(1)), orphans_swept=True),
+     m.Claim, {}),
+    # --- staged ---
+    ("staged by a live runner", obs(replace(staged, owner=OTHER)), m.Wait, {}),
+    ("staged, owner gone", obs(replace(staged, owner=OTHER, lease_until=NOW), views(STAGED_P)), m.TakeOver, {}),
+    ("staged, deploy first", obs(staged, views(STAGED_P)), m.Deploy, {"targets": (S1, S2)}),
+    ("staged, deploy the rest", obs(staged, views(STAGED_P), deployed=frozenset({S1})), m.Deploy, {"targets": (S2,)}),
+    ("staged, read back everything", obs(staged, views(STAGED_P), deployed=frozenset({S1, S2})), m.ReadBack,
+     {"targets": (P, S1, S2)}),
+    ("staged, read back mismatch", obs(staged, views(STAGED_P_READ, s1=ON_NEW, s2=View(exists=True, current="f-old")),
+                                       deployed=frozenset({S1, S2})), m.Fail, {"retry": True}),
+    ("staged, verify next", obs(staged, views(STAGED_P_READ, s1=ON_NEW, s2=ON_NEW), deployed=frozenset({S1, S2})),
+     m.VerifyNewKey, {}),
+    ("staged, verified", obs(staged, views(STAGED_P_READ, s1=ON_NEW, s2=ON_NEW), deployed=frozenset({S1, S2}),
+                             new_key_accepted=True), m.Promote, {}),
+    ("staged, refused", obs(staged, views(STAGED_P_READ, s1=ON_NEW, s2=ON_NEW), deployed=frozenset({S1, S2}),
+                            new_key_accepted=False), m.BeginRollback, {}),
+    ("staged, pending lost", obs(staged, views(View(exists=True, current="f-old"))), m.BeginRollback, {}),
+    # --- grace ---
+    ("grace, running", obs(replace(grace, grace_until=NOW + timedelta(hours=1)), views(GRACE_P)), m.Rest,
+     {"next_at": NOW + timedelta(hours=1)}),
+    ("grace, old key already expired", obs(replace(grace, grace_until=NOW + timedelta(hours=1),
+                                                   previous=replace(OLD, expires_on=NOW)), views(GRACE_P)),
+     m.ReadBack, {"targets": (S1, S2)}),
+    ("grace over, read secondaries", obs(grace, views(GRACE_P)), m.ReadBack, {"targets": (S1, S2)}),
+    ("grace over, evidence complete", obs(grace, views(GRACE_P, s1=ON_NEW, s2=ON_NEW)), m.RevokeOld, {}),
+    ("grace over, drift repaired", obs(grace, views(GRACE_P, s1=ON_NEW, s2=View(exists=True, current="f-old"))),
+     m.Deploy, {"targets": (S2,)}),
+    ("grace over, drift persists", obs(grace, views(GRACE_P, s1=ON_NEW, s2=View(exists=True, current="f-old")),
+                                       deployed=frozenset({S2})), m.Fail, {}),
+    ("grace over, primary changed", obs(grace, views(View(exists=True, current="f-hand"))), m.Fail, {"retry": False}),
+    ("grace over, revoked", obs(grace, views(GRACE_P, s1=ON_NEW, s2=ON_NEW), old_revoked=True), m.Finish, {}),
+    ("grace, nothing to revoke", obs(replace(grace, previous=None), views(GRACE_P, s1=ON_NEW, s2=ON_NEW)), m.Finish, {}),
+    # --- rolling back ---
+    ("rollback by a live runner", obs(replace(rolling, owner=OTHER)), m.Wait, {}),
+    ("rollback, restore", obs(rolling, views(STAGED_P)), m.Restore, {"targets": (S1, S2)}),
+    ("rollback, revoke new", obs(rolling, views(STAGED_P), deployed=frozenset({S1, S2})), m.RevokeNew, {}),
+    ("rollback, finish", obs(rolling, views(STAGED_P), deployed=frozenset({S1, S2}), new_revoked=True),
+     m.FinishRollback, {"reason": "the issuer refused the new key"}),
+]
+
+
+@pytest.mark.parametrize("label, observations, expected, attrs", CASES, ids=[c[0] for c in CASES])
+def test_transition(label, observations, expected, attrs):
+    step = m.decide(POLICY, observations, NOW)
+    assert type(step) is expected, step
+    for name, value in attrs.items():
+        assert getattr(step, name) == value
+
+
+def test_create_if_missing_off_fails_without_retry():
+    step = m.decide(replace(POLICY, create_if_missing=False), obs(None, views(View(exists=False))), NOW)
+    assert isinstance(step, m.Fail) and not step.retry and "create_if_missing" in step.reason
+
+
+def test_no_secondaries_goes_straight_to_read_back_of_primary():
+    policy = replace(POLICY, secondaries=())
+    step = m.decide(policy, obs(staged, {P: STAGED_P}), NOW)
+    assert step == m.ReadBack((P,))
+
+
+def test_decide_is_pure_and_repeatable():
+    o = obs(staged, views(STAGED_P))
+    assert m.decide(POLICY, o, NOW) == m.decide(POLICY, o, NOW)
+
+
+def test_due_at_is_expiry_minus_lead():
+    assert m.due_at(POLICY, rec(Phase.IDLE)) == OLD.expires_on - timedelta(days=14)
+    assert m.due_at(POLICY, rec(Phase.IDLE, current=None)) is None
