@@ -53,7 +53,7 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
     handler._rotator = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # Third-party loggers can print URLs and headers at DEBUG; keep them at INFO and redacted.
+    # Third-party loggers print URLs (httpx: ?key=...) and headers; keep them to warnings.
     for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "hvac"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return handler

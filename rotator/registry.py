@@ -7,6 +7,7 @@ boto3 or hvac. Two distributions registering the same name are refused, naming b
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -16,6 +17,7 @@ GROUPS = {"issuer": "rotator.issuers", "backend": "rotator.backends", "emulator"
 _EXTRAS = {"boto3": "aws", "botocore": "aws", "hvac": "vault"}
 
 
+@functools.cache
 def available(kind: str) -> dict[str, EntryPoint]:
     """Every registered provider of ``kind`` ("issuer" or "backend"), by type name."""
     found: dict[str, EntryPoint] = {}

@@ -1,0 +1,89 @@
+"""End-to-end rotations over HTTP: the QuivaWorks emulator and two file backends."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from rotator.models import Phase
+
+
+def test_bootstrap_issues_and_deploys_a_first_key(world):
+    world.add_secret("web")
+    report = world.rotate()
+    assert report.exit_code == 0, report.outcomes
+    record = world.record("web")
+    assert record.phase is Phase.IDLE and record.rotations == 1 and record.previous is None
+    world.assert_i1("web")
+    snaps = world.snapshots("web")
+    assert len({s.current.fingerprint for s in snaps.values()}) == 1
+
+
+def test_due_key_is_adopted_rotated_and_retired_after_grace(world, emulator, clock):
+    world.add_secret("web")
+    old = world.seed("web", age=timedelta(days=80))           # expires in ~12 days: due now
+
+    first = world.rotate()
+    assert first.exit_code == 0 and first.outcomes[0].status == "changed"
+    record = world.record("web")
+    assert record.phase is Phase.GRACE
+    assert record.previous.key_id is not None                # adopted: matched in the listing
+    world.assert_i1("web")
+    assert emulator.is_active(old), "the old key stays valid during the grace window"
+    assert all(s.previous.reveal() == old for s in world.snapshots("web").values())
+
+    clock.advance(timedelta(hours=47))
+    assert world.rotate().outcomes[0].status == "ok"            # grace not over: nothing to do
+    assert emulator.is_active(old)
+
+    clock.advance(timedelta(hours=2))
+    done = world.rotate()
+    assert done.exit_code == 0
+    assert not emulator.is_active(old)
+    record = world.record("web")
+    assert record.phase is Phase.IDLE and record.previous is None and record.rotations == 1
+    assert record.current.key_id is not None, "the new key's id is learnt from the listing"
+    world.assert_i1("web")
+
+    again = world.rotate()                                   # I5: a second run changes nothing
+    assert again.outcomes[0].status == "ok" and not again.outcomes[0].actions
+
+
+def test_key_not_due_is_left_alone(world, emulator):
+    world.add_secret("web")
+    world.seed("web", age=timedelta(days=10))
+    world.rotate()                                           # adopts
+    before = emulator.counters().get("POST /accounts/api-key", 0)
+    outcome = world.rotate().outcomes[0]
+    assert outcome.status == "ok" and outcome.next_at is not None
+    assert emulator.counters().get("POST /accounts/api-key", 0) == before
+
+
+def test_force_rotates_now(world):
+    world.add_secret("web")
+    world.seed("web", age=timedelta(days=1))
+    outcome = world.rotate(force=True).outcomes[0]
+    assert outcome.status == "changed"
+    assert world.record("web").phase is Phase.GRACE
+
+
+def test_a_year_of_rotations_without_outage(world, emulator, clock, admin_key):
+    # The admin key expires like any other: the rotator manages it too, and reads it from there.
+    world.issuer["admin_key"] = {"backend": "store", "path": "admin.json"}
+    world.add_secret("admin", targets=[{"backend": "store", "path": "admin.json"}])
+    world.seed_value("admin", admin_key)
+    world.add_secret("web")
+    world.add_secret("batch")
+    world.seed("web", age=timedelta(days=85))
+    world.seed("batch", age=timedelta(days=5))
+    end = clock.now() + timedelta(days=365)
+    while clock.now() < end:
+        report = world.rotate()
+        assert report.exit_code == 0, [o.error for o in report.outcomes]
+        for name in ("admin", "web", "batch"):
+            world.assert_i1(name)
+        wake = min((o.next_at for o in report.outcomes if o.next_at and o.next_at > clock.now()),
+                   default=clock.now() + timedelta(days=1))
+        clock.set(min(wake, clock.now() + timedelta(days=1)))
+    for name in ("admin", "web", "batch"):
+        assert world.record(name).rotations >= 4
+    assert len(world.live_values()) == 3, "exactly one live key per secret, the admin key included"

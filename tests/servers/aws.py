@@ -1,0 +1,1 @@
+"""moto server fixtures (AWS Secrets Manager backend tests)."""

@@ -1,0 +1,1 @@
+"""OpenBao server fixtures (Vault KV backend tests)."""

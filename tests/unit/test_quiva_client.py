@@ -1,0 +1,603 @@
+"""QuivaWorks client and issuer over ``httpx.MockTransport``: retries, session, settings, leaks.
+
+No sockets and no real waits: ``RecordingSleep`` captures every back-off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import Counter, defaultdict, deque
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any, Callable
+
+import httpx
+import pytest
+
+from providers.quiva.issuer import QuivaIssuer, match_issued
+from rotator.errors import (
+    ConfigError,
+    IssuerAuthError,
+    IssuerError,
+    IssuerPermissionError,
+    IssuerUnavailable,
+    KeyNotFound,
+    RateLimited,
+)
+from rotator.models import KeyInfo, Secret
+from rotator.testing import FakeClock, RecordingSleep, provider_context
+
+ADMIN_KEY = "ms-0123456789abcdef0123456789admin"
+ISSUED_KEY = "ms-fedcba9876543210fedcba98765c0de"
+ISSUE = "POST /accounts/api-key"
+LIST = "GET /accounts/api-keys"
+DELETE = "DELETE /accounts/api-key"
+AUTH = "POST /accounts/auth-with-api-key"
+REFRESH = "POST /accounts/refresh-token"
+
+Reply = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
+
+
+def reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, json={} if body is None else body, headers=headers)
+
+
+def error(status: int, name: str, **extra: Any) -> httpx.Response:
+    return reply(status, {"error": name, "message": "details", **extra})
+
+
+def listing_entry(**overrides: Any) -> dict[str, Any]:
+    entry = {"id": "k1", "name": "prod-web r-1", "last_4_characters": ISSUED_KEY[-4:],
+             "created_on": "2026-01-01T00:00:00.000Z", "expires_on": "2026-04-01T00:00:00.000Z",
+             "account": "svc@example.com"}
+    return {**entry, **overrides}
+
+
+class FakeApi:
+    """A scripted QuivaWorks: sessions are tracked, routes answer from per-route queues."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.count: Counter[str] = Counter()
+        self.queues: dict[str, deque[Reply]] = defaultdict(deque)
+        self.valid: set[str] = set()
+        self._tokens = 0
+        self._lock = threading.Lock()
+
+    def queue(self, route: str, *replies: Reply) -> None:
+        self.queues[route].extend(replies)
+
+    def new_pair(self) -> httpx.Response:
+        with self._lock:
+            self._tokens += 1
+            token = f"tok-{self._tokens}"
+            self.valid.add(token)
+        return reply(200, {"data": {"auth_token": token, "refresh_token": f"re-{token}",
+                                    "passkey_enabled": False, "totp_enabled": False}})
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        route = f"{request.method} {request.url.path}"
+        with self._lock:
+            self.requests.append(request)
+            self.count[route] += 1
+            scripted = self.queues[route].popleft() if self.queues[route] else None
+        if isinstance(scripted, Exception):
+            raise scripted
+        if callable(scripted) and not isinstance(scripted, httpx.Response):
+            return scripted(request)
+        if scripted is not None:
+            return scripted
+        if route in (AUTH, REFRESH):
+            return self.new_pair()
+        if route == "GET /v1/agents":
+            return reply(200, {"data": []})
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token not in self.valid:
+            return error(401, "Invalid API key")
+        if route == ISSUE:
+            name = json.loads(request.content)["key_name"]
+            return reply(200, {"data": {"key": ISSUED_KEY, "name": name,
+                                        "created_on": "2026-01-01T00:00:00.000Z",
+                                        "expires_on": "2026-04-01T00:00:00.000Z", "creds": "c"}})
+        if route == LIST:
+            return reply(200, {"data": [listing_entry()]})
+        if route == DELETE:
+            return reply(200, {"data": listing_entry()})
+        return error(404, "Not found")
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    return FakeApi()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sleep() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+def calls() -> list[tuple[str, str, str]]:
+    return []
+
+
+@pytest.fixture
+def environ() -> dict[str, str]:
+    return {"QUIVA_API_KEY": ADMIN_KEY}
+
+
+@pytest.fixture
+def make(api, clock, sleep, calls, environ):
+    made: list[QuivaIssuer] = []
+
+    def build(**settings: Any) -> QuivaIssuer:
+        context = provider_context(clock=clock, sleep=sleep, environ=environ, calls=calls)
+        issuer = QuivaIssuer("quiva-test", {"base_url": "https://quiva.test", **settings}, context,
+                             transport=httpx.MockTransport(api))
+        made.append(issuer)
+        return issuer
+
+    yield build
+    for issuer in made:
+        issuer.close()
+
+
+# ---- rate limits --------------------------------------------------------------------------
+
+def test_429_body_retry_after_is_honoured(api, make, sleep):
+    api.queue(ISSUE, error(429, "Rate limit exceeded", retry_after=7))
+    key = make().issue("prod-web r-1")
+    assert key.value.reveal() == ISSUED_KEY
+    assert sleep.waits == [7]
+    assert api.count[ISSUE] == 2
+
+
+def test_429_retry_after_header_in_seconds_is_honoured(api, make, sleep):
+    api.queue(LIST, reply(429, {"error": "Rate limit exceeded"}, {"Retry-After": "3"}))
+    assert len(make().list_keys()) == 1
+    assert sleep.waits == [3]
+
+
+def test_429_retry_after_header_as_http_date_is_honoured(api, make, sleep, clock):
+    when = format_datetime(clock.now() + timedelta(seconds=12), usegmt=True)
+    api.queue(LIST, reply(429, {"error": "Rate limit exceeded"}, {"Retry-After": when}))
+    make().list_keys()
+    assert sleep.waits == [12]
+
+
+def test_server_imposed_wait_is_capped_by_max_retry_wait(api, make, sleep):
+    api.queue(LIST, error(429, "Rate limit exceeded", retry_after=3600))
+    make(max_retry_wait="30s").list_keys()
+    assert sleep.waits == [30]
+
+
+def test_burst_of_429s_then_success(api, make, sleep):
+    api.queue(ISSUE, *[error(429, "Rate limit exceeded", retry_after=1) for _ in range(5)])
+    key = make(retries=6).issue("prod-web r-1")
+    assert key.name == "prod-web r-1"
+    assert sleep.waits == [1] * 5
+    assert api.count[ISSUE] == 6
+
+
+def test_429_without_a_hint_backs_off_with_jitter(api, make, sleep):
+    api.queue(LIST, *[error(429, "Rate limit exceeded") for _ in range(3)])
+    make().list_keys()
+    assert len(sleep.waits) == 3
+    assert all(0 <= w <= 0.5 * 2 ** n for n, w in enumerate(sleep.waits))
+
+
+def test_429s_outlasting_the_budget_raise_rate_limited(api, make, sleep):
+    api.queue(ISSUE, *[error(429, "Rate limit exceeded", retry_after=2) for _ in range(10)])
+    with pytest.raises(RateLimited) as info:
+        make(retries=4).issue("prod-web r-1")
+    assert info.value.transient is True
+    assert info.value.retry_after == 2
+    assert api.count[ISSUE] == 4
+    assert sleep.waits == [2, 2, 2]
+    assert "quiva-test" in str(info.value) and "429" in str(info.value)
+
+
+# ---- 5xx, timeouts, connection errors -----------------------------------------------------
+
+def test_5xx_then_success_with_bounded_jittered_waits(api, make, sleep):
+    api.queue(LIST, *[error(503, "Service unavailable") for _ in range(5)])
+    assert len(make(retries=6).list_keys()) == 1
+    assert len(sleep.waits) == 5
+    # RetryPolicy defaults: base 0.5 s, cap 30 s; the n-th wait is drawn from [0, base * 2**n].
+    assert all(0 <= w <= min(30.0, 0.5 * 2 ** n) for n, w in enumerate(sleep.waits))
+
+
+def test_5xx_outlasting_the_budget_raise_issuer_unavailable(api, make, sleep):
+    api.queue(LIST, *[error(502, "Bad gateway") for _ in range(10)])
+    with pytest.raises(IssuerUnavailable) as info:
+        make(retries=3).list_keys()
+    assert info.value.transient is True
+    assert not isinstance(info.value, RateLimited)
+    assert api.count[LIST] == 3 and len(sleep.waits) == 2
+    assert "GET /accounts/api-keys returned 502 (Bad gateway)" in str(info.value)
+
+
+@pytest.mark.parametrize("exc", [httpx.ConnectError("refused"), httpx.ReadTimeout("timed out")])
+def test_transport_errors_are_retried_then_unavailable(api, make, sleep, calls, exc):
+    api.queue(LIST, *[exc] * 10)
+    with pytest.raises(IssuerUnavailable) as info:
+        make(retries=3).list_keys()
+    assert info.value.transient is True
+    assert type(exc).__name__ in str(info.value)
+    assert [c for c in calls if c[1] == "list"] == [("quiva-test", "list", "error")] * 3
+
+
+def test_transport_error_then_success(api, make, sleep):
+    api.queue(LIST, httpx.ConnectError("refused"))
+    assert len(make().list_keys()) == 1
+    assert len(sleep.waits) == 1
+
+
+# ---- other statuses ---------------------------------------------------------------------
+
+def test_403_is_not_retried(api, make, sleep):
+    api.queue(ISSUE, error(403, "Insufficient permissions"))
+    with pytest.raises(IssuerPermissionError) as info:
+        make().issue("prod-web r-1")
+    assert api.count[ISSUE] == 1 and sleep.waits == []
+    assert info.value.transient is False
+    message = str(info.value)
+    assert "issue" in message and "Insufficient permissions" in message and "403" in message
+
+
+def test_other_4xx_is_an_issuer_error_naming_the_status(api, make, sleep):
+    api.queue(ISSUE, error(400, "key_name is required"))
+    with pytest.raises(IssuerError) as info:
+        make().issue("x")
+    assert type(info.value) is IssuerError
+    assert "400" in str(info.value) and sleep.waits == []
+
+
+def test_404_on_delete_is_key_not_found(api, make):
+    api.queue(DELETE, error(404, "Not found"))
+    with pytest.raises(KeyNotFound) as info:
+        make().revoke(key_id="k1")
+    assert "404" in str(info.value)
+
+
+def test_404_elsewhere_is_not_key_not_found(api, make):
+    api.queue(LIST, error(404, "Not found"))
+    with pytest.raises(IssuerError) as info:
+        make().list_keys()
+    assert not isinstance(info.value, KeyNotFound)
+
+
+# ---- session ----------------------------------------------------------------------------
+
+def test_authentication_is_lazy_and_reused(api, make):
+    issuer = make()
+    assert api.requests == []
+    issuer.list_keys()
+    issuer.list_keys()
+    assert api.count[AUTH] == 1
+    sent = json.loads(api.requests[0].content)
+    assert sent == {"api_key": ADMIN_KEY}
+    assert api.requests[1].headers["Authorization"] == "Bearer tok-1"
+
+
+def test_401_refreshes_then_succeeds(api, make):
+    issuer = make()
+    issuer.list_keys()
+    api.valid.discard("tok-1")                     # the session expired
+    assert len(issuer.list_keys()) == 1
+    assert (api.count[AUTH], api.count[REFRESH]) == (1, 1)
+    refresh = json.loads(next(r for r in api.requests if r.url.path.endswith("refresh-token")).content)
+    assert refresh == {"auth_token": "tok-1", "refresh_token": "re-tok-1"}
+    assert api.requests[-1].headers["Authorization"] == "Bearer tok-2"
+
+
+def test_401_refresh_fails_then_reauthenticates(api, make, calls):
+    issuer = make()
+    issuer.list_keys()
+    api.valid.discard("tok-1")
+    api.queue(REFRESH, error(401, "Invalid API key"))
+    assert len(issuer.list_keys()) == 1
+    assert (api.count[AUTH], api.count[REFRESH]) == (2, 1)
+    ops = [(op, outcome) for _, op, outcome in calls]
+    assert ops == [("auth", "200"), ("list", "200"), ("list", "401"), ("refresh", "401"),
+                   ("auth", "200"), ("list", "200")]
+
+
+def test_401_after_refresh_reauthenticates_once_more(api, make):
+    issuer = make()
+    issuer.list_keys()
+    api.valid.discard("tok-1")
+    api.queue(LIST, error(401, "Invalid API key"), error(401, "Invalid API key"))
+    assert len(issuer.list_keys()) == 1
+    assert (api.count[AUTH], api.count[REFRESH], api.count[LIST]) == (2, 1, 4)
+
+
+def test_reauthentication_refused_raises_issuer_auth_error(api, make):
+    issuer = make()
+    issuer.list_keys()
+    api.valid.discard("tok-1")
+    api.queue(REFRESH, error(401, "Invalid API key"))
+    api.queue(AUTH, error(401, "Invalid API key"))
+    with pytest.raises(IssuerAuthError) as info:
+        issuer.list_keys()
+    message = str(info.value)
+    assert "quiva-test" in message and "401" in message
+    assert ADMIN_KEY not in message and ADMIN_KEY not in repr(info.value)
+    assert info.value.transient is False
+
+
+def test_persistent_401_gives_up_after_refresh_and_reauth(api, make):
+    issuer = make()
+    api.queue(LIST, *[error(401, "Invalid API key")] * 5)
+    with pytest.raises(IssuerAuthError):
+        issuer.list_keys()
+    assert (api.count[LIST], api.count[REFRESH], api.count[AUTH]) == (3, 1, 2)
+
+
+def test_first_authentication_refused(api, make):
+    api.queue(AUTH, error(401, "Invalid API key"))
+    with pytest.raises(IssuerAuthError) as info:
+        make().issue("x")
+    assert "admin key was refused" in str(info.value)
+    assert api.count[ISSUE] == 0
+
+
+def test_concurrent_401s_cause_a_single_refresh(api, make):
+    issuer = make()
+    issuer.list_keys()
+    barrier = threading.Barrier(8, timeout=5)
+
+    def expired(request: httpx.Request) -> httpx.Response:
+        barrier.wait()                              # all 8 hold the old token when refused
+        return error(401, "Invalid API key")
+
+    api.valid.discard("tok-1")
+    api.queue(LIST, *[expired] * 8)
+    results: list[Any] = []
+
+    def work() -> None:
+        try:
+            results.append(len(issuer.list_keys()))
+        except Exception as exc:  # noqa: BLE001 - reported through the assertion below
+            results.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == [1] * 8
+    assert api.count[REFRESH] == 1 and api.count[AUTH] == 1
+
+
+def test_admin_key_is_resolved_lazily_and_again_on_reauth(api, make, environ):
+    environ.clear()
+    issuer = make()                                   # no variable yet: construction still fine
+    environ["QUIVA_API_KEY"] = ADMIN_KEY
+    issuer.list_keys()
+    environ["QUIVA_API_KEY"] = ADMIN_KEY + "2"        # the admin key was rotated meanwhile
+    api.valid.clear()
+    api.queue(REFRESH, error(401, "Invalid API key"))
+    issuer.list_keys()
+    auths = [json.loads(r.content)["api_key"] for r in api.requests
+             if r.url.path == "/accounts/auth-with-api-key"]
+    assert auths == [ADMIN_KEY, ADMIN_KEY + "2"]
+
+
+def test_missing_admin_key_variable_is_a_config_error_at_first_call(api, make, environ):
+    environ.clear()
+    with pytest.raises(ConfigError, match=r"issuers\.quiva-test\.admin_key"):
+        make().list_keys()
+    assert api.requests == []
+
+
+# ---- settings ---------------------------------------------------------------------------
+
+def test_literal_admin_key_is_refused(api, make):
+    with pytest.raises(ConfigError) as info:
+        make(admin_key=ADMIN_KEY)
+    assert "issuers.quiva-test.admin_key" in str(info.value)
+    assert ADMIN_KEY not in str(info.value)
+    assert api.requests == []
+
+
+def test_unknown_setting_is_named(make):
+    with pytest.raises(ConfigError, match=r"issuers\.quiva-test\.bogus: unknown setting"):
+        make(bogus=1)
+
+
+@pytest.mark.parametrize("field,value", [("timeout", "soon"), ("max_retry_wait", "5 parsecs"),
+                                         ("retries", 0), ("verify_with", "magic"),
+                                         ("base_url", "ftp://x"), ("admin_key", {"env": "A", "file": "b"})])
+def test_bad_settings_name_their_field(make, field, value):
+    with pytest.raises(ConfigError, match=rf"issuers\.quiva-test\.{field}"):
+        make(**{field: value})
+
+
+def test_defaults_and_capabilities(make):
+    issuer = make()
+    settings = issuer.settings
+    assert settings.timeout == timedelta(seconds=10) and settings.retries == 6
+    assert settings.max_retry_wait == timedelta(minutes=5) and settings.verify_with == "auth"
+    assert settings.admin_key == {"env": "QUIVA_API_KEY"}
+    assert issuer.capabilities.revoke_by_value and not issuer.capabilities.reports_last_used
+
+
+# ---- operations -------------------------------------------------------------------------
+
+def test_issue_maps_the_response(api, make):
+    key = make().issue("prod-web r-1")
+    assert json.loads(api.requests[-1].content) == {"key_name": "prod-web r-1"}
+    assert key.key_id is None and key.name == "prod-web r-1"
+    assert key.created_on == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert key.expires_on == datetime(2026, 4, 1, tzinfo=timezone.utc)
+
+
+def test_issue_without_a_key_in_the_response_is_an_error(api, make):
+    api.queue(ISSUE, reply(200, {"data": {"name": "x"}}))
+    with pytest.raises(IssuerError, match="no key value"):
+        make().issue("x")
+
+
+def test_listing_parses_leniently_and_passes_last_used_through(api, make):
+    api.queue(LIST, reply(200, {"data": [
+        listing_entry(created_on="2026-01-01T02:00:00.123456+02:00", expires_on="garbage",
+                      last_used_on="2026-02-01T00:00:00Z")]}))
+    issuer = make()
+    assert issuer.owner is None
+    [info] = issuer.list_keys()
+    assert info.created_on == datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=timezone.utc)
+    assert info.expires_on is None
+    assert info.last_used_on == datetime(2026, 2, 1, tzinfo=timezone.utc)
+    assert (info.key_id, info.last4, info.account) == ("k1", ISSUED_KEY[-4:], "svc@example.com")
+    assert issuer.owner == "svc@example.com"
+
+
+def test_listing_follows_next_links_and_cursors(api, make):
+    api.queue(LIST,
+              reply(200, {"data": [listing_entry(id="a")], "next": "/accounts/api-keys?page=2"}),
+              reply(200, {"data": [listing_entry(id="b")], "cursor": "c3"}),
+              reply(200, {"data": [listing_entry(id="c")], "next": None}))
+    keys = make(list_email="svc@example.com").list_keys()
+    assert [k.key_id for k in keys] == ["a", "b", "c"]
+    lists = [r for r in api.requests if r.url.path == "/accounts/api-keys"]
+    assert [dict(r.url.params) for r in lists] == [
+        {"email": "svc@example.com"}, {"page": "2"}, {"page": "2", "cursor": "c3"}]
+
+
+def test_listing_refuses_a_next_link_to_another_host(api, make):
+    api.queue(LIST, reply(200, {"data": [], "next": "https://evil.test/accounts/api-keys"}))
+    with pytest.raises(IssuerError, match="another host"):
+        make().list_keys()
+
+
+def test_revoke_by_id_is_preferred_and_by_value_works(api, make):
+    issuer = make()
+    issuer.revoke(key_id="k1", value=Secret(ISSUED_KEY))
+    issuer.revoke(value=Secret(ISSUED_KEY))
+    deletes = [dict(r.url.params) for r in api.requests if r.method == "DELETE"]
+    assert deletes == [{"id": "k1"}, {"key": ISSUED_KEY}]
+    with pytest.raises(ValueError):
+        issuer.revoke()
+
+
+def test_verify_uses_its_own_auth_call_and_leaves_the_session_alone(api, make, calls):
+    issuer = make()
+    assert issuer.verify(Secret(ISSUED_KEY)) is True
+    api.queue(AUTH, error(401, "Invalid API key"))
+    assert issuer.verify(Secret(ISSUED_KEY)) is False
+    assert all("Authorization" not in r.headers for r in api.requests)
+    assert [json.loads(r.content) for r in api.requests] == [{"api_key": ISSUED_KEY}] * 2
+    assert [(op, outcome) for _, op, outcome in calls] == [("verify", "200"), ("verify", "401")]
+    issuer.list_keys()                                # the admin session starts only now
+    assert api.count[AUTH] == 3 and api.count[REFRESH] == 0
+
+
+def test_verify_with_agents_sends_the_key_as_bearer(api, make):
+    issuer = make(verify_with="agents")
+    assert issuer.verify(Secret(ISSUED_KEY)) is True
+    assert api.requests[-1].url.path == "/v1/agents"
+    assert api.requests[-1].headers["Authorization"] == f"Bearer {ISSUED_KEY}"
+    api.queue("GET /v1/agents", error(401, "Invalid API key"))
+    assert issuer.verify(Secret(ISSUED_KEY)) is False
+
+
+def test_verify_raises_transient_errors_when_the_answer_is_unknown(api, make):
+    api.queue(AUTH, *[error(503, "Unavailable")] * 3)
+    with pytest.raises(IssuerUnavailable) as info:
+        make(retries=3).verify(Secret(ISSUED_KEY))
+    assert info.value.transient is True
+
+
+def test_every_call_is_reported(api, make, calls):
+    issuer = make()
+    issuer.issue("n")
+    issuer.list_keys()
+    issuer.revoke(key_id="k1")
+    assert calls == [("quiva-test", "auth", "200"), ("quiva-test", "issue", "200"),
+                     ("quiva-test", "list", "200"), ("quiva-test", "revoke", "200")]
+
+
+def test_close_is_idempotent(make):
+    issuer = make()
+    issuer.list_keys()
+    issuer.close()
+    issuer.close()
+
+
+# ---- matching ---------------------------------------------------------------------------
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def info(key_id: str, name: str = "n r-1", last4: str = "c0de", created: datetime | None = T0):
+    return KeyInfo(key_id=key_id, name=name, last4=last4, created_on=created, expires_on=None)
+
+
+def test_match_by_name_and_last4():
+    listing = [info("a", last4="aaaa"), info("b"), info("c", name="other")]
+    assert match_issued(listing, "n r-1", "c0de", T0).key_id == "b"
+    assert match_issued(listing, "n r-1", "zzzz", T0) is None
+
+
+def test_match_disambiguates_by_created_on_within_skew():
+    listing = [info("old", created=T0 - timedelta(days=30)), info("new", created=T0 + timedelta(seconds=3))]
+    assert match_issued(listing, "n r-1", "c0de", T0).key_id == "new"
+
+
+def test_match_returns_none_when_ambiguous():
+    listing = [info("a", created=T0), info("b", created=T0 + timedelta(seconds=1))]
+    assert match_issued(listing, "n r-1", "c0de", T0) is None
+    assert match_issued(listing, "n r-1", "c0de", None) is None
+
+
+def test_find_uses_the_issued_key(api, make):
+    issuer = make()
+    key = issuer.issue("prod-web r-1")
+    assert issuer.find(key).key_id == "k1"
+
+
+# ---- no key value anywhere ----------------------------------------------------------------
+
+def test_no_key_value_in_errors_or_logs(api, make, caplog):
+    caplog.set_level(logging.DEBUG)
+    issuer = make(retries=2)
+    issued = issuer.issue("prod-web r-1")
+    raised: list[BaseException] = []
+    scenarios = [
+        (DELETE, error(404, f"Not found: {ISSUED_KEY}"), lambda: issuer.revoke(value=issued.value)),
+        (DELETE, error(403, "Insufficient permissions"), lambda: issuer.revoke(value=issued.value)),
+        (DELETE, [error(500, "boom")] * 2, lambda: issuer.revoke(value=issued.value)),
+        (DELETE, [error(429, "Rate limit exceeded")] * 2, lambda: issuer.revoke(value=issued.value)),
+        (DELETE, [httpx.ConnectError(f"no route for key={ISSUED_KEY}")] * 2,
+         lambda: issuer.revoke(value=issued.value)),
+        (AUTH, [error(503, "x")] * 2, lambda: issuer.verify(issued.value)),
+        (LIST, [error(401, "Invalid API key")] * 3, lambda: issuer.list_keys()),
+        (LIST, error(401, "Invalid API key"), lambda: (
+            api.queue(REFRESH, error(401, "Invalid API key")),
+            api.queue(AUTH, error(401, f"Invalid API key {ADMIN_KEY}")),
+            issuer.list_keys())),
+    ]
+    for route, replies, action in scenarios:
+        api.queue(route, *(replies if isinstance(replies, list) else [replies]))
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001 - every error is inspected below
+            raised.append(exc)
+    assert len(raised) == 8
+    assert any("DELETE /accounts/api-key" in r.getMessage() for r in caplog.records)
+    for secret in (ADMIN_KEY, ISSUED_KEY):
+        for exc in raised:
+            assert secret not in str(exc) and secret not in repr(exc)
+            for linked in (exc.__cause__, exc.__context__):
+                assert linked is None or secret not in str(linked)
+        assert secret not in caplog.text
+        assert all(secret not in r.getMessage() for r in caplog.records)
+    assert "key=" not in caplog.text
