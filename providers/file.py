@@ -1,0 +1,474 @@
+"""A backend that keeps each target in a local JSON file. See docs/backends/file.md.
+
+Compare-and-swap: the version token is the sha256 of the file's bytes, compared under an exclusive
+``flock`` on a sidecar lock file; the new content goes to a private temp file that is fsynced and
+renamed over the old one, so readers see the old file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import re
+import secrets
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from pydantic import Field, field_validator
+
+from rotator.errors import (
+    BackendError,
+    BackendPermissionError,
+    Conflict,
+    CorruptPayload,
+    SecretMissing,
+)
+from rotator.interfaces import ProviderContext
+from rotator.models import (
+    RECORD_FORMAT,
+    BackendCapabilities,
+    KeyRef,
+    RotationRecord,
+    Secret,
+    Snapshot,
+)
+from rotator.timeutil import format_instant
+from rotator.validation import StrictModel, parse
+
+PAYLOAD_FORMAT = 1
+SECTION = "rotator"
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO})
+_TEMP_HEX = 12
+_MODE = re.compile(r"0?o?([0-7]{3})")
+
+
+class FileSettings(StrictModel):
+    directory: Path | None = None
+    create_if_missing: bool = True
+    mode: str = "0600"
+
+    @field_validator("mode")
+    @classmethod
+    def _private_octal(cls, text: str) -> str:
+        bits = _mode_bits(text)
+        if bits is None:
+            raise ValueError("expected an octal file mode such as '0600'")
+        if bits & 0o007:
+            raise ValueError("must not grant any access to other users (the file holds key values)")
+        if bits & 0o600 != 0o600:
+            raise ValueError("the owner needs read and write access")
+        return text
+
+    @property
+    def mode_bits(self) -> int:
+        return _mode_bits(self.mode)  # type: ignore[return-value]  # validated above
+
+
+def _mode_bits(text: str) -> int | None:
+    match = _MODE.fullmatch(text)
+    return None if match is None else int(match.group(1), 8)
+
+
+class FileTargetSpec(StrictModel):
+    path: str = Field(min_length=1)
+    field: str = Field(default="api_key", min_length=1)
+
+    @field_validator("path")
+    @classmethod
+    def _no_nul(cls, text: str) -> str:
+        if "\0" in text:
+            raise ValueError("must not contain a NUL character")
+        return text
+
+    @field_validator("field")
+    @classmethod
+    def _not_reserved(cls, text: str) -> str:
+        if text == SECTION:
+            raise ValueError(f"'{SECTION}' is reserved for rotator's own section")
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class FileTarget:
+    path: Path
+    field: str
+
+    @property
+    def label(self) -> str:
+        return f"file:{self.path}"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.lock")
+
+
+class _Problem(Exception):
+    """Raised inside the backend; turned into ``kind`` (a BackendError class) at the edge."""
+
+    def __init__(self, kind: type[BackendError], message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclasses.dataclass(frozen=True)
+class _Document:
+    """One file: the application's JSON object, with rotator's slots held as Secrets.
+
+    ``meta`` is not read back: every write sets it afresh from the key it describes.
+    """
+
+    app: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    current: Secret | None = None
+    pending: Secret | None = None
+    previous: Secret | None = None
+    meta: Mapping[str, Any] | None = None
+    record: Mapping[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, raw: bytes, field: str) -> _Document:
+        app = _decode_object(raw)
+        section = app.get(SECTION, {})
+        if not isinstance(section, dict):
+            raise _Problem(CorruptPayload, f"'{SECTION}' is a JSON {_kind(section)}, expected an object")
+        _check_format(section.get("format", PAYLOAD_FORMAT))
+        record = section.get("record")
+        if record is not None and not isinstance(record, dict):
+            raise _Problem(CorruptPayload, f"'{SECTION}.record' is a JSON {_kind(record)}, expected an object")
+        return cls(
+            app=app,
+            current=_slot(app.get(field), f"field '{field}'"),
+            pending=_slot(section.get("pending"), f"'{SECTION}.pending'"),
+            previous=_slot(section.get("previous"), f"'{SECTION}.previous'"),
+            record=record,
+        )
+
+    def evolve(self, **changes: Any) -> _Document:
+        return dataclasses.replace(self, **changes)
+
+    def encode(self, field: str) -> bytes:
+        out = dict(self.app)
+        if self.current is not None:
+            if field not in out:
+                out = {field: None, **out}  # a new field goes first; an existing one keeps its place
+            out[field] = self.current.reveal()
+        out[SECTION] = self._section()
+        return (json.dumps(out, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    def _section(self) -> dict[str, Any]:
+        section: dict[str, Any] = {"format": PAYLOAD_FORMAT}
+        for name in ("pending", "previous"):
+            value = getattr(self, name)
+            if value is not None:
+                section[name] = value.reveal()
+        if self.meta:
+            section["meta"] = dict(self.meta)
+        if self.record:
+            section["record"] = dict(self.record)
+        return section
+
+    def snapshot(self, version: str) -> Snapshot:
+        return Snapshot(version=version, current=self.current, pending=self.pending,
+                        previous=self.previous, record=_record(self.record))
+
+
+class FileBackend:
+    """Backend ``file``: one JSON file per target, on a local filesystem."""
+
+    capabilities = BackendCapabilities(holds_record=True, keeps_previous=True)
+
+    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+        self.name = name
+        self._settings = parse(FileSettings, settings, f"backends.{name}")
+        directory = self._settings.directory or Path.cwd()
+        self._directory = Path(os.path.abspath(directory.expanduser()))
+        self._mode = self._settings.mode_bits
+        self._context = context
+
+    def target(self, spec: Mapping[str, Any]) -> FileTarget:
+        entry = {key: value for key, value in spec.items() if key != "backend"}
+        parsed = parse(FileTargetSpec, entry, f"backends.{self.name} target")
+        path = Path(os.path.abspath(self._directory / Path(parsed.path).expanduser()))
+        return FileTarget(path=path, field=parsed.field)
+
+    def read(self, target: FileTarget) -> Snapshot:
+        with self._edge("read", target):
+            raw = _read_bytes(target.path)
+            if raw is None:
+                return Snapshot()
+            return _Document.parse(raw, target.field).snapshot(_digest(raw))
+
+    def write_record(self, target: FileTarget, record: RotationRecord, *, expect: str | None) -> str:
+        return self._commit("write_record", target, record, expect, lambda doc: doc)
+
+    def stage(self, target: FileTarget, value: Secret, record: RotationRecord, *,
+              expect: str | None) -> str:
+        return self._commit("stage", target, record, expect, lambda doc: doc.evolve(pending=value))
+
+    def promote(self, target: FileTarget, record: RotationRecord, *, expect: str) -> str:
+        return self._commit("promote", target, record, expect, _promoted)
+
+    def discard_pending(self, target: FileTarget, record: RotationRecord, *, expect: str) -> str:
+        return self._commit("discard_pending", target, record, expect, lambda doc: doc.evolve(pending=None))
+
+    def deploy(self, target: FileTarget, current: Secret, previous: Secret | None, meta: KeyRef) -> None:
+        def apply(doc: _Document) -> _Document:
+            return doc.evolve(current=current, previous=previous, meta=_meta(meta))
+
+        self._update("deploy", target, apply, cas=False)
+
+    def delete(self, target: FileTarget) -> None:
+        with self._edge("delete", target):
+            if not target.path.parent.is_dir():
+                return
+            with _locked(target.lock_path):
+                _remove_stale_temps(target.path)
+                _unlink_if_present(target.path)
+                _unlink_if_present(target.lock_path)
+
+    def close(self) -> None:
+        pass
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _commit(self, op: str, target: FileTarget, record: RotationRecord, expect: str | None,
+                change: Callable[[_Document], _Document]) -> str:
+        """A primary write: apply ``change``, save ``record``, describe current in the meta."""
+
+        def apply(doc: _Document) -> _Document:
+            doc = change(doc)
+            return doc.evolve(record=record.to_dict(), meta=_primary_meta(doc.current, record))
+
+        return self._update(op, target, apply, cas=True, expect=expect)
+
+    def _update(self, op: str, target: FileTarget, change: Callable[[_Document], _Document], *,
+                cas: bool, expect: str | None = None) -> str:
+        """Read, compare (when ``cas``), change and atomically replace, all under the lock."""
+        with self._edge(op, target):
+            self._prepare_directory(target.path.parent)
+            with _locked(target.lock_path):
+                _remove_stale_temps(target.path)
+                raw = _read_bytes(target.path)
+                found = _version(raw)
+                if cas and found != expect:
+                    raise _Problem(Conflict, f"changed since it was read (expected {_short(expect)},"
+                                             f" found {_short(found)})")
+                if raw is None and not self._settings.create_if_missing:
+                    raise _Problem(SecretMissing, "does not exist and create_if_missing is false")
+                before = _Document() if raw is None else _Document.parse(raw, target.field)
+                data = change(before).encode(target.field)
+                if data != raw:
+                    _replace_atomically(target.path, data, self._mode)
+                return _digest(data)
+
+    def _prepare_directory(self, directory: Path) -> None:
+        if directory.is_dir():
+            return
+        if not self._settings.create_if_missing:
+            raise _Problem(SecretMissing, f"directory {directory} does not exist and create_if_missing is false")
+        _make_private_dirs(directory)
+
+    @contextmanager
+    def _edge(self, op: str, target: FileTarget) -> Iterator[None]:
+        """Report the call and translate every failure into the rotator error tree."""
+        try:
+            yield
+        except BaseException as exc:
+            self._context.on_call(self.name, op, "error")
+            translated = self._translate(op, target, exc)
+            if translated is None:
+                raise
+            raise translated from (None if isinstance(exc, _Problem) else exc)
+        else:
+            self._context.on_call(self.name, op, "ok")
+
+    def _translate(self, op: str, target: FileTarget, exc: BaseException) -> BackendError | None:
+        where = target.label
+        if isinstance(exc, _Problem):
+            return exc.kind(f"{where}: {exc}", provider=self.name)
+        if isinstance(exc, PermissionError):
+            return BackendPermissionError(
+                f"{where}: permission denied on {_culprit(exc, target)} during {op};"
+                f" rotator needs {_access(op, target)}",
+                provider=self.name,
+            )
+        if isinstance(exc, OSError):
+            return BackendError(
+                f"{where}: {op} failed on {_culprit(exc, target)}: {exc.strerror or type(exc).__name__}",
+                provider=self.name, transient=exc.errno in _TRANSIENT_ERRNOS,
+            )
+        return None
+
+
+# --- the payload -------------------------------------------------------------------------------
+
+def _decode_object(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _Problem(CorruptPayload, f"not UTF-8 (bad byte at offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise _Problem(CorruptPayload,
+                       f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    if not isinstance(doc, dict):
+        raise _Problem(CorruptPayload, f"the top level is a JSON {_kind(doc)}, expected an object")
+    return doc
+
+
+def _check_format(version: Any) -> None:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _Problem(CorruptPayload, f"'{SECTION}.format' is a JSON {_kind(version)}, expected an integer")
+    if version > PAYLOAD_FORMAT:
+        raise _Problem(CorruptPayload, f"payload format {version} is newer than this rotator understands"
+                                       f" ({PAYLOAD_FORMAT}); upgrade rotator")
+
+
+def _slot(value: Any, where: str) -> Secret | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _Problem(CorruptPayload, f"{where} is a JSON {_kind(value)}, expected a string")
+    return Secret(value)
+
+
+def _record(data: Mapping[str, Any] | None) -> RotationRecord | None:
+    if data is None:
+        return None
+    version = data.get("format", RECORD_FORMAT)
+    if isinstance(version, int) and version > RECORD_FORMAT:
+        raise _Problem(CorruptPayload, f"rotation record format {version} is newer than this rotator"
+                                       f" understands ({RECORD_FORMAT}); upgrade rotator")
+    try:
+        return RotationRecord.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _Problem(CorruptPayload, f"the rotation record is unreadable ({type(exc).__name__})") from None
+
+
+def _promoted(doc: _Document) -> _Document:
+    if doc.pending is None:
+        raise _Problem(BackendError, "nothing is pending, so there is nothing to promote")
+    return doc.evolve(current=doc.pending, previous=doc.current, pending=None)
+
+
+def _meta(ref: KeyRef) -> dict[str, Any]:
+    meta = {
+        "key_id": ref.key_id,
+        "expires_on": format_instant(ref.expires_on),
+        "rotation_id": ref.rotation_id,
+        "fingerprint": ref.fingerprint,
+        "last4": ref.last4,
+    }
+    return {key: value for key, value in meta.items() if value is not None}
+
+
+def _primary_meta(current: Secret | None, record: RotationRecord) -> dict[str, Any] | None:
+    """Describe the current value: from the record when it knows that key, else from the value."""
+    if current is None:
+        return None
+    ref = record.current
+    if ref is None or ref.fingerprint != current.fingerprint:
+        ref = KeyRef.of(current)
+    return _meta(ref)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _version(raw: bytes | None) -> str | None:
+    return None if raw is None else _digest(raw)
+
+
+def _short(version: str | None) -> str:
+    return "absent" if version is None else f"version {version[:12]}"
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _culprit(exc: OSError, target: FileTarget) -> str:
+    """The file the OS complained about (the lock or temp file, say); the target when unnamed."""
+    return str(exc.filename) if isinstance(exc.filename, (str, os.PathLike)) else str(target.path)
+
+
+def _access(op: str, target: FileTarget) -> str:
+    if op == "read":
+        return f"read permission on {target.path} and search permission on its directories"
+    return (f"read and write permission on the directory {target.path.parent}"
+            " (it writes a lock file and a temp file there, then renames)")
+
+
+# --- the filesystem ----------------------------------------------------------------------------
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``lock_path``; closing the descriptor releases it."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _replace_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Write a private temp file beside ``path``, fsync it, rename it over ``path``, fsync the dir."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(_TEMP_HEX // 2)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # exactly the configured mode, whatever the umask
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        _unlink_if_present(temp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temp files only live while the lock is held; any found under the lock are a crash's leftovers."""
+    pattern = glob.escape(str(path.with_name(f".{path.name}."))) + "[0-9a-f]" * _TEMP_HEX + ".tmp"
+    for stale in glob.glob(pattern):
+        _unlink_if_present(Path(stale))
+
+
+def _make_private_dirs(directory: Path) -> None:
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for each in reversed(missing):
+        with suppress(FileExistsError):
+            os.mkdir(each, 0o700)
+
+
+def _unlink_if_present(path: Path) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(path)
