@@ -69,3 +69,59 @@ def provider_context(clock: Any = None, sleep: Any = None,
             calls.append((provider, op, outcome))
 
     return ProviderContext(clock=clock, sleep=sleep, resolve_credential=resolve, on_call=on_call)
+
+
+# --- fault injection ---------------------------------------------------------------------------
+
+#: Protocol methods that change state somewhere (reads and authentication checks are not effects).
+BACKEND_EFFECTS = ("write_record", "stage", "promote", "discard_pending", "deploy")
+ISSUER_EFFECTS = ("issue", "revoke")
+
+
+class SimulatedCrash(BaseException):
+    """Raised right after an effect to stop a run the way a killed process stops: nothing after
+    it runs, not even the engine's failure handling (it is not an ``Exception``)."""
+
+
+class EffectCounter:
+    """Counts effects across a runtime's providers and can stop the run after the k-th.
+
+    ``on_effect`` is called with (number, provider, method) after each effect; by default it
+    raises :class:`SimulatedCrash` at ``crash_after``. A test that wants a real process death
+    passes ``on_effect=lambda n, *_: os.kill(os.getpid(), signal.SIGKILL) if n == k else None``.
+    """
+
+    def __init__(self, crash_after: int | None = None, on_effect: Any = None) -> None:
+        self.crash_after = crash_after
+        self.count = 0
+        self.log: list[tuple[str, str]] = []
+        self.crashed = False
+        self._lock = threading.Lock()
+        self._on_effect = on_effect
+
+    def instrument(self, runtime: Any) -> EffectCounter:
+        """Wrap the effect methods of every issuer and backend of ``runtime`` (in place)."""
+        for provider in runtime.backends.values():
+            self._wrap(provider, BACKEND_EFFECTS)
+        for provider in runtime.issuers.values():
+            self._wrap(provider, ISSUER_EFFECTS)
+        return self
+
+    def _wrap(self, provider: Any, methods: tuple[str, ...]) -> None:
+        for method in methods:
+            original = getattr(provider, method)
+
+            def wrapped(*args: Any, __original: Any = original, __method: str = method, **kwargs: Any) -> Any:
+                result = __original(*args, **kwargs)
+                with self._lock:
+                    self.count += 1
+                    number = self.count
+                    self.log.append((provider.name, __method))
+                if self._on_effect is not None:
+                    self._on_effect(number, provider.name, __method)
+                elif number == self.crash_after:
+                    self.crashed = True
+                    raise SimulatedCrash(f"simulated crash after effect {number}: {provider.name}.{__method}")
+                return result
+
+            setattr(provider, method, wrapped)
