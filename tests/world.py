@@ -99,3 +99,31 @@ class World:
     def close(self) -> None:
         for runtime in self._runtimes:
             runtime.close()
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Just enough TOML for test configs: tables, arrays of tables, inline tables, scalars."""
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return str(value)
+        if isinstance(value, dict):
+            return "{ " + ", ".join(f"{k} = {scalar(v)}" for k, v in value.items()) + " }"
+        if isinstance(value, list):
+            return "[" + ", ".join(scalar(v) for v in value) + "]"
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines: list[str] = []
+    for section in ("rotator",):
+        if data.get(section):
+            lines.append(f"[{section}]")
+            lines.extend(f"{k} = {scalar(v)}" for k, v in data[section].items())
+    for group in ("issuers", "backends"):
+        for name, table in data.get(group, {}).items():
+            lines.append(f"\n[{group}.{name}]")
+            lines.extend(f"{k} = {scalar(v)}" for k, v in table.items())
+    for secret in data.get("secrets", []):
+        lines.append("\n[[secrets]]")
+        lines.extend(f"{k} = {scalar(v)}" for k, v in secret.items())
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,33 @@
+"""Run one rotation in this process and SIGKILL it right after effect K (a real process death).
+
+Usage: python -m tests.faults.crash_child CONFIG_TOML K NOW_ISO
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from rotator import config
+from rotator.engine import Engine
+from rotator.runtime import Runtime
+from rotator.testing import EffectCounter, FakeClock
+from rotator.timeutil import parse_instant
+
+
+def main(path: str, k: int, now: str) -> int:
+    clock = FakeClock(parse_instant(now))
+    runtime = Runtime(config.load(path), clock=clock, sleep=clock.sleep, identity="doomed")
+
+    def die(number: int, provider: str, method: str) -> None:
+        if number == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    EffectCounter(on_effect=die).instrument(runtime)
+    report = Engine(runtime).run()
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
