@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rotator {__version__}")
     parser.add_argument("-c", "--config", help="TOML config file (default: $ROTATOR_CONFIG)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="default: info (warning for demo)")
     parser.add_argument("--log-format", default="auto", choices=["auto", "text", "json"],
                         help="auto: text on a terminal, JSON lines otherwise")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from rotator import log as logsetup
 
-    logsetup.setup(args.log_level, args.log_format)
+    logsetup.setup(args.log_level or ("warning" if args.command == "demo" else "info"), args.log_format)
     handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
     try:
         return handler(args)

@@ -69,7 +69,8 @@ def run_demo(days: int = 365, quiet: bool = False, out: TextIO | None = None) ->
         say = (lambda line: None) if quiet else (lambda line: print(line, file=out))
         say(f"rotator demo: {days} simulated days from {start:%Y-%m-%d}, QuivaWorks emulator at {emu.url},"
             f" files under {root}")
-        say(f"lead time 14d, grace 48h, keys live 3 months; one line per run that changed something\n")
+        say("lead time 14d, grace 48h, keys live 3 months; after every run each target's key is checked"
+            " against the emulator\n")
         health = _simulate(engine, runtime, emu, clock, start + timedelta(days=days), events, say)
         rows = _summary(runtime, events, health)
         runtime.close()
@@ -107,11 +108,13 @@ def _simulate(engine: Engine, runtime: Runtime, emu: Any, clock: FakeClock, end:
     health: dict[str, Counter] = {s.name: Counter() for s in runtime.secrets}
     while clock.now() < end:
         now = clock.now()
+        seen = len(events)
         report = engine.run()
         wake = now + CHECK_INTERVAL
         for outcome in report.outcomes:
-            if outcome.actions:
-                say(f"{now:%Y-%m-%d %H:%M}  {outcome.secret:<14} {_compact(outcome.actions)}")
+            mine = [e for e in events[seen:] if e.secret == outcome.secret]
+            if mine:
+                say(f"{now:%Y-%m-%d %H:%M}  {outcome.secret:<14} {_story(mine)}")
             if outcome.status == "failed":
                 health[outcome.secret]["failures"] += 1
                 say(f"{'':18}{outcome.secret:<14} FAILED: {outcome.error}")
@@ -134,9 +137,27 @@ def _check_outside(runtime: Runtime, emu: Any, now: datetime, health: dict[str, 
                     health[secret.name]["expired"] += 1
 
 
-def _compact(actions: list[str]) -> str:
-    verbs = [a.split(" (")[0].split(" named ")[0] for a in actions if not a.startswith("read-back")]
-    return " → ".join(verbs)
+def _story(events: list[Event]) -> str:
+    """One readable line for what one run did to one secret."""
+    by_action = {e.action: e for e in events}
+    parts = []
+    if "adopted" in by_action:
+        parts.append(f"adopted the hand-made key {by_action['adopted'].key}")
+    if "issued" in by_action:
+        issued = by_action["issued"]
+        parts.append(f"issued {issued.key}")
+        if "deployed" in by_action:
+            parts.append("deployed")
+        if "verified" in by_action:
+            parts.append("verified (read back + live auth)")
+        if "promoted" in by_action:
+            parts.append("promoted; both keys valid for the grace window")
+    if "revoked" in by_action:
+        parts.append(f"grace over: revoked {by_action['revoked'].key.split(' (')[0]}")
+    for e in events:
+        if e.result == "error":
+            parts.append(f"{e.action}: {e.detail}")
+    return ", ".join(parts) if parts else ", ".join(e.action for e in events)
 
 
 def _summary(runtime: Runtime, events: list[Event], health: dict[str, Counter]) -> list[dict[str, Any]]:

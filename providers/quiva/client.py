@@ -126,7 +126,7 @@ class QuivaClient:
                 return self.check(operation, method, path, answer)
             if step is None:
                 break
-            log.info("%s: %s %s returned 401; renewing the session (%s)",
+            log.debug("%s: %s %s returned 401; renewing the session (%s)",
                      self.provider, method, path, step)
             token = self._renew(token, step)
         raise IssuerAuthError(f"{operation}: {method} {path} still returned 401 after"
