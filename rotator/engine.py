@@ -45,6 +45,7 @@ class Event:
     key: str | None = None          # KeyRef.label(): last 4 characters and id
     fingerprint: str | None = None
     result: str = "ok"
+    runner: str | None = None
 
 
 @dataclass
@@ -101,6 +102,16 @@ class Engine:
         self.clock = runtime.clock
         self.me = runtime.identity
         self._on_event = on_event or (lambda event: None)
+        self._stop = threading.Event()
+
+    def request_stop(self) -> None:
+        """Graceful shutdown: no new step starts; each secret stops at its next step boundary,
+        releasing its lease so the next start resumes at once."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def run(self, names: list[str] | None = None, *, force: bool = False) -> RunReport:
         """Do whatever is due for the named secrets (all by default)."""
@@ -152,6 +163,8 @@ class _SecretRun:
             step = machine.decide(self.secret.policy, self._observations(), now)
             if step.terminal:
                 return self._finish(step)
+            if self.engine.stopping:
+                return self._interrupted(step)
             log.debug("%s: %s", self.secret.name, step)
             try:
                 getattr(self, f"_do_{step.name}")(step, now)
@@ -201,14 +214,14 @@ class _SecretRun:
     def _note(self, action: str, detail: str = "", *, key: KeyRef | None = None, result: str = "ok") -> None:
         record = self.record
         self.outcome.actions.append(f"{action} {detail}".strip())
-        if result == "ok" and action not in ("read-back",):
+        if result == "ok" and action not in ("read-back", "interrupted"):
             self.outcome.status = "changed"
         log.info("%s: %s %s", self.secret.name, action, detail)
         self.engine.emit(Event(
             at=self.engine.clock.now(), secret=self.secret.name, action=action, detail=detail,
             rotation_id=record.rotation_id if record else None,
             key=key.label() if key else None, fingerprint=key.fingerprint if key else None,
-            result=result,
+            result=result, runner=self.engine.me,
         ))
 
     def _finish(self, step: machine.Step) -> Outcome:
@@ -224,6 +237,21 @@ class _SecretRun:
             out.status, out.detail, out.error, out.retry = "failed", step.reason, step.reason, step.retry
             self._note("failed", step.reason, result="error")
             self._release(step.reason)
+        return out
+
+    def _interrupted(self, step: machine.Step) -> Outcome:
+        """Shutting down: leave the rotation where it stands, lease released."""
+        out = self.outcome
+        record = self.record
+        if record is not None and record.owner == self.engine.me:
+            released = record.evolve(owner=None, lease_until=None)
+            bound = self.secret.primary
+            version = bound.backend.write_record(bound.target, released, expect=self.primary.version)
+            self._wrote_primary(version, released)
+        out.status = "waiting" if out.status == "ok" else out.status
+        out.detail = f"stopped before {step.name} (shutting down); the next run resumes"
+        out.phase = record.phase.value if record else None
+        self._note("interrupted", out.detail)
         return out
 
     def failed(self, exc: Exception) -> Outcome:

@@ -97,3 +97,25 @@ def _ts(text):
     from rotator.timeutil import parse_instant
 
     return parse_instant(text)
+
+
+def test_graceful_stop_mid_rotation_releases_the_lease_and_resumes(due_world, emulator, clock):
+    """A stop requested after the stage (as on SIGTERM) ends the run at the next step boundary;
+    the lease is released so a fresh runner resumes at once, without waiting for it to expire."""
+    world = due_world
+    engine = world.engine("stopping")
+
+    def stop_after_stage(number, provider, method):
+        if method == "stage":
+            engine.request_stop()
+
+    EffectCounter(on_effect=stop_after_stage).instrument(engine.runtime)
+    outcome = engine.run().outcomes[0]
+    assert outcome.status in ("waiting", "changed") and "shutting down" in outcome.detail
+    record = world.record("web")
+    assert record.phase is Phase.STAGED and record.owner is None
+    world.assert_i1("web")
+
+    assert world.rotate(identity="next-start").exit_code == 0       # no clock advance needed
+    assert world.record("web").phase is Phase.GRACE
+    world.assert_i1("web")
