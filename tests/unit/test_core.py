@@ -1,0 +1,154 @@
+"""Pure pieces of the core: durations and instants, secrets and redaction, the record format,
+configuration validation, credential references."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from rotator import config, credentials, redact
+from rotator.errors import ConfigError
+from rotator.models import KeyRef, Phase, RotationRecord, Secret, fingerprint
+from rotator.timeutil import format_duration, format_instant, parse_duration, parse_instant
+
+UTC = timezone.utc
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("14d", 14 * 86400), ("48h", 48 * 3600), ("1h30m", 5400), ("90s", 90), ("2w", 14 * 86400),
+    ("1.5h", 5400), (" 10 m ", 600), (120, 120), (timedelta(hours=1), 3600),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "soon", "14", "3x", "1d2", True, None])
+def test_parse_duration_rejects(bad):
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_format_duration():
+    assert format_duration(timedelta(days=14)) == "14d"
+    assert format_duration(timedelta(seconds=5400)) == "1h30m"
+    assert format_duration(timedelta(seconds=-90)) == "-1m30s"
+    assert format_duration(timedelta(0)) == "0s"
+
+
+@pytest.mark.parametrize("text", ["2027-03-01T12:00:00Z", "2027-03-01T12:00:00.123456Z",
+                                  "2027-03-01T13:00:00+01:00", "2027-03-01T12:00:00"])
+def test_parse_instant_is_lenient_and_utc(text):
+    moment = parse_instant(text)
+    assert moment.tzinfo is not None and moment.replace(microsecond=0) == datetime(2027, 3, 1, 12, tzinfo=UTC)
+    assert format_instant(moment) == "2027-03-01T12:00:00Z"
+
+
+def test_secret_never_shows_its_value():
+    raw = "ms-" + "ab" * 16
+    secret = Secret(raw)
+    for rendered in (str(secret), repr(secret), f"{secret}", f"{secret!r}", "%s" % secret, str([secret])):
+        assert raw not in rendered
+    assert secret.last4 == raw[-4:] and secret.fingerprint == fingerprint(raw)
+    assert secret == Secret(raw) and secret != Secret(raw + "x")
+    with pytest.raises(TypeError):
+        pickle.dumps(secret)
+    with pytest.raises(ValueError):
+        Secret("")
+
+
+def test_redaction_masks_remembered_values_and_key_shapes():
+    remembered = Secret("opaque-token-value-1234").reveal()
+    shaped = "ms-" + "cd" * 16                       # never wrapped: caught by its shape
+    text = f"a {remembered} b {shaped} c ms_short"
+    masked = redact.redact(text)
+    assert remembered not in masked and shaped not in masked and "ms_short" in masked
+
+
+def test_redacting_filter_covers_args_and_tracebacks(caplog):
+    raw = Secret("another-opaque-value-9876").reveal()
+    logger = logging.getLogger("test.redact")
+    handler_filter = redact.RedactingFilter()
+    record = logger.makeRecord("test.redact", logging.ERROR, __file__, 1, "value=%s", (raw,), None)
+    handler_filter.filter(record)
+    assert raw not in record.getMessage()
+    try:
+        raise RuntimeError(f"boom {raw}")
+    except RuntimeError:
+        import sys
+        record = logger.makeRecord("test.redact", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    handler_filter.filter(record)
+    assert raw not in (record.exc_text or "") and "boom" in record.exc_text
+
+
+def test_record_round_trip_and_newer_format_refused():
+    ref = KeyRef(fingerprint="f", last4="abcd", key_id="1", name="n [r-1]",
+                 created_on=datetime(2027, 1, 1, tzinfo=UTC), expires_on=datetime(2027, 4, 1, tzinfo=UTC),
+                 rotation_id="1")
+    record = RotationRecord(phase=Phase.GRACE, current=ref, previous=ref, rotation_id="1", owner=None,
+                            grace_until=datetime(2027, 1, 3, tzinfo=UTC), attempts=2, last_error="x",
+                            rotations=4, adoption="matched")
+    assert RotationRecord.from_dict(record.to_dict()) == record
+    with pytest.raises(ValueError, match="newer"):
+        RotationRecord.from_dict({**record.to_dict(), "format": 99})
+
+
+def _settings(**secret):
+    data = {
+        "issuers": {"q": {"type": "quivaworks"}},
+        "backends": {"f": {"type": "file"}},
+        "secrets": [{"name": "web", "issuer": "q", "targets": [{"backend": "f", "path": "w.json"}], **secret}],
+    }
+    return config.load(data=data)
+
+
+def test_config_defaults_and_overrides():
+    settings = _settings()
+    spec = settings.secrets[0]
+    assert settings.lead_time(spec) == timedelta(days=14) and settings.grace(spec) == timedelta(hours=48)
+    settings = _settings(lead_time="21d", grace="0s")
+    spec = settings.secrets[0]
+    assert settings.lead_time(spec) == timedelta(days=21) and settings.grace(spec) == timedelta(0)
+
+
+@pytest.mark.parametrize("secret, message", [
+    ({"key_name": "static name"}, "key_name must contain {rotation}"),
+    ({"key_name": "{nope} {rotation}"}, "bad template"),
+    ({"name": "has space"}, "secrets[0].name"),
+    ({"targets": []}, "secrets[0].targets"),
+])
+def test_config_errors_name_the_field(secret, message):
+    with pytest.raises(ConfigError) as caught:
+        _settings(**secret)
+    assert message in str(caught.value) and str(caught.value).startswith("<embedded>:")
+
+
+def test_duplicate_secret_names_refused():
+    data = {"issuers": {"q": {"type": "quivaworks"}}, "backends": {"f": {"type": "file"}},
+            "secrets": [{"name": "a", "issuer": "q", "targets": [{"backend": "f", "path": "1"}]}] * 2}
+    with pytest.raises(ConfigError, match="duplicate secret name 'a'"):
+        config.load(data=data)
+
+
+@pytest.mark.parametrize("ref, message", [
+    ("ms-literal-value", "never live in the config file"),
+    ({"env": "A", "file": "b"}, "exactly one of"),
+    ({"env": "A", "extra": 1}, "unknown setting"),
+    (42, "expected a table"),
+])
+def test_credential_reference_shapes(ref, message):
+    with pytest.raises(ConfigError, match=message):
+        credentials.check_reference(ref, "issuers.q.admin_key")
+
+
+def test_credential_resolution(tmp_path):
+    path = tmp_path / "key"
+    path.write_text("file-held-value-0001\n")
+    assert credentials.resolve({"file": str(path)}, "w").reveal() == "file-held-value-0001"
+    assert credentials.resolve({"env": "K"}, "w", environ={"K": "env-held-value-0002"}).reveal() == "env-held-value-0002"
+    with pytest.raises(ConfigError, match="K is not set"):
+        credentials.resolve({"env": "K"}, "w", environ={})
+    with pytest.raises(ConfigError, match="cannot read"):
+        credentials.resolve({"file": str(tmp_path / "missing")}, "w")
