@@ -335,7 +335,7 @@ class _SecretRun:
         bound = self.secret.primary
         version = bound.backend.write_record(bound.target, record, expect=self.primary.version)
         self._wrote_primary(version, record)
-        self.obs = replace(self.obs, orphans_swept=False)
+        self.obs = replace(self.obs, orphans_swept=False, force=False)   # --force rotates once
         self._note("claimed", f"{short_id(rotation_id)}: {step.reason}")
 
     def _do_IssueAndStage(self, step: machine.IssueAndStage, now: datetime) -> None:

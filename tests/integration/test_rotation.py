@@ -87,3 +87,15 @@ def test_a_year_of_rotations_without_outage(world, emulator, clock, admin_key):
     for name in ("admin", "web", "batch"):
         assert world.record(name).rotations >= 4
     assert len(world.live_values()) == 3, "exactly one live key per secret, the admin key included"
+
+
+def test_force_with_zero_grace_rotates_exactly_once(world, emulator):
+    world.defaults["grace"] = "0s"
+    world.add_secret("web")
+    old = world.seed("web", age=timedelta(days=1))
+    report = world.rotate(force=True)
+    assert report.exit_code == 0
+    assert emulator.counters().get("POST /accounts/api-key", 0) == 1, "force is consumed by one claim"
+    record = world.record("web")
+    assert record.phase is Phase.IDLE and record.rotations == 1 and not emulator.is_active(old)
+    world.assert_i1("web")
