@@ -436,6 +436,8 @@ class _SecretRun:
         snap = self.primary
         version = bound.backend.promote(bound.target, promoted, expect=snap.version)
         self._wrote_primary(version, promoted, current=snap.pending, previous=snap.current, pending=None)
+        for issuer in self.secret.signs_in:       # self-rotation: sign in with the new key from now on
+            issuer.credential_changed()
         until = f"; old key revoked after {_day(promoted.grace_until)}" if has_old else ""
         self._note("promoted", f"{record.pending.label()} is current on every target{until}", key=record.pending)
 

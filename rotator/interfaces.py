@@ -191,6 +191,12 @@ class Issuer(Protocol):
         already gone, which callers treat as success."""
         ...
 
+    def credential_changed(self) -> None:
+        """The credential this issuer signs in with was just rotated (it is a managed secret
+        stored in a backend): drop any session so the next call authenticates with the new
+        value, before the old one is revoked."""
+        ...
+
     def close(self) -> None: ...
 
 

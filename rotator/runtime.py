@@ -40,6 +40,7 @@ class ManagedSecret:
     primary: Bound
     secondaries: tuple[Bound, ...]
     policy: Policy
+    signs_in: tuple[Issuer, ...] = ()   # issuers whose own credential is this secret (self-rotation)
 
     @property
     def name(self) -> str:
@@ -132,7 +133,20 @@ class Runtime:
             primary=primary.label,
             secondaries=tuple(labels[1:]),
         )
-        return ManagedSecret(spec, self.issuers[spec.issuer], primary, tuple(bound[1:]), policy)
+        return ManagedSecret(spec, self.issuers[spec.issuer], primary, tuple(bound[1:]), policy,
+                             signs_in=self._issuers_signing_in_with(labels))
+
+    def _issuers_signing_in_with(self, labels: list[str]) -> tuple[Issuer, ...]:
+        """Issuers whose credential reference points at one of these targets."""
+        found = []
+        for name, section in self.settings.issuers.items():
+            for ref in section.options().values():
+                if isinstance(ref, Mapping) and ref.get("backend") in self.backends:
+                    backend = self.backends[ref["backend"]]
+                    spec = {"field": "api_key", **{k: v for k, v in ref.items() if k != "backend"}}
+                    if Bound(backend, backend.target(spec)).label in labels:
+                        found.append(self.issuers[name])
+        return tuple(found)
 
     def _resolve_credential(self, ref: Any, where: str) -> Secret:
         return credentials.resolve(ref, where, read_backend=self._read_backend_credential)

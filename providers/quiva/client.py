@@ -110,6 +110,11 @@ class QuivaClient:
         self._session_lock = threading.Lock()
         _hide_httpx_queries()
 
+    def drop_session(self) -> None:
+        """Forget the session so the next call authenticates with the admin key as it is now."""
+        with self._session_lock:
+            self._session = None
+
     # ---- public calls --------------------------------------------------------------------
 
     def call(self, operation: str, method: str, path: str, *, json: Any = None,

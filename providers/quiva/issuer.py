@@ -169,6 +169,9 @@ class QuivaIssuer:
             raise ValueError("revoke needs key_id or value")
         self.client.call("revoke", "DELETE", KEY_PATH, params=params)
 
+    def credential_changed(self) -> None:
+        self.client.drop_session()
+
     def close(self) -> None:
         self.client.close()
 
