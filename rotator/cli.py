@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=365, help="how long to simulate (default 365)")
     demo.add_argument("--quiet", action="store_true", help="print only the final table")
 
+    from rotator import cli_ops
+
+    cli_ops.add_parsers(sub, _output_option)
+
     emulator = sub.add_parser("emulator", help="serve the QuivaWorks emulator (for trying rotator out)")
     emulator.add_argument("args", nargs=argparse.REMAINDER, help="passed to the emulator (try --help)")
     return parser
@@ -101,7 +105,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         "next": format_instant(o.next_at), "detail": o.detail, "error": o.error,
     } for o in report.outcomes]
     if args.output == "json":
-        _print_json({"outcomes": rows, "failed": len(report.failed)})
+        print_json({"outcomes": rows, "failed": len(report.failed)})
     else:
         print(table(rows, ["secret", "result", "phase", "did", "next"]))
         changed = sum(o.status == "changed" for o in report.outcomes)
@@ -140,7 +144,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     at = parse_instant(args.at) if args.at else None
     rows, _ = _assessments(args, at)
     if args.output == "json":
-        _print_json({"at": format_instant(at), "plan": rows})
+        print_json({"at": format_instant(at), "plan": rows})
     else:
         print(table(rows, ["secret", "health", "key", "expires", "next", "at"]))
     return 0
@@ -149,7 +153,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     rows, bad = _assessments(args, None)
     if args.output == "json":
-        _print_json({"secrets": rows, "unhealthy": bad})
+        print_json({"secrets": rows, "unhealthy": bad})
     else:
         print(table(rows, ["secret", "health", "phase", "key", "expires", "error"]))
     return 1 if bad else 0
@@ -174,6 +178,15 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _ops_commands() -> None:
+    from rotator import cli_ops
+
+    COMMANDS.update(cli_ops.COMMANDS)
+
+
+_ops_commands()
+
+
 def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A plain aligned table; cells are redacted and cut to a readable width."""
     def cell(value: Any) -> str:
@@ -186,7 +199,7 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in grid)
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
     print(redact(json.dumps(data, indent=2, default=str)))
 
 

@@ -163,6 +163,10 @@ class Issuer(Protocol):
 
     name: str
     capabilities: IssuerCapabilities
+    #: The credential reference this issuer signs in with (``{env = ...}``, ``{file = ...}``,
+    #: ``{backend = ..., ...}``), or None. Lets the core notice when a managed secret IS that
+    #: credential (self-rotation), and lets the audit recognise the rotator's own key.
+    credential: Mapping[str, Any] | None
 
     @property
     def owner(self) -> str | None: ...

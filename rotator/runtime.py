@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 from rotator import credentials, registry
 from rotator.clock import SystemClock
 from rotator.config import SecretSpec, Settings
-from rotator.errors import ConfigError
+from rotator.errors import ConfigError, RotatorError
 from rotator.interfaces import Backend, Clock, Issuer, ProviderContext, Target
 from rotator.machine import Policy
 from rotator.models import Secret
@@ -139,13 +139,13 @@ class Runtime:
     def _issuers_signing_in_with(self, labels: list[str]) -> tuple[Issuer, ...]:
         """Issuers whose credential reference points at one of these targets."""
         found = []
-        for name, section in self.settings.issuers.items():
-            for ref in section.options().values():
-                if isinstance(ref, Mapping) and ref.get("backend") in self.backends:
-                    backend = self.backends[ref["backend"]]
-                    spec = {"field": "api_key", **{k: v for k, v in ref.items() if k != "backend"}}
-                    if Bound(backend, backend.target(spec)).label in labels:
-                        found.append(self.issuers[name])
+        for issuer in self.issuers.values():
+            ref = getattr(issuer, "credential", None)
+            if isinstance(ref, Mapping) and ref.get("backend") in self.backends:
+                backend = self.backends[ref["backend"]]
+                spec = {"field": "api_key", **{k: v for k, v in ref.items() if k != "backend"}}
+                if Bound(backend, backend.target(spec)).label in labels:
+                    found.append(issuer)
         return tuple(found)
 
     def _resolve_credential(self, ref: Any, where: str) -> Secret:
@@ -160,6 +160,16 @@ class Runtime:
         if value is None:
             raise ConfigError(f"credential reference: {target.label} holds no key")
         return value
+
+    def credential_of(self, issuer: str) -> Secret | None:
+        """The value issuer ``issuer`` signs in with, when its reference resolves (else None)."""
+        ref = getattr(self.issuers[issuer], "credential", None)
+        if ref is None:
+            return None
+        try:
+            return self._resolve_credential(ref, f"issuers.{issuer}")
+        except (ConfigError, RotatorError):
+            return None
 
     def select(self, names: list[str] | None) -> list[ManagedSecret]:
         if not names:

@@ -78,6 +78,7 @@ class QuivaIssuer:
         self.settings = parse(QuivaSettings, settings, f"issuers.{name}")
         self._key_where = f"issuers.{name}.admin_key"
         self._admin_ref = credentials.check_reference(self.settings.admin_key, self._key_where)
+        self.credential = self._admin_ref
         self._context = context
         self._owner: str | None = None
         self.client = QuivaClient(
