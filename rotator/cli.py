@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     rotate = sub.add_parser("rotate", help="do whatever is due now (one shot; what a CronJob runs)")
     rotate.add_argument("secrets", nargs="*", metavar="SECRET", help="only these secrets")
     rotate.add_argument("--force", action="store_true", help="rotate now even if not due")
+    rotate.add_argument("--audit-file", metavar="PATH", help="append audit records here (default: [audit] path)")
     _output_option(rotate)
 
     plan = sub.add_parser("plan", help="what would happen and when; changes nothing")
@@ -53,12 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=365, help="how long to simulate (default 365)")
     demo.add_argument("--quiet", action="store_true", help="print only the final table")
 
+    daemon = sub.add_parser("daemon", help="run continuously: rotate on schedule, serve /healthz /readyz /metrics")
+    daemon.add_argument("--http-address", metavar="HOST:PORT",
+                        help='health and metrics endpoint (default: [daemon] http_address; "off" disables)')
+    daemon.add_argument("--audit-file", metavar="PATH", help="append audit records here (default: [audit] path)")
+
     from rotator import cli_ops
 
     cli_ops.add_parsers(sub, _output_option)
 
-    emulator = sub.add_parser("emulator", help="serve the QuivaWorks emulator (for trying rotator out)")
-    emulator.add_argument("args", nargs=argparse.REMAINDER, help="passed to the emulator (try --help)")
+    sub.add_parser("emulator", add_help=False,
+                   help="serve the QuivaWorks emulator (for trying rotator out); options: see 'rotator emulator --help'")
     return parser
 
 
@@ -67,7 +73,13 @@ def _output_option(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    passthrough: list[str] = []
+    if "emulator" in raw:                       # everything after it belongs to the emulator
+        cut = raw.index("emulator") + 1
+        raw, passthrough = raw[:cut], raw[cut:]
+    args = _parser().parse_args(raw)
+    args.args = passthrough
     from rotator import log as logsetup
 
     logsetup.setup(args.log_level or ("warning" if args.command == "demo" else "info"), args.log_format)
@@ -92,13 +104,17 @@ def _runtime(args: argparse.Namespace):
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
+    from rotator import audit
     from rotator.engine import Engine
 
     runtime = _runtime(args)
+    sink = audit.open_sink(runtime.settings.audit, args.audit_file)    # the same records as the daemon
     try:
-        report = Engine(runtime).run(args.secrets or None, force=args.force)
+        report = Engine(runtime, on_event=sink).run(args.secrets or None, force=args.force)
     finally:
         runtime.close()
+        if sink is not None:
+            sink.close()
     rows = [{
         "secret": o.secret, "result": o.status, "phase": o.phase,
         "did": "; ".join(o.actions) if o.actions else "-",
@@ -172,9 +188,16 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     return int(serve(args.args) or 0)
 
 
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from rotator import config
+    from rotator.daemon import run_daemon
+
+    return run_daemon(config.load(args.config), http_address=args.http_address, audit_path=args.audit_file)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rotate": cmd_rotate, "plan": cmd_plan, "status": cmd_status, "demo": cmd_demo,
-    "emulator": cmd_emulator,
+    "emulator": cmd_emulator, "daemon": cmd_daemon,
 }
 
 

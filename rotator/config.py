@@ -16,9 +16,11 @@ import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rotator.errors import ConfigError
@@ -95,6 +97,83 @@ class SecretSpec(StrictModel):
         return self
 
 
+# --- daemon mode, audit trail, alerts (see docs/daemon.md) ---------------------------------------
+
+_OFF = ("", "off", "none", "false")
+
+
+class DaemonSettings(StrictModel):
+    """``[daemon]``: how ``rotator daemon`` runs. The one-shot ``rotate`` serves nothing."""
+
+    http_address: str | None = "127.0.0.1:9464"   # /healthz, /readyz, /metrics; "off" disables
+    shutdown_timeout: Duration = timedelta(seconds=30)
+    jitter: Duration = timedelta(minutes=5)         # reconcile jitter, capped at check_interval / 10
+    retry_min: Duration = timedelta(minutes=1)      # first retry after a failed run; doubles up to check_interval
+
+    @field_validator("http_address", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() in _OFF):
+            return None
+        if isinstance(value, str):
+            _host, colon, port = value.strip().rpartition(":")
+            if colon and port.isdigit() and int(port) <= 65535:
+                return value.strip()
+        raise ValueError('expected HOST:PORT (e.g. 127.0.0.1:9464, :9464, [::1]:9464) or "off"')
+
+    @model_validator(mode="after")
+    def _daemon(self) -> DaemonSettings:
+        if self.shutdown_timeout <= timedelta(0) or self.retry_min <= timedelta(0):
+            raise ValueError("shutdown_timeout and retry_min must be positive")
+        if self.jitter < timedelta(0):
+            raise ValueError("jitter must not be negative")
+        return self
+
+
+class AuditSettings(StrictModel):
+    """``[audit]``: the append-only JSON-lines audit trail (one record per action, never a value)."""
+
+    path: Path | None = None
+    stdout: bool = False
+    fsync: bool = True          # fsync after every record (a rotation writes about ten)
+
+
+class WebhookSpec(StrictModel):
+    """One alert webhook. ``url`` may embed a token (Slack): prefer ``{ env = "NAME" }``."""
+
+    url: str | dict[str, Any]
+    format: Literal["generic", "slack"] = "generic"
+
+    @model_validator(mode="after")
+    def _url(self) -> WebhookSpec:
+        if isinstance(self.url, str):
+            if not re.match(r"^https?://[^\s]+$", self.url):
+                raise ValueError("url: expected http(s)://... or a reference like { env = \"NAME\" }")
+        else:
+            kinds = [k for k in ("env", "file", "backend") if k in self.url]
+            if len(kinds) != 1:
+                raise ValueError("url: give exactly one of env, file or backend")
+        return self
+
+
+class AlertSettings(StrictModel):
+    """``[alerts]``: webhook notifications for failures, rollbacks, drift and escalations."""
+
+    webhooks: list[WebhookSpec] = []
+    escalate_at: list[Duration] = Field(
+        default_factory=lambda: [timedelta(days=13), timedelta(days=10), timedelta(days=7)])
+    repeat_after: Duration = timedelta(hours=24)    # re-send a still-open alert after this; 0s: never
+    timeout: Duration = timedelta(seconds=5)        # per webhook delivery
+
+    @model_validator(mode="after")
+    def _alerts(self) -> AlertSettings:
+        if any(t <= timedelta(0) for t in self.escalate_at):
+            raise ValueError("escalate_at: every lead time must be positive")
+        if self.repeat_after < timedelta(0) or self.timeout <= timedelta(0):
+            raise ValueError("repeat_after must not be negative and timeout must be positive")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration."""
 
@@ -106,6 +185,9 @@ class Settings(BaseSettings):
     issuers: dict[str, ProviderSection] = {}
     backends: dict[str, ProviderSection] = {}
     secrets: list[SecretSpec] = []
+    daemon: DaemonSettings = DaemonSettings()
+    audit: AuditSettings = AuditSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -76,20 +76,32 @@ class RunReport:
 
 
 class ListingCache:
-    """One key listing per issuer per run, shared by every secret (and thread) of the run."""
+    """One key listing per issuer per run, shared by every secret (and thread) of the run.
+
+    A key issued after the listing was fetched is not in it: ``issued()`` notes its name, and a
+    lookup that needs that key (``need=name``) fetches the listing again, once.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._listings: dict[str, list[KeyInfo]] = {}
+        self._unseen: dict[str, set[str]] = {}
 
-    def get(self, issuer: Issuer) -> list[KeyInfo]:
+    def get(self, issuer: Issuer, need: str | None = None) -> list[KeyInfo]:
         with self._lock:
             lock = self._locks.setdefault(issuer.name, threading.Lock())
         with lock:
-            if issuer.name not in self._listings:
+            stale = need is not None and need in self._unseen.get(issuer.name, set())
+            if issuer.name not in self._listings or stale:
                 self._listings[issuer.name] = issuer.list_keys()
+                self._unseen[issuer.name] = set()
             return self._listings[issuer.name]
+
+    def issued(self, issuer: Issuer, name: str) -> None:
+        with self._lock:
+            if issuer.name in self._listings:
+                self._unseen.setdefault(issuer.name, set()).add(name)
 
     def forget(self, issuer: Issuer) -> None:
         with self._lock:
@@ -335,7 +347,8 @@ class _SecretRun:
         bound = self.secret.primary
         version = bound.backend.write_record(bound.target, record, expect=self.primary.version)
         self._wrote_primary(version, record)
-        self.obs = replace(self.obs, orphans_swept=False, force=False)   # --force rotates once
+        # A new rotation: forget what this run learnt about the last one (--force rotates once).
+        self.obs = Observations(me=self.engine.me, record=None)
         self._note("claimed", f"{short_id(rotation_id)}: {step.reason}")
 
     def _do_IssueAndStage(self, step: machine.IssueAndStage, now: datetime) -> None:
@@ -343,6 +356,7 @@ class _SecretRun:
         assert record is not None and record.rotation_id
         issued = self.secret.issuer.issue(self.secret.key_name(record.rotation_id))
         self.minted = issued.value
+        self.cache.issued(self.secret.issuer, issued.name)
         ref = issued.ref(record.rotation_id)
         staged = record.evolve(phase=Phase.STAGED, pending=ref, lease_until=now + self.secret.policy.lease)
         bound = self.secret.primary
@@ -473,6 +487,7 @@ class _SecretRun:
         bound = self.secret.primary
         version = bound.backend.discard_pending(bound.target, done, expect=self.primary.version)
         self._wrote_primary(version, done, pending=None)
+        self.obs = replace(self.obs, rolled_back=True)
         self._note("rolled-back", f"old key {record.current.label() if record.current else '-'} kept",
                    result="error")
         self.outcome.status = "failed"
@@ -507,7 +522,7 @@ class _SecretRun:
 
     def _candidates(self, ref: KeyRef) -> list[KeyInfo]:
         """Listing entries that may be ``ref``: by id, else name + last 4 (+ creation time)."""
-        listing = self.cache.get(self.secret.issuer)
+        listing = self.cache.get(self.secret.issuer, need=ref.name)
         if ref.key_id:
             return [k for k in listing if k.key_id == ref.key_id]
         found = [k for k in listing if k.last4 == ref.last4 and (ref.name is None or k.name == ref.name)]

@@ -70,6 +70,7 @@ class Observations:
     orphans_swept: bool = False
     old_revoked: bool = False
     new_revoked: bool = False
+    rolled_back: bool = False                 # this run rolled a rotation back: no new one now
 
 
 # --- steps -------------------------------------------------------------------------------------
@@ -220,6 +221,16 @@ def due_at(policy: Policy, record: RotationRecord) -> datetime | None:
     return record.current.expires_on - policy.lead_time
 
 
+def grace_ends(policy: Policy, record: RotationRecord) -> datetime | None:
+    """The end of the grace window: as recorded, or sooner if the policy's grace is now shorter
+    (a config change, or the incident procedure's zero grace)."""
+    ends = record.grace_until
+    if record.verified_at is not None:
+        by_policy = record.verified_at + policy.grace
+        ends = by_policy if ends is None else min(ends, by_policy)
+    return ends
+
+
 def _unmanaged(policy: Policy, primary: View) -> Step:
     if primary.current is not None:
         return Adopt("first run: the primary holds a key rotator has not recorded yet")
@@ -236,6 +247,8 @@ def _idle(policy: Policy, obs: Observations, record: RotationRecord, primary: Vi
         if primary.current is None:
             return Claim("the primary lost its key: issuing a new one", bootstrap=True)
         return Adopt("the primary's key was changed outside rotator")
+    if obs.rolled_back:
+        return Fail(record.last_error or "the new key was rolled back")
     due = due_at(policy, record)
     if obs.force:
         return Claim("forced")
@@ -284,8 +297,9 @@ def _grace(policy: Policy, obs: Observations, record: RotationRecord, primary: V
     current = record.current.fingerprint if record.current else None
     old = record.previous
     old_dead = old is not None and old.expires_on is not None and old.expires_on <= now
-    if record.grace_until and now < record.grace_until and not old_dead:
-        return Rest("grace window: both keys valid", next_at=record.grace_until)
+    ends = grace_ends(policy, record)
+    if ends and now < ends and not old_dead:
+        return Rest("grace window: both keys valid", next_at=ends)
     if primary.current != current:
         return Fail(f"{policy.primary} no longer holds the new key; not revoking the old one", retry=False)
     unread = tuple(t for t in policy.secondaries if not _fresh(obs, t))

@@ -99,3 +99,56 @@ def test_force_with_zero_grace_rotates_exactly_once(world, emulator):
     record = world.record("web")
     assert record.phase is Phase.IDLE and record.rotations == 1 and not emulator.is_active(old)
     world.assert_i1("web")
+
+
+def test_a_new_key_the_issuer_refuses_is_rolled_back(world, emulator, clock):
+    """Verification fails (the issuer answers 401 for the new key): secondaries get the old key
+    back, the new key is revoked, the run fails; the next run rotates cleanly."""
+    from rotator.testing import EffectCounter
+
+    world.add_secret("web")
+    old = world.seed("web", age=timedelta(days=80))
+    engine = world.engine("A")
+
+    armed = []
+
+    def refuse_next_auth(number, provider, method):
+        if method == "deploy" and not armed:     # the next auth-with-api-key is the live check
+            armed.append(number)
+            emulator.faults.fail_next(1, status=401, path="/accounts/auth-with-api-key")
+
+    EffectCounter(on_effect=refuse_next_auth).instrument(engine.runtime)
+    report = engine.run()
+    outcome = report.outcomes[0]
+    assert report.exit_code == 1 and "refused the new key" in outcome.error
+    assert [a.split()[0] for a in outcome.actions][-5:] == ["rollback", "restored", "revoked", "rolled-back", "failed"]
+    record = world.record("web")
+    assert record.phase is Phase.IDLE and record.pending is None and record.attempts == 1
+    assert all(s.current.reveal() == old for s in world.snapshots("web").values())
+    refused = [r for r in emulator.keys() if r["name"].startswith("web [")]
+    assert len(refused) == 1 and refused[0]["deleted_on"] is not None, "the refused key was revoked"
+    assert emulator.counters().get("POST /accounts/api-key") == 1, "no second attempt in the same run"
+    world.assert_i1("web")
+
+    assert world.rotate().exit_code == 0                                # retried on the next run
+    assert world.record("web").phase is Phase.GRACE and world.record("web").last_error is None
+    world.assert_i1("web")
+
+
+def test_compromise_during_a_grace_window_kills_both_old_keys(world, emulator):
+    """Starting in GRACE, the incident procedure revokes the previous key, rotates again and
+    revokes the compromised (current) key in the same run: facts of the first rotation must not
+    leak into the second."""
+    from rotator.incident import revoke_compromised
+
+    world.add_secret("web")
+    oldest = world.seed("web", age=timedelta(days=80))
+    world.rotate()
+    assert world.record("web").phase is Phase.GRACE
+    compromised = world.snapshots("web")[world.secret("web").primary.label].current.reveal()
+    engine = world.engine("incident")
+    report = revoke_compromised(engine, world.secret("web", engine.runtime))
+    assert report.contained and not report.forced
+    assert not emulator.is_active(compromised) and not emulator.is_active(oldest)
+    world.assert_i1("web")
+    assert world.record("web").phase is Phase.IDLE

@@ -1,0 +1,396 @@
+"""``rotator daemon``: the engine on a schedule, with health, metrics, an audit trail and alerts.
+
+Layers, each testable alone:
+
+* :class:`Reconciler` — no threads, no APScheduler, clock injected: runs ``Engine.run()`` (the
+  code path of ``rotator rotate``) for every secret (*reconcile*) or for the secrets due now
+  (*wake*), then observes each secret (planner assessment, drift, provider reachability), feeds
+  metrics and alerts, and plans the next wake-up with :class:`rotator.scheduler.WakePlan`.
+* :class:`Daemon` — the process: one Runtime (providers keep their sessions), the APScheduler
+  jobs, the HTTP endpoint, signals and the shutdown timeout.
+
+Shutdown (SIGTERM/SIGINT): no new run starts; the engine stops every secret at its next step
+boundary and releases its lease (``Engine.request_stop``), so the next start resumes at once;
+the process exits within ``[daemon].shutdown_timeout`` — if a step is still in flight then, it
+exits anyway (status 1) and the rotation is resumed once its lease runs out. A second signal
+exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from rotator import audit as auditing
+from rotator import planner
+from rotator.config import Settings
+from rotator.engine import Engine, Event, RunReport
+from rotator.errors import CorruptPayload, RotatorError
+from rotator.machine import view_of
+from rotator.notify import DRIFTED, UNROTATED, Alerts
+from rotator.redact import redact
+from rotator.runtime import ManagedSecret, Runtime
+from rotator.scheduler import WakePlan, effective_jitter, escalation_instants
+from rotator.timeutil import format_duration, format_instant
+
+log = logging.getLogger("rotator.daemon")
+
+MIN_READY_AGE = timedelta(minutes=1)
+
+
+def _reachable(outcome: str) -> bool:
+    """Did a provider call reach a working provider? (HTTP statuses, or ok/error.)"""
+    if outcome == "ok":
+        return True
+    return outcome.isdigit() and int(outcome) < 500 and int(outcome) not in (401, 403)
+
+
+class ProviderTracker:
+    """``Runtime(on_call=...)``: counts every provider call and remembers who answered."""
+
+    def __init__(self, metrics: Any = None) -> None:
+        self.metrics = metrics
+        self._answered: set[str] = set()
+        self._lock = threading.Lock()
+
+    def on_call(self, provider: str, operation: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.on_call(provider, operation, outcome)
+        if _reachable(outcome):
+            with self._lock:
+                self._answered.add(provider)
+
+    def answered_since_reset(self) -> set[str]:
+        with self._lock:
+            return set(self._answered)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._answered.clear()
+
+
+class Reconciler:
+    """What the daemon does at each tick; see the module docstring."""
+
+    def __init__(self, runtime: Runtime, *, metrics: Any = None, audit: Any = None,
+                 alerts: Alerts | None = None, tracker: ProviderTracker | None = None) -> None:
+        settings = runtime.settings
+        self.runtime, self.clock = runtime, runtime.clock
+        self.metrics, self.audit, self.alerts = metrics, audit, alerts
+        self.tracker = tracker or ProviderTracker(metrics)
+        self.check_interval = settings.rotator.check_interval
+        self.jitter = effective_jitter(settings.daemon.jitter, self.check_interval)
+        self.max_age = max(2 * self.check_interval + self.jitter, MIN_READY_AGE)
+        self.plan = WakePlan(retry_min=min(settings.daemon.retry_min, self.check_interval),
+                             retry_max=self.check_interval)
+        self.escalate_at = list(settings.alerts.escalate_at)
+        self.engine = Engine(runtime, on_event=self._on_event)
+        self.last_ok: datetime | None = None
+        self.last_error: str | None = None
+        self.providers: dict[str, tuple[str, str | None]] = {}     # name -> (kind, problem or None)
+        self.stopping = False
+        self._events: list[Event] = []
+        self._lock = threading.Lock()
+
+    # --- the two jobs ------------------------------------------------------------------------
+
+    def reconcile(self) -> RunReport | None:
+        """Every secret, every provider checked."""
+        return self._run(None, "reconcile")
+
+    def wake(self) -> RunReport | None:
+        """The secrets whose planned instant has come (None when there are none)."""
+        names = self.plan.due_now(self.clock.now())
+        return self._run(names, "wake") if names else None
+
+    def next_wakeup(self) -> datetime | None:
+        return self.plan.next_wakeup(self.clock.now())
+
+    # --- one run -----------------------------------------------------------------------------
+
+    def _run(self, names: list[str] | None, kind: str) -> RunReport | None:
+        full = kind == "reconcile"
+        started = time.monotonic()
+        if full:
+            self.tracker.reset()
+        try:
+            report = self.engine.run(names)
+        except Exception as exc:  # noqa: BLE001 - the engine isolates secrets; this is the rest
+            self.last_error = redact(str(exc)) or type(exc).__name__
+            log.error("%s run failed: %s", kind, self.last_error)
+            if full and self.metrics is not None:
+                self.metrics.reconciled(False, self.clock.now())
+            return None
+        now = self.clock.now()
+        self.plan.update(report.outcomes, now)
+        events = self._drain()
+        if self.alerts is not None:
+            self.alerts.on_events(events)
+            self.alerts.on_outcomes(report.outcomes)
+        if self.engine.stopping:
+            return report
+        problems: dict[str, tuple[str, str | None]] = {}
+        for secret in self.runtime.select(names):
+            self._observe(secret, now, full, problems)
+        if full:
+            self._probe_issuers(problems)
+            self.providers = problems
+            ok = not any(problem for _, problem in problems.values())
+            self.last_error = None if ok else "; ".join(
+                f"{name}: {problem}" for name, (_, problem) in sorted(problems.items()) if problem)
+            if ok:
+                self.last_ok = now
+            if self.metrics is not None:
+                self.metrics.reconciled(ok, now)
+                for name, (what, problem) in problems.items():
+                    self.metrics.provider(name, what, problem is None)
+        else:
+            for name, entry in problems.items():
+                if entry[1] is not None or name not in self.providers:
+                    self.providers[name] = entry
+        if self.metrics is not None:
+            self.metrics.run_took(kind, time.monotonic() - started)
+        return report
+
+    def _observe(self, secret: ManagedSecret, now: datetime, full: bool,
+                 problems: dict[str, tuple[str, str | None]]) -> None:
+        """Assess one secret after a run (gauges, escalation), and on a reconcile its drift."""
+        primary_backend = secret.primary.backend.name
+        try:
+            if full:
+                from rotator import drift
+
+                primary, report = drift.check(secret)
+            else:
+                primary, report = secret.primary.backend.read(secret.primary.target), None
+        except RotatorError as exc:
+            if not isinstance(exc, CorruptPayload):
+                _note(problems, primary_backend, "backend", redact(str(exc)))
+            else:
+                _note(problems, primary_backend, "backend", None)
+            log.warning("%s: cannot read the primary: %s", secret.name, redact(str(exc)))
+            if self.metrics is not None:
+                self.metrics.unreadable(secret.name)
+            return
+        _note(problems, primary_backend, "backend", None)
+        a = planner.assess(secret.policy, primary.record, view_of(primary), now)
+        unrotated = a.health in UNROTATED
+        self.plan.also_at(secret.name, escalation_instants(a.expires_on, self.escalate_at, now) if unrotated else [])
+        if self.metrics is not None:
+            self.metrics.observe(secret.name, a, self.plan.instant(secret.name, now))
+        if self.alerts is not None:
+            self.alerts.on_assessment(secret.name, a, now)
+        if report is None:
+            return
+        for target in report.targets:
+            backend = secret.bound(target.target).backend.name
+            trouble = target.state in ("unreachable", "error")
+            _note(problems, backend, "backend", (target.detail or target.state) if trouble else None)
+            if report.note:          # a rotation in flight: secondaries are expected to differ
+                continue
+            if self.metrics is not None:
+                self.metrics.set_drift(secret.name, backend, target.target, target.state in DRIFTED)
+            if self.alerts is not None:
+                self.alerts.on_drift(secret.name, target.target, target.state, target.detail, now)
+
+    def _probe_issuers(self, problems: dict[str, tuple[str, str | None]]) -> None:
+        """An issuer that answered during this reconcile is reachable; ask the others once."""
+        answered = self.tracker.answered_since_reset()
+        for name, issuer in self.runtime.issuers.items():
+            if name in answered:
+                _note(problems, name, "issuer", None)
+                continue
+            try:
+                issuer.list_keys()
+                _note(problems, name, "issuer", None)
+            except Exception as exc:  # noqa: BLE001 - any failure means not reachable
+                _note(problems, name, "issuer", redact(str(exc)) or type(exc).__name__)
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        """Engine observer: audit first (durable), metrics, then queue for alerts after the run."""
+        if self.audit is not None:
+            try:
+                self.audit(event)
+            except Exception:  # noqa: BLE001 - the engine must not stop; say so loudly
+                log.exception("could not write the audit record for %s %s", event.secret, event.action)
+        if self.metrics is not None:
+            self.metrics.on_event(event)
+        with self._lock:
+            self._events.append(event)
+
+    def _drain(self) -> list[Event]:
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    # --- readiness ---------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        now = self.clock.now()
+        reasons = []
+        if self.stopping:
+            reasons.append("shutting down")
+        if self.last_ok is None:
+            reasons.append("no successful reconcile yet" + (f": {self.last_error}" if self.last_error else ""))
+        elif now - self.last_ok > self.max_age:
+            reasons.append(f"last successful reconcile {format_duration(now - self.last_ok)} ago"
+                           f" (limit {format_duration(self.max_age)})")
+        for name, (kind, problem) in sorted(self.providers.items()):
+            if problem:
+                reasons.append(f"{kind} {name} unreachable: {problem}")
+        return not reasons, {
+            "config": "loaded",
+            "runner": self.engine.me,
+            "secrets": len(self.runtime.secrets),
+            "last_successful_reconcile": format_instant(self.last_ok),
+            "next_wakeup": format_instant(self.next_wakeup()),
+            "providers": {n: ("ok" if p is None else "unreachable") for n, (_, p) in sorted(self.providers.items())},
+            "reasons": reasons,
+        }
+
+
+def _note(problems: dict[str, tuple[str, str | None]], name: str, kind: str, problem: str | None) -> None:
+    """Remember a provider's state for this run; a problem is never overwritten by an ok."""
+    if problem is not None or name not in problems:
+        problems[name] = (kind, problem)
+
+
+# --- the process -----------------------------------------------------------------------------------
+
+class Daemon:
+    def __init__(self, settings: Settings, *, http_address: str | None = None,
+                 audit_path: str | None = None) -> None:
+        from rotator import notify
+        from rotator.metrics import Metrics
+        from rotator.scheduler import Scheduler
+
+        self.settings = settings
+        self.metrics = Metrics()
+        tracker = ProviderTracker(self.metrics)
+        self.runtime = Runtime(settings, on_call=tracker.on_call)
+        self.audit = auditing.open_sink(settings.audit, audit_path)
+        hooks = notify.webhooks_from_settings(settings.alerts, self.runtime.context.resolve_credential)
+        self.notifier = notify.Notifier(
+            hooks, timeout=settings.alerts.timeout.total_seconds(),
+            on_delivery=lambda alert, hook, ok: self.metrics.alert(alert.kind, "sent" if ok else "failed"),
+        ) if hooks else None
+        alerts = Alerts(self.notifier.send if self.notifier else _no_webhook,
+                        escalate_at=settings.alerts.escalate_at, repeat_after=settings.alerts.repeat_after,
+                        on_suppressed=lambda alert: self.metrics.alert(alert.kind, "suppressed"))
+        self.reconciler = Reconciler(self.runtime, metrics=self.metrics, audit=self.audit, alerts=alerts,
+                                     tracker=tracker)
+        self.scheduler = Scheduler(self._job("reconcile"), self._job("wake"),
+                                   check_interval=settings.rotator.check_interval, jitter=settings.daemon.jitter)
+        address = settings.daemon.http_address if http_address is None else (http_address or None)
+        self.http = None
+        if address and address.lower() not in ("off", "none"):
+            from rotator.health import HealthServer
+
+            self.http = HealthServer(address, ready=self.reconciler.readiness, metrics=self.metrics.page)
+        self._gate = threading.Lock()
+        self._stopping = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._signalled = threading.Event()
+
+    def _job(self, kind: str):
+        def job() -> None:
+            with self._gate:
+                if self._stopping.is_set():
+                    return
+                self._idle.clear()
+            try:
+                getattr(self.reconciler, kind)()
+                if not self._stopping.is_set():
+                    self.scheduler.plan_wake(self.reconciler.next_wakeup())
+            except Exception:  # noqa: BLE001 - a job must never kill the scheduler
+                log.exception("%s job failed", kind)
+            finally:
+                self._idle.set()
+        job.__name__ = kind
+        return job
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._signalled.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            _flush_logs()
+            os._exit(128 + signum)
+        log.info("%s received: shutting down", signal.Signals(signum).name)
+        self._signalled.set()
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; return the exit status."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        if self.http is not None:
+            self.http.start()
+            log.info("serving /healthz /readyz /metrics on http://%s", self.http.address)
+        self.scheduler.start()
+        log.info("daemon started: %d secret(s), reconcile every %s (jitter up to %s), runner %s",
+                 len(self.runtime.secrets), format_duration(self.reconciler.check_interval),
+                 format_duration(self.reconciler.jitter), self.reconciler.engine.me)
+        while not self._signalled.wait(timeout=3600):
+            pass
+        return self.shutdown()
+
+    def request_shutdown(self) -> None:
+        """What a signal does (for embedding and tests)."""
+        self._signalled.set()
+
+    def shutdown(self) -> int:
+        timeout = self.settings.daemon.shutdown_timeout
+        with self._gate:
+            self._stopping.set()
+        self.reconciler.stopping = True
+        self.reconciler.engine.request_stop()
+        self.scheduler.shutdown()
+        in_flight = not self._idle.is_set()
+        if in_flight:
+            log.info("waiting up to %s for the step in flight", format_duration(timeout))
+        finished = self._idle.wait(timeout.total_seconds())
+        if self.http is not None:
+            self.http.stop()
+        if not finished:
+            log.error("shutdown timeout (%s) passed with a step in flight; exiting anyway. The next start"
+                      " resumes the rotation once its lease (%s) runs out", format_duration(timeout),
+                      format_duration(self.settings.rotator.lease))
+            _flush_logs()
+            os._exit(1)
+        for closing in (self.runtime.close, getattr(self.audit, "close", None),
+                        getattr(self.notifier, "close", None)):
+            if closing is not None:
+                try:
+                    closing()
+                except Exception:  # noqa: BLE001
+                    log.exception("error while closing")
+        log.info("stopped")
+        return 0
+
+
+def _no_webhook(alert: Any) -> None:
+    log.warning("ALERT %s: %s", alert.kind, alert.summary)
+
+
+def _flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        try:
+            handler.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    sys.stderr.flush()
+
+
+def run_daemon(settings: Settings, *, http_address: str | None = None, audit_path: str | None = None) -> int:
+    """Build the daemon from validated settings and serve until a signal."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    return Daemon(settings, http_address=http_address, audit_path=audit_path).run()
