@@ -13,6 +13,7 @@ Providers use one :class:`Backoff` per logical call::
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,11 +44,56 @@ class Backoff:
         ceiling = min(self.policy.cap, self.policy.base * (2 ** (self.tries - 1)))
         return self._rng.uniform(0, ceiling)
 
-    def wait(self, error: BaseException, retry_after: float | None = None) -> None:
-        """Record a failed try; sleep before the next, or re-raise ``error`` if none is left."""
+    def wait(self, error: BaseException, retry_after: float | None = None,
+             pause: Callable[[float], None] | None = None) -> None:
+        """Record a failed try and wait before the next, or re-raise ``error`` if none is left.
+
+        ``pause`` replaces sleeping here: a shared :class:`Throttle` takes the wait instead, so
+        every worker of the same API waits it out, this one included.
+        """
         self.tries += 1
         if self.tries >= self.policy.attempts:
             raise error
-        pause = self.delay(retry_after)
-        self.waited += pause
-        self._sleep(pause)
+        delay = self.delay(retry_after)
+        self.waited += delay
+        (pause or self._sleep)(delay)
+
+
+class Throttle:
+    """Client-side pacing shared by every worker talking to one API: a token bucket (``rate``
+    requests per second, ``burst`` at most at once; None = unlimited) plus a shared pause, so a
+    429 seen by one worker slows all of them instead of each finding out on its own.
+
+    Waits are reserved under the lock and slept outside it, so callers queue fairly.
+    """
+
+    def __init__(self, rate: float | None, burst: int, now: Callable[[], float],
+                 sleep: Callable[[float], None]) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._now = now
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tokens = float(self.burst)
+        self._last = now()
+        self._paused_until = 0.0
+
+    def acquire(self) -> float:
+        """Wait for a turn; returns how long it waited."""
+        with self._lock:
+            now = self._now()
+            wait = max(0.0, self._paused_until - now)
+            if self.rate:
+                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+                self._last = now
+                self._tokens -= 1
+                if self._tokens < 0:
+                    wait = max(wait, -self._tokens / self.rate)
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def pause(self, seconds: float) -> None:
+        """Everyone waits at least ``seconds`` from now before the next request (a 429)."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, self._now() + max(0.0, seconds))

@@ -28,7 +28,7 @@ from rotator.errors import (
 )
 from rotator.interfaces import Clock
 from rotator.models import Secret
-from rotator.retry import Backoff, RetryPolicy
+from rotator.retry import Backoff, RetryPolicy, Throttle
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class QuivaClient:
     def __init__(self, *, provider: str, base_url: str, admin_key: Callable[[], Secret],
                  timeout: float, policy: RetryPolicy, sleep: Callable[[float], None],
                  clock: Clock, on_call: Callable[[str, str, str], None],
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, throttle: Throttle | None = None) -> None:
         self.provider = provider
         self._base_url = base_url
         self._admin_key = admin_key
@@ -104,6 +104,8 @@ class QuivaClient:
         self._clock = clock
         self._on_call = on_call
         self._transport = transport
+        # Shared by every worker thread using this client: pacing and 429 pauses.
+        self.throttle = throttle or Throttle(None, 1, lambda: clock.now().timestamp(), sleep)
         self._http: httpx.Client | None = None
         self._http_lock = threading.Lock()
         self._session: _Session | None = None
@@ -147,6 +149,7 @@ class QuivaClient:
         """
         backoff = Backoff(self._policy, self._sleep)
         while True:
+            self.throttle.acquire()
             try:
                 response = self._client().request(method, path, json=json, params=params,
                                                   headers=headers)
@@ -170,7 +173,7 @@ class QuivaClient:
                 backoff.wait(RateLimited(
                     f"{operation}: {method} {path} still rate limited (429) after"
                     f" {backoff.tries + 1} tries", provider=self.provider, retry_after=wait),
-                    retry_after=wait)
+                    retry_after=wait, pause=self.throttle.pause)
             elif status >= 500:
                 backoff.wait(IssuerUnavailable(
                     f"{operation}: {method} {path} returned {status}{_paren(answer.error)} after"

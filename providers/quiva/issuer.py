@@ -17,7 +17,7 @@ from rotator import credentials
 from rotator.errors import IssuerError, IssuerPermissionError
 from rotator.interfaces import ProviderContext
 from rotator.models import IssuedKey, IssuerCapabilities, KeyInfo, Secret
-from rotator.retry import RetryPolicy
+from rotator.retry import RetryPolicy, Throttle
 from rotator.timeutil import parse_duration, parse_instant
 from rotator.validation import StrictModel, parse
 
@@ -43,6 +43,8 @@ class QuivaSettings(StrictModel):
     max_retry_wait: timedelta = timedelta(minutes=5)
     verify_with: Literal["auth", "agents"] = "auth"
     list_email: str | None = None
+    rate_limit: float | None = Field(default=None, gt=0)   # requests per second, all workers together
+    rate_burst: int = Field(default=5, ge=1)
 
     @field_validator("base_url")
     @classmethod
@@ -92,6 +94,8 @@ class QuivaIssuer:
             clock=context.clock,
             on_call=context.on_call,
             transport=transport,
+            throttle=Throttle(self.settings.rate_limit, self.settings.rate_burst,
+                              lambda: context.clock.now().timestamp(), context.sleep),
         )
 
     @property

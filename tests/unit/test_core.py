@@ -152,3 +152,20 @@ def test_credential_resolution(tmp_path):
         credentials.resolve({"env": "K"}, "w", environ={})
     with pytest.raises(ConfigError, match="cannot read"):
         credentials.resolve({"file": str(tmp_path / "missing")}, "w")
+
+
+def test_throttle_paces_requests_and_shares_a_429_pause():
+    from rotator.retry import Throttle
+    from rotator.testing import FakeClock
+
+    clock = FakeClock()
+    now = lambda: clock.now().timestamp()  # noqa: E731
+    throttle = Throttle(rate=10, burst=2, now=now, sleep=clock.sleep)
+    start = now()
+    waits = [throttle.acquire() for _ in range(12)]
+    assert waits[:2] == [0, 0]                       # the burst goes at once
+    assert now() - start == pytest.approx(1.0)       # then 10 per second: 10 more take 1 s
+    throttle.pause(30)                               # a 429 seen by one worker ...
+    assert throttle.acquire() == pytest.approx(30)   # ... holds back the next request of any worker
+    unlimited = Throttle(rate=None, burst=1, now=now, sleep=clock.sleep)
+    assert [unlimited.acquire() for _ in range(100)] == [0] * 100
