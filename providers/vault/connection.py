@@ -1,0 +1,224 @@
+"""The backend's edge: one lazily built hvac client, logged in and re-logged in as needed, every
+request reported through ``on_call``, every foreign error translated into rotator's error tree.
+
+hvac (and requests) are imported on the first request, never at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any, Callable
+
+from rotator.errors import BackendError, BackendPermissionError, BackendUnavailable, Conflict, RotatorError
+from rotator.interfaces import ProviderContext
+from rotator.redact import redact
+
+from providers.vault import auth as _auth
+from providers.vault.settings import VaultSettings
+
+CAS_MISMATCH = "check-and-set parameter did not match"
+NO_ROUTE = "no handler for route"
+VERSIONED_PATH = "invalid path for a versioned k/v"
+_TRANSIENT = ("VaultDown", "InternalServerError", "BadGateway", "RateLimitExceeded", "VaultNotInitialized",
+              "PreconditionFailed", "UnexpectedError")
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    """What one request is about: ``op`` for reporting; target, capability and the policy path
+    for error messages; ``cas`` for conflicts."""
+
+    op: str
+    target: Any | None            # a VaultTarget (its label and mount), None for logins
+    capability: str
+    path: str
+    cas: int | None = None
+
+
+class Connection:
+    def __init__(self, provider: str, settings: VaultSettings, context: ProviderContext,
+                 session: Any = None) -> None:
+        self.provider = provider
+        self._settings = settings
+        self._context = context
+        self._session = session
+        self._auth = _auth.authenticator(settings.auth, provider, f"backends.{provider}.auth",
+                                         context.resolve_credential)
+        self._lock = threading.RLock()
+        self._client: Any = None
+        self._login: _auth.Login | None = None
+
+    def request(self, call: Call, send: Callable[[Any], Any]) -> Any:
+        """``send(client)`` once: log in first if needed; report it; translate its failure. When
+        Vault says 403 and lookup-self shows the token itself is gone, log in again, retry once."""
+        client = self._ready()
+        for attempt in (0, 1):
+            used = client.token
+            try:
+                result = send(client)
+            except Exception as exc:
+                self._report(call.op, "error")
+                if attempt == 0 and is_hvac(exc, "Forbidden"):
+                    if client.token != used:             # another thread logged in meanwhile
+                        continue
+                    if self._token_is_dead(client):
+                        self._relogin(client, used)
+                        continue
+                translated = self.translate(call, exc)
+                if translated is None:
+                    raise
+                raise translated from None
+            self._report(call.op, "ok")
+            return result
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client, self._login = self._client, None, None
+        if client is not None:
+            client.adapter.close()
+
+    # --- client and login ------------------------------------------------------------------------
+
+    def _ready(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            if self._login is None or self._login.refresh_due(_auth.monotonic()):
+                self._log_in(self._client)
+            return self._client
+
+    def _build(self) -> Any:
+        import hvac
+
+        settings = self._settings
+        if self._session is not None:      # hvac prefers an injected session's own TLS settings
+            self._session.verify, self._session.cert = settings.tls_verify, settings.tls_cert
+        # token="" (not None): hvac would otherwise pick up $VAULT_TOKEN or ~/.vault-token by itself.
+        return hvac.Client(url=settings.url, token="", namespace=settings.namespace,
+                           verify=settings.tls_verify, cert=settings.tls_cert,
+                           timeout=settings.timeout, session=self._session)
+
+    def _log_in(self, client: Any) -> None:
+        path = self._auth.login_path
+        if path is None:                   # a token from the environment or a file: no request
+            login = self._auth.login(client)
+        else:
+            try:
+                login = self._auth.login(client)
+            except RotatorError:
+                self._report("login", "error")
+                raise
+            except Exception as exc:
+                self._report("login", "error")
+                raise self.translate(Call("login", None, "update", path), exc, login=True) or exc from None
+            self._report("login", "ok")
+        client.token = login.token.reveal()
+        self._login = login
+
+    def _token_is_dead(self, client: Any) -> bool:
+        """After a 403: is the token itself gone (expired, revoked)? One lookup-self request."""
+        try:
+            client.auth.token.lookup_self()
+        except Exception as exc:
+            self._report("lookup_self", "error")
+            return is_hvac(exc, "Forbidden")
+        self._report("lookup_self", "ok")
+        return False
+
+    def _relogin(self, client: Any, dead: str) -> None:
+        with self._lock:
+            if client.token != dead:                     # another thread already did
+                return
+            self._log_in(client)
+            if client.token == dead:
+                raise BackendPermissionError(
+                    f"the Vault token ({self._auth.describe()}) is no longer valid (expired or revoked)"
+                    " and its source still holds the same token; renew it", provider=self.provider)
+
+    def _report(self, op: str, outcome: str) -> None:
+        self._context.on_call(self.provider, op, outcome)
+
+    # --- errors -------------------------------------------------------------------------------
+
+    def translate(self, call: Call, exc: BaseException, *, login: bool = False) -> RotatorError | None:
+        """``exc`` as a rotator error (None: not a Vault or HTTP error; let it propagate)."""
+        import requests
+
+        if isinstance(exc, RotatorError):
+            return exc
+        url, provider = self._settings.url, self.provider
+        where = call.target.label if call.target is not None else f"{provider} ({url})"
+        inside = f" in namespace '{self._settings.namespace}'" if self._settings.namespace else ""
+        detail = _detail(exc)
+        if isinstance(exc, requests.exceptions.SSLError):
+            return BackendError(f"{where}: TLS verification of {url} failed ({detail}); set ca_cert to the CA"
+                                " bundle that signed Vault's certificate", provider=provider)
+        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return BackendUnavailable(f"{where}: cannot reach Vault at {url} ({type(exc).__name__})",
+                                      provider=provider)
+        if not is_hvac(exc, "VaultError"):
+            return None
+        if login and is_hvac(exc, "InvalidRequest", "Forbidden", "Unauthorized"):
+            return BackendPermissionError(f"{self._auth.method} login at {call.path}{inside} refused: {detail}",
+                                          provider=provider)
+        if is_hvac(exc, "Forbidden", "Unauthorized"):
+            return BackendPermissionError(
+                f"{where}: permission denied: the Vault token ({self._auth.describe()}) needs the"
+                f" '{call.capability}' capability on '{call.path}'{inside} (during {call.op})", provider=provider)
+        if is_hvac(exc, "InvalidRequest") and CAS_MISMATCH in detail.lower():
+            expected = "absent" if call.cas == 0 else f"at version {call.cas}"
+            return Conflict(f"{where}: changed since it was read (check-and-set expected it {expected})",
+                            provider=provider)
+        if is_hvac(exc, "InvalidPath"):
+            mount = call.target.mount if call.target is not None else "?"
+            text = raw_text(exc).lower()
+            if VERSIONED_PATH in text:
+                return BackendError(f"{where}: mount '{mount}' is KV v2; set backends.{provider}.kv_version = 2",
+                                    provider=provider)
+            if NO_ROUTE in text:
+                return BackendError(f"{where}: no secrets engine is mounted at '{mount}'{inside}",
+                                    provider=provider)
+            return BackendError(f"{where}: {call.path} not found during {call.op}", provider=provider)
+        if is_hvac(exc, "VaultDown"):
+            return BackendUnavailable(f"{where}: Vault is sealed or in maintenance ({detail})", provider=provider)
+        if is_hvac(exc, *_TRANSIENT):
+            return BackendUnavailable(f"{where}: Vault answered {type(exc).__name__} during {call.op} ({detail})",
+                                      provider=provider)
+        return BackendError(f"{where}: {call.op} refused by Vault: {type(exc).__name__} ({detail})",
+                            provider=provider)
+
+
+def is_hvac(exc: BaseException, *names: str) -> bool:
+    """isinstance against hvac exception classes, by name."""
+    import hvac.exceptions as errors
+
+    return any(isinstance(exc, getattr(errors, name)) for name in names)
+
+
+def route_problem(exc: BaseException) -> bool:
+    """An InvalidPath that is not "no such secret": no mount there, or the wrong KV version."""
+    text = raw_text(exc).lower()
+    return NO_ROUTE in text or VERSIONED_PATH in text
+
+
+def raw_text(exc: BaseException) -> str:
+    return " ".join(str(e) for e in (getattr(exc, "errors", None) or [])) + " " + str(exc)
+
+
+def api_url(path: str) -> str:
+    """``/v1/<path>`` with each segment percent-encoded (slashes stay)."""
+    from hvac import utils
+
+    return utils.format_url("/v1/{rest}", rest=path.removeprefix("/v1/"))
+
+
+def _detail(exc: BaseException) -> str:
+    """Vault's own words, tidied and redacted; a raw JSON body is not repeated."""
+    errors = getattr(exc, "errors", None)
+    text = "; ".join(str(e) for e in errors) if errors else str(exc)
+    text = " ".join(text.replace("\t", " ").replace("*", " ").split())
+    if text.startswith("{"):
+        text = "unexpected response"
+    return redact(text)[:300] or type(exc).__name__
