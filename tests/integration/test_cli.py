@@ -131,3 +131,16 @@ def test_help_does_not_import_heavy_modules():
             "assert not heavy, heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_demo_says_whether_it_has_a_vault_target(capsys, monkeypatch):
+    import importlib.util
+
+    from rotator.demo import run_demo
+
+    assert run_demo(days=30) == 0
+    assert "Vault target: prod-web-app's primary is KV v2 on an OpenBao dev server" in capsys.readouterr().out
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "hvac" else real(name, *a))
+    assert run_demo(days=30) == 0
+    assert "no Vault target: hvac is not installed" in capsys.readouterr().out
