@@ -54,3 +54,79 @@ def _app_read_file(backend: Backend, target: Target) -> str | None:
 CASES: list[BackendCase] = [
     BackendCase(name="file", make=_make_file, app_read=_app_read_file),
 ]
+
+
+# --- Vault / OpenBao KV (a session-wide `bao server -dev`, started on first use) ---------------
+
+def _make_vault(kv_version: int) -> Callable[[Path], tuple[Backend, NewTarget]]:
+    def make(tmp_path: Path) -> tuple[Backend, NewTarget]:
+        import uuid
+
+        from providers.vault_kv import VaultKVBackend
+        from tests.servers.vault import server
+
+        bao = server()
+        settings = {"url": bao.url, "kv_version": kv_version,
+                    "mount_point": "secret" if kv_version == 2 else bao.kv1_mount,
+                    "auth": {"method": "token", "token": {"env": "VAULT_TOKEN"}}}
+        context = provider_context(environ={"VAULT_TOKEN": bao.root_token})
+        backend = VaultKVBackend(f"contract-vault-kv{kv_version}", settings, context)
+        prefix, numbers = f"contract/{uuid.uuid4().hex[:12]}", count(1)
+        return backend, lambda: backend.target({"path": f"{prefix}/app-{next(numbers)}"})
+
+    return make
+
+
+def _app_read_vault(backend: Backend, target: Target) -> str | None:
+    """What `bao kv get -field=<field>` would print, through a separate root client."""
+    import hvac
+
+    from tests.servers.vault import server
+
+    kv = server().client().secrets.kv
+    try:
+        if backend.capabilities.extra.get("kv_version") == 1:
+            data = kv.v1.read_secret(path=target.path, mount_point=target.mount)["data"]
+        else:
+            data = kv.v2.read_secret_version(path=target.path, mount_point=target.mount,
+                                             raise_on_deleted_version=True)["data"]["data"]
+    except hvac.exceptions.InvalidPath:
+        return None
+    return data.get(target.field)
+
+
+CASES.append(BackendCase(name="vault-kv2", make=_make_vault(2), app_read=_app_read_vault))
+CASES.append(BackendCase(name="vault-kv1", make=_make_vault(1), app_read=_app_read_vault))
+
+
+# --- AWS Secrets Manager (a session-wide moto server, started on first use) -------------------
+
+def _make_aws(tmp_path: Path) -> tuple[Backend, NewTarget]:
+    import uuid
+
+    from providers.aws_secrets_manager import SecretsManagerBackend
+    from tests.servers.aws import dummy_credentials, server
+
+    moto = server()
+    env = dummy_credentials()           # the standard chain finds them; undone in _teardown_aws
+    backend = SecretsManagerBackend("contract-aws-sm", moto.settings(), provider_context())
+    _AWS_ENVS[id(backend)] = env
+    prefix, numbers = f"contract/{uuid.uuid4().hex[:12]}", count(1)
+    return backend, lambda: backend.target({"secret_id": f"{prefix}/app-{next(numbers)}"})
+
+
+def _teardown_aws(backend: Backend) -> None:
+    _AWS_ENVS.pop(id(backend)).undo()
+
+
+_AWS_ENVS: dict[int, Any] = {}
+
+
+def _app_read_aws(backend: Backend, target: Target) -> str | None:
+    """What an application reads: GetSecretValue(VersionStage="AWSCURRENT"), then the field."""
+    from tests.servers.aws import server
+
+    return server().read_current(target.secret_id, target.field, target.region)
+
+
+CASES.append(BackendCase(name="aws-sm", make=_make_aws, teardown=_teardown_aws, app_read=_app_read_aws))

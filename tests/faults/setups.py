@@ -39,3 +39,28 @@ def add_secret(world: Any, request: pytest.FixtureRequest, setup: PrimarySetup, 
     """A secret with the setup's primary and a file secondary."""
     primary = setup.configure(world, request, name)
     world.add_secret(name, targets=[primary, {"backend": "app", "path": f"{name}.json"}])
+
+
+def _vault(world: Any, request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    """KV v2 on the session's OpenBao dev server (tests/servers/vault.py), a fresh path per test."""
+    bao = request.getfixturevalue("openbao")
+    prefix = request.getfixturevalue("vault_prefix")
+    request.getfixturevalue("monkeypatch").setenv("VAULT_TOKEN", bao.root_token)
+    world.backends["vault"] = {"type": "vault_kv", "url": bao.url,
+                               "auth": {"method": "token", "token": {"env": "VAULT_TOKEN"}}}
+    return {"backend": "vault", "path": f"{prefix}/apps/{name}/quiva"}
+
+
+PRIMARIES.append(PrimarySetup("vault", _vault))
+
+
+def _aws(world: Any, request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
+    """AWS Secrets Manager on the session's moto server (tests/servers/aws.py), reset per test;
+    dummy credentials in the environment for this test only."""
+    moto_url = request.getfixturevalue("moto_url")
+    world.backends["aws"] = {"type": "aws_secrets_manager", "region": "us-east-1", "endpoint_url": moto_url,
+                             "max_attempts": 2}
+    return {"backend": "aws", "secret_id": f"prod/{name}/quiva"}
+
+
+PRIMARIES.append(PrimarySetup("aws", _aws))

@@ -1,0 +1,578 @@
+"""Backend ``aws_secrets_manager``: each target is one AWS Secrets Manager secret.
+See docs/backends/aws-secrets-manager.md.
+
+How the slots map onto versions and staging labels:
+
+* **current** — the version labelled AWSCURRENT (the *head*): the key in ``field``, the fields an
+  application put there, and rotator's section (the record on a primary, pointers to the pending
+  and previous versions, metadata about the key). Applications read only this version.
+* **pending** — its own version, labelled AWSPENDING, written with a ClientRequestToken derived
+  from the rotation id before the head points at it.
+* **previous** — the version AWSCURRENT was moved away from at promotion (AWS labels it
+  AWSPREVIOUS), kept through the grace window.
+
+Every primary write puts a new head (labelled ``ROTATOR_NEXT`` so it is not an orphan) and then
+moves AWSCURRENT onto it with ``UpdateSecretVersionStage(RemoveFromVersionId=expect)``: AWS refuses
+the move when AWSCURRENT is no longer on ``expect``, which makes it a compare-and-swap. The
+version token is the head's VersionId. Versions are immutable, so heads and values read once are
+cached by VersionId.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Mapping, TypeVar
+
+from providers.aws.session import AwsClients, AwsFailure, AwsOptions
+from providers.aws.sm_config import (
+    ARN_PATTERN,
+    SecretsManagerSettings,
+    SecretsManagerTarget,
+    SecretsManagerTargetSpec,
+)
+from providers.aws.sm_payload import Doc, Problem, Ref, describing, meta_of, token
+from rotator.errors import (
+    BackendError,
+    BackendPermissionError,
+    BackendUnavailable,
+    ConfigError,
+    Conflict,
+    CorruptPayload,
+    SecretMissing,
+)
+from rotator.interfaces import ProviderContext
+from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, Snapshot
+from rotator.validation import parse
+
+log = logging.getLogger(__name__)
+
+SERVICE = "secretsmanager"
+CURRENT, PENDING, PREVIOUS = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"
+SCRATCH = "ROTATOR_NEXT"           # keeps a freshly put head labelled until AWSCURRENT moves onto it
+LABEL_REFUSED = frozenset({"InvalidParameterException", "InvalidRequestException", "ResourceNotFoundException"})
+_VALUES_KEPT = 512
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Head:
+    """The version labelled AWSCURRENT when last seen (or written) by this process."""
+
+    version: str
+    doc: Doc
+
+
+class SecretsManagerBackend:
+    """Backend ``aws_secrets_manager``: a primary (record + CAS) or a secondary, in any region."""
+
+    capabilities = BackendCapabilities(holds_record=True, keeps_previous=True,
+                                       extra={"service": SERVICE, "replicas": True})
+
+    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
+        self.name = name
+        self._settings = s = parse(SecretsManagerSettings, settings, f"backends.{name}")
+        endpoints = {key: url for key, url in ((SERVICE, s.endpoint_url), ("sts", s.sts_endpoint_url)) if url}
+        options = AwsOptions(region=s.region, profile=s.profile, role_arn=s.role_arn,
+                             role_session_name=s.role_session_name, external_id=s.external_id,
+                             endpoints=endpoints, connect_timeout=s.connect_timeout,
+                             read_timeout=s.read_timeout, max_attempts=s.max_attempts)
+        self._aws = AwsClients(name, options, sleep=context.sleep, on_call=context.on_call)
+        self._sleep = context.sleep
+        self._lock = threading.Lock()
+        self._heads: dict[SecretsManagerTarget, _Head] = {}
+        self._values: OrderedDict[tuple[str | None, str, str], Secret] = OrderedDict()
+
+    def target(self, spec: Mapping[str, Any]) -> SecretsManagerTarget:
+        entry = {key: value for key, value in spec.items() if key != "backend"}
+        parsed = parse(SecretsManagerTargetSpec, entry, f"backends.{self.name} target")
+        arn = ARN_PATTERN.fullmatch(parsed.secret_id)
+        region = parsed.region
+        if arn is not None:
+            if region is not None and region != arn["region"]:
+                raise ConfigError(f"backends.{self.name} target.region: {region!r} differs from the"
+                                  f" region in the secret's ARN ({arn['region']})")
+            region = arn["region"]
+        region = (region or self._settings.region or os.environ.get("AWS_REGION")
+                  or os.environ.get("AWS_DEFAULT_REGION"))
+        return SecretsManagerTarget(parsed.secret_id, region, parsed.field, parsed.replica)
+
+    # --- the Protocol ------------------------------------------------------------------------
+
+    def read(self, target: SecretsManagerTarget) -> Snapshot:
+        return self._guard("read", target, lambda: self._read(target))
+
+    def write_record(self, target: SecretsManagerTarget, record: RotationRecord, *, expect: str | None) -> str:
+        return self._guard("write_record", target, lambda: self._write_record(target, record, expect))
+
+    def stage(self, target: SecretsManagerTarget, value: Secret, record: RotationRecord, *,
+              expect: str | None) -> str:
+        return self._guard("stage", target, lambda: self._stage(target, value, record, expect))
+
+    def promote(self, target: SecretsManagerTarget, record: RotationRecord, *, expect: str) -> str:
+        return self._guard("promote", target, lambda: self._promote(target, record, expect))
+
+    def discard_pending(self, target: SecretsManagerTarget, record: RotationRecord, *, expect: str) -> str:
+        return self._guard("discard_pending", target, lambda: self._discard_pending(target, record, expect))
+
+    def deploy(self, target: SecretsManagerTarget, current: Secret, previous: Secret | None, meta: KeyRef) -> None:
+        self._guard("deploy", target, lambda: self._deploy(target, current, previous, meta))
+
+    def delete(self, target: SecretsManagerTarget) -> None:
+        self._guard("delete", target, lambda: self._delete(target))
+
+    def close(self) -> None:
+        self._aws.close()
+        with self._lock:
+            self._heads.clear()
+            self._values.clear()
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def _read(self, target: SecretsManagerTarget) -> Snapshot:
+        head = self._fetch_head(target)
+        if head is None:
+            return Snapshot()
+        return Snapshot(version=head.version, current=head.doc.current,
+                        pending=self._value(target, head.doc.pending),
+                        previous=self._value(target, head.doc.previous),
+                        record=head.doc.rotation_record())
+
+    def _fetch_head(self, target: SecretsManagerTarget) -> _Head | None:
+        """GetSecretValue(VersionStage=AWSCURRENT); None when the secret (or its value) is missing."""
+        try:
+            answer = self._call(target, "GetSecretValue", SecretId=target.secret_id, VersionStage=CURRENT)
+        except AwsFailure as failure:
+            if failure.code != "ResourceNotFoundException":
+                raise
+            self._forget(target)
+            return None
+        head = _Head(answer["VersionId"], _parse(answer, target))
+        self._remember(target, head)
+        return head
+
+    def _value(self, target: SecretsManagerTarget, ref: Ref | None) -> Secret | None:
+        """The key held by the version ``ref`` points at (by VersionId; cached: versions are immutable)."""
+        if ref is None:
+            return None
+        key = (target.region, target.secret_id, ref.version)
+        with self._lock:
+            cached = self._values.get(key)
+        if cached is not None:
+            return cached
+        try:
+            answer = self._call(target, "GetSecretValue", SecretId=target.secret_id, VersionId=ref.version)
+        except AwsFailure as failure:
+            if failure.code == "ResourceNotFoundException":
+                return None          # never written (a crash mid-stage) or expired by AWS's version clean-up
+            raise
+        value = _parse(answer, target).current
+        if value is None or value.fingerprint != ref.fingerprint:
+            raise Problem(CorruptPayload, f"version {_short(ref.version)} does not hold the key rotator's"
+                                          " pointer describes (fingerprint mismatch)")
+        self._keep_value(target, ref.version, value)
+        return value
+
+    def _base(self, target: SecretsManagerTarget, expect: str | None) -> Doc:
+        """The payload of version ``expect`` (what the caller decided on): cached, else by VersionId."""
+        if expect is None:
+            return Doc()
+        with self._lock:
+            head = self._heads.get(target)
+        if head is not None and head.version == expect:
+            return head.doc
+        try:
+            answer = self._call(target, "GetSecretValue", SecretId=target.secret_id, VersionId=expect)
+        except AwsFailure as failure:
+            if failure.code == "ResourceNotFoundException":
+                raise Problem(Conflict, f"version {_short(expect)} is gone; the secret changed since it was read")
+            raise
+        return _parse(answer, target)
+
+    # --- primary writes ----------------------------------------------------------------------
+
+    def _write_record(self, target: SecretsManagerTarget, record: RotationRecord, expect: str | None) -> str:
+        self._writable(target)
+        base = self._base(target, expect)
+        doc = base.evolve(record=record.to_dict(), meta=_meta(base, base.current, record.current))
+        version = self._swap(target, doc, record, expect, "record")
+        self._keep_previous_label(target, doc, record, expect)
+        return version
+
+    def _stage(self, target: SecretsManagerTarget, value: Secret, record: RotationRecord,
+               expect: str | None) -> str:
+        self._writable(target)
+        base = self._base(target, expect)
+        pending = base.plain().evolve(current=value, meta=describing(value, record.pending))
+        content = pending.encode(target.field)
+        pending_id = token("pending", record.rotation_id, expect, content)
+        doc = base.evolve(pending=Ref(pending_id, value.fingerprint), record=record.to_dict(),
+                          meta=_meta(base, base.current, record.current))
+        if expect is None:                      # the secret must exist before a version can be added
+            version = self._swap(target, doc, record, None, "stage")
+            self._put(target, content, pending_id, [PENDING])
+        else:
+            try:
+                self._put(target, content, pending_id, [PENDING])   # the value is durable first (I2)
+            except AwsFailure as failure:
+                if failure.code == "ResourceNotFoundException":
+                    raise Problem(Conflict, "was deleted since it was read")
+                raise
+            try:
+                version = self._swap(target, doc, record, expect, "stage")
+            except Problem as problem:
+                if problem.kind is Conflict:
+                    self._return_pending_label(target, pending_id)
+                raise
+            self._keep_previous_label(target, doc, record, expect)
+        self._keep_value(target, pending_id, value)
+        return version
+
+    def _promote(self, target: SecretsManagerTarget, record: RotationRecord, expect: str) -> str:
+        self._writable(target)
+        base = self._base(target, expect)
+        if base.pending is None:
+            raise Problem(BackendError, "nothing is pending, so there is nothing to promote")
+        value = self._value(target, base.pending)
+        if value is None:
+            raise Problem(BackendError, f"the pending version {_short(base.pending.version)} is gone;"
+                                        " nothing to promote")
+        previous = Ref(expect, base.current.fingerprint) if base.current is not None else None
+        doc = base.evolve(current=value, pending=None, previous=previous, record=record.to_dict(),
+                          meta=describing(value, record.current, record.pending))
+        version = self._swap(target, doc, record, expect, "promote")   # AWS moves AWSPREVIOUS to ``expect``
+        if base.current is None:
+            self._unlabel(target, PREVIOUS, expect)     # the old head held no key: no previous
+        else:
+            self._keep_value(target, expect, base.current)
+        return version
+
+    def _discard_pending(self, target: SecretsManagerTarget, record: RotationRecord, expect: str) -> str:
+        self._writable(target)
+        base = self._base(target, expect)
+        doc = base.evolve(pending=None, record=record.to_dict(), meta=_meta(base, base.current, record.current))
+        version = self._swap(target, doc, record, expect, "discard")
+        if base.pending is not None:
+            self._unlabel(target, PENDING, base.pending.version)
+        self._keep_previous_label(target, doc, record, expect)
+        return version
+
+    def _swap(self, target: SecretsManagerTarget, doc: Doc, record: RotationRecord | None,
+              expect: str | None, kind: str) -> str:
+        """Write ``doc`` as the new head: create the secret (``expect`` None), or put a version
+        and move AWSCURRENT onto it from ``expect`` — the compare-and-swap."""
+        content = doc.encode(target.field)
+        version = token(kind, record.rotation_id if record else None, expect, content)
+        if expect is None:
+            self._create(target, content, version, first_only=True)
+        else:
+            try:
+                self._put(target, content, version, [SCRATCH])
+            except AwsFailure as failure:
+                if failure.code == "ResourceNotFoundException":
+                    raise Problem(Conflict, "was deleted since it was read")
+                raise
+            self._move_current(target, version, expect)
+        self._remember(target, _Head(version, doc))
+        return version
+
+    def _move_current(self, target: SecretsManagerTarget, to: str, expect: str) -> None:
+        try:
+            self._call(target, "UpdateSecretVersionStage", SecretId=target.secret_id, VersionStage=CURRENT,
+                       MoveToVersionId=to, RemoveFromVersionId=expect)
+        except AwsFailure as failure:
+            if failure.code not in LABEL_REFUSED:
+                raise
+            if failure.attempts > 1 and self._labelled(target, CURRENT, to):
+                return                                   # an earlier try of ours landed
+            raise Problem(Conflict, f"changed since it was read ({CURRENT} is no longer on version"
+                                    f" {_short(expect)})")
+
+    def _create(self, target: SecretsManagerTarget, content: str, version: str, *, first_only: bool) -> None:
+        """CreateSecret with ``content`` as its first version. A secret that exists without any
+        value (made by Terraform, say) gets ``content`` as its first version instead. With
+        ``first_only``, a secret that already has a value is a Conflict; otherwise it is overwritten."""
+        settings = self._settings
+        if settings.create_if_missing and not target.is_arn:
+            params: dict[str, Any] = {"Name": target.secret_id, "SecretString": content,
+                                      "ClientRequestToken": version, "Description": settings.description}
+            if settings.kms_key_id:
+                params["KmsKeyId"] = settings.kms_key_id
+            if settings.tags:
+                params["Tags"] = [{"Key": k, "Value": v} for k, v in settings.tags.items()]
+            if settings.replica_regions:
+                params["AddReplicaRegions"] = [{"Region": r, **({"KmsKeyId": settings.kms_key_id}
+                                                                if settings.kms_key_id else {})}
+                                               for r in settings.replica_regions]
+            try:
+                self._call(target, "CreateSecret", **params)
+                return
+            except AwsFailure as failure:
+                if failure.code != "ResourceExistsException":
+                    raise
+        try:
+            answer = self._put(target, content, version, [SCRATCH] if first_only else None)
+        except AwsFailure as failure:
+            if failure.code != "ResourceNotFoundException":
+                raise
+            why = ("an ARN can only name an existing secret" if target.is_arn
+                   else "create_if_missing is false")
+            raise Problem(SecretMissing, f"does not exist ({why})")
+        if first_only and CURRENT not in answer.get("VersionStages", ()):
+            raise Problem(Conflict, "already exists (it was expected not to)")
+
+    def _return_pending_label(self, target: SecretsManagerTarget, ours: str) -> None:
+        """A stage lost its compare-and-swap after putting its value as AWSPENDING: move the label
+        to the winner's pending value, or take it off ours. Only moves it if ours still holds it."""
+        try:
+            head = self._fetch_head(target)
+        except (AwsFailure, Problem):
+            head = None
+        winner = head.doc.pending.version if head is not None and head.doc.pending is not None else None
+        if winner is not None and winner != ours:
+            self._relabel(target, PENDING, winner, ours)
+        else:
+            self._unlabel(target, PENDING, ours)
+
+    def _keep_previous_label(self, target: SecretsManagerTarget, doc: Doc, record: RotationRecord,
+                             expect: str | None) -> None:
+        """Moving AWSCURRENT makes AWS move AWSPREVIOUS to ``expect``. During a grace window (the
+        record names a previous key) put it back on the version holding the old key."""
+        if expect is None or record.previous is None or doc.previous is None or doc.previous.version == expect:
+            return
+        self._relabel(target, PREVIOUS, doc.previous.version, expect)
+
+    # --- secondary writes ----------------------------------------------------------------------
+
+    def _deploy(self, target: SecretsManagerTarget, current: Secret, previous: Secret | None, meta: KeyRef) -> None:
+        if target.replica:
+            self._await_replica(target, current)
+            return
+        head = self._fetch_head(target)
+        base = head.doc if head is not None else Doc()
+        wanted_meta = describing(current, meta)
+        if (head is not None and base.current == current and base.meta == wanted_meta
+                and _fp(base.previous) == _fp(previous)):
+            return                                       # already so: nothing to write
+        prev_ref, prev_put = self._previous_for(target, head, previous, meta)
+        doc = base.evolve(current=current, previous=prev_ref, meta=wanted_meta)
+        if head is None:
+            content = doc.encode(target.field)
+            version = token("deploy", meta.rotation_id, None, content)
+            self._create(target, content, version, first_only=False)
+            self._remember(target, _Head(version, doc))
+        elif base.record is not None:                    # a primary's head: change it by CAS too
+            self._swap(target, doc, None, head.version, "deploy")
+        else:
+            content = doc.encode(target.field)
+            version = token("deploy", meta.rotation_id, head.version, content)
+            self._put(target, content, version, None)    # AWSCURRENT here, AWSPREVIOUS to the old head
+            self._remember(target, _Head(version, doc))
+        if prev_put is not None:
+            self._put(target, prev_put[1], prev_ref.version, [PREVIOUS])
+            self._keep_value(target, prev_ref.version, previous)
+        elif head is not None and prev_ref is None and base.current is not None:
+            self._unlabel(target, PREVIOUS, head.version)
+        elif head is not None and prev_ref is not None and prev_ref.version != head.version:
+            self._relabel(target, PREVIOUS, prev_ref.version, head.version)
+
+    def _previous_for(self, target: SecretsManagerTarget, head: _Head | None, previous: Secret | None,
+                      meta: KeyRef) -> tuple[Ref | None, tuple[str, str] | None]:
+        """Where ``previous`` will live: the old head (the usual case), the version already
+        holding it, or a new version to put (returned as (version, content))."""
+        if previous is None:
+            return None, None
+        if head is not None and head.doc.current == previous:
+            self._keep_value(target, head.version, previous)
+            return Ref(head.version, previous.fingerprint), None
+        if head is not None and _fp(head.doc.previous) == previous.fingerprint:
+            return head.doc.previous, None
+        base = head.doc.plain() if head is not None else Doc()
+        content = base.evolve(current=previous, meta=describing(previous)).encode(target.field)
+        version = token("previous", meta.rotation_id, head.version if head else None, content)
+        return Ref(version, previous.fingerprint), (version, content)
+
+    def _await_replica(self, target: SecretsManagerTarget, current: Secret) -> None:
+        """A replica is written by AWS replication, not by rotator: wait (bounded) until it shows
+        ``current``, so it is verified on its own in its own region."""
+        waited, pause = 0.0, 0.5
+        while True:
+            head = self._fetch_head(target)
+            if head is not None and head.doc.record is not None:
+                raise Problem(BackendError, "is a replica of a rotator primary: it follows that primary's"
+                                            " promotions by itself; remove it from the targets")
+            if head is not None and head.doc.current == current:
+                return
+            if waited >= self._settings.replica_wait:
+                if head is None:
+                    raise Problem(SecretMissing, f"no replica in {target.region}; add that region to the"
+                                                 " source secret's replication")
+                raise Problem(BackendUnavailable, f"the replica has not caught up after {waited:.0f}s"
+                                                  " (replica_wait); the source is written, try again later")
+            step = min(pause, self._settings.replica_wait - waited)
+            self._sleep(step)
+            waited, pause = waited + step, min(pause * 2, 10.0)
+
+    def _delete(self, target: SecretsManagerTarget) -> None:
+        self._forget(target)
+        if target.replica:
+            return
+        try:
+            described = self._call(target, "DescribeSecret", SecretId=target.secret_id)
+        except AwsFailure as failure:
+            if failure.code == "ResourceNotFoundException":
+                return
+            raise
+        replicas = [r["Region"] for r in described.get("ReplicationStatus", ()) if r.get("Region")]
+        if replicas:
+            self._call(target, "RemoveRegionsFromReplication", SecretId=target.secret_id,
+                       RemoveReplicaRegions=replicas)
+        self._call(target, "DeleteSecret", SecretId=target.secret_id, ForceDeleteWithoutRecovery=True)
+
+    # --- calls and labels ----------------------------------------------------------------------
+
+    def _call(self, target: SecretsManagerTarget, operation: str, **params: Any) -> dict[str, Any]:
+        log.debug("%s: %s %s", self.name, operation, target.label)
+        return self._aws.call(SERVICE, target.region, operation, **params)
+
+    def _put(self, target: SecretsManagerTarget, content: str, version: str,
+             stages: list[str] | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"SecretId": target.secret_id, "ClientRequestToken": version,
+                                  "SecretString": content}
+        if stages is not None:
+            params["VersionStages"] = stages
+        return self._call(target, "PutSecretValue", **params)
+
+    def _labelled(self, target: SecretsManagerTarget, label: str, version: str) -> bool:
+        described = self._call(target, "DescribeSecret", SecretId=target.secret_id)
+        return label in described.get("VersionIdsToStages", {}).get(version, ())
+
+    def _unlabel(self, target: SecretsManagerTarget, label: str, version: str) -> None:
+        """Take ``label`` off ``version`` if it is still there. Cosmetic: rotator reads by pointer."""
+        self._best_effort(label, lambda: self._call(
+            target, "UpdateSecretVersionStage", SecretId=target.secret_id, VersionStage=label,
+            RemoveFromVersionId=version))
+
+    def _relabel(self, target: SecretsManagerTarget, label: str, to: str, frm: str) -> None:
+        self._best_effort(label, lambda: self._call(
+            target, "UpdateSecretVersionStage", SecretId=target.secret_id, VersionStage=label,
+            MoveToVersionId=to, RemoveFromVersionId=frm))
+
+    def _best_effort(self, label: str, move: Callable[[], Any]) -> None:
+        try:
+            move()
+        except AwsFailure as failure:
+            log.warning("%s: could not adjust the %s label (%s); rotator reads by version pointer,"
+                        " so only direct readers of %s are affected", self.name, label, failure.code, label)
+
+    def _writable(self, target: SecretsManagerTarget) -> None:
+        if target.replica:
+            raise Problem(BackendError, "is a read-only replica and cannot be a primary; list the secret"
+                                        " in its primary region first")
+
+    # --- caches ------------------------------------------------------------------------------
+
+    def _remember(self, target: SecretsManagerTarget, head: _Head) -> None:
+        with self._lock:
+            self._heads[target] = head
+        if head.doc.current is not None:
+            self._keep_value(target, head.version, head.doc.current)
+
+    def _forget(self, target: SecretsManagerTarget) -> None:
+        with self._lock:
+            self._heads.pop(target, None)
+
+    def _keep_value(self, target: SecretsManagerTarget, version: str, value: Secret) -> None:
+        with self._lock:
+            self._values[(target.region, target.secret_id, version)] = value
+            while len(self._values) > _VALUES_KEPT:
+                self._values.popitem(last=False)
+
+    # --- the edge ------------------------------------------------------------------------------
+
+    def _guard(self, op: str, target: SecretsManagerTarget, action: Callable[[], T]) -> T:
+        """Run ``action``; anything that goes wrong leaves as a rotator error naming the secret."""
+        try:
+            return action()
+        except Problem as problem:
+            error: BackendError = problem.kind(f"{target.label}: {problem}", provider=self.name)
+        except AwsFailure as failure:
+            error = self._translate(op, target, failure)
+        raise error from None
+
+    def _translate(self, op: str, target: SecretsManagerTarget, failure: AwsFailure) -> BackendError:
+        where, code, name = target.label, failure.code, self.name
+        detail = f": {failure.message}" if failure.message else ""
+        key = (f"KMS key {self._settings.kms_key_id}" if self._settings.kms_key_id
+               else "the secret's KMS key (aws/secretsmanager unless the secret names another)")
+        if failure.transient:
+            return BackendUnavailable(f"{where}: {failure.operation} failed after {failure.attempts}"
+                                      f" tries ({code}){detail}", provider=name)
+        if code == "NoRegionError":
+            return BackendError(f"{where}: no AWS region: set `region` on backends.{name} or on the target"
+                                " (or AWS_REGION in the environment)", provider=name)
+        if failure.during == "AssumeRole":
+            return BackendPermissionError(
+                f"{where}: could not assume role {self._settings.role_arn} ({code}){detail}; rotator's own"
+                " identity needs sts:AssumeRole on it and the role's trust policy must allow that identity",
+                provider=name)
+        if failure.kind == "credentials":
+            return BackendPermissionError(
+                f"{where}: AWS credentials problem during {op} ({code}){detail}. rotator takes credentials"
+                " from the standard AWS chain (environment, profile, web identity / IRSA, container or"
+                " instance role), never from its config file", provider=name,
+                transient=code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired"))
+        if code in ("AccessDeniedException", "AccessDenied") and "kms" not in failure.message.lower():
+            return BackendPermissionError(
+                f"{where}: access denied during {op}: rotator needs secretsmanager:{failure.operation}"
+                f" on secret {target.secret_id}{_in(target)}{detail}", provider=name)
+        if code in ("AccessDeniedException", "AccessDenied", "DecryptionFailure", "EncryptionFailure") \
+                or code.upper().startswith("KMS"):
+            need = "kms:Decrypt" if code == "DecryptionFailure" or op == "read" else "kms:GenerateDataKey and kms:Decrypt"
+            return BackendPermissionError(
+                f"{where}: KMS refused {key} during {op} ({code}){detail}; rotator needs {need} on it,"
+                " and the key must be enabled", provider=name)
+        if code == "ResourceNotFoundException":
+            return SecretMissing(f"{where}: secret {target.secret_id} not found{_in(target)}{detail}", provider=name)
+        if code == "InvalidRequestException" and "delet" in failure.message.lower():
+            return BackendError(
+                f"{where}: secret {target.secret_id} is scheduled for deletion; restore it (aws"
+                f" secretsmanager restore-secret) or wait until it is gone{detail}", provider=name)
+        if code == "LimitExceededException":
+            return BackendError(f"{where}: a Secrets Manager quota was reached during {op}{detail}",
+                                provider=name, transient=True)
+        return BackendError(f"{where}: {failure.operation} failed during {op} ({code}){detail}", provider=name)
+
+
+def _parse(answer: Mapping[str, Any], target: SecretsManagerTarget) -> Doc:
+    try:
+        return Doc.parse(answer.get("SecretString"), target.field)
+    except Problem as problem:
+        raise Problem(problem.kind, f"version {_short(str(answer.get('VersionId')))} {problem}") from None
+
+
+def _meta(base: Doc, value: Secret | None, *refs: KeyRef | None) -> dict[str, Any] | None:
+    """Describe the head's key: from the record when it knows that key, else keep what was there."""
+    if value is None:
+        return None
+    for ref in refs:
+        if ref is not None and ref.fingerprint == value.fingerprint:
+            return meta_of(ref)
+    if base.meta and base.meta.get("fingerprint") == value.fingerprint:
+        return dict(base.meta)
+    return describing(value)
+
+
+def _fp(item: Ref | Secret | None) -> str | None:
+    return None if item is None else item.fingerprint
+
+
+def _short(version: str) -> str:
+    return version[:8]
+
+
+def _in(target: SecretsManagerTarget) -> str:
+    return f" in {target.region}" if target.region else ""

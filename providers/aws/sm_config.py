@@ -1,0 +1,136 @@
+"""Settings and targets of the ``aws_secrets_manager`` backend, validated without the network."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from pydantic import Field, field_validator, model_validator
+
+from providers.aws.sm_payload import SECTION
+from rotator.validation import StrictModel
+
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
+ARN_PATTERN = re.compile(r"arn:aws[a-z-]*:secretsmanager:(?P<region>[a-z0-9-]+):\d{12}:secret:[A-Za-z0-9/_+=.@-]+")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_URL = re.compile(r"https?://[^\s/]+(/\S*)?")
+
+
+def _region(text: str | None) -> str | None:
+    if text is not None and not _REGION.fullmatch(text):
+        raise ValueError("expected an AWS region name such as 'eu-west-1'")
+    return text
+
+
+def _url(text: str | None) -> str | None:
+    if text is not None and not _URL.fullmatch(text):
+        raise ValueError("expected an http:// or https:// URL")
+    return text
+
+
+class SecretsManagerSettings(StrictModel):
+    region: str | None = None
+    endpoint_url: str | None = None
+    sts_endpoint_url: str | None = None
+    profile: str | None = Field(default=None, min_length=1)
+    role_arn: str | None = None
+    role_session_name: str = Field(default="rotator", pattern=r"[\w+=,.@-]{2,64}")
+    external_id: str | None = Field(default=None, min_length=2, max_length=1224)
+    kms_key_id: str | None = Field(default=None, min_length=1, max_length=2048)
+    description: str = Field(default="API key kept current by rotator", max_length=2048)
+    tags: dict[str, str] = Field(default_factory=dict, max_length=50)
+    create_if_missing: bool = True
+    replica_regions: list[str] = Field(default_factory=list)
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    read_timeout: float = Field(default=15.0, gt=0, le=300)
+    replica_wait: float = Field(default=30.0, ge=0, le=900)
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, text: str | None) -> str | None:
+        return _region(text)
+
+    @field_validator("endpoint_url", "sts_endpoint_url")
+    @classmethod
+    def _check_url(cls, text: str | None) -> str | None:
+        return _url(text)
+
+    @field_validator("role_arn")
+    @classmethod
+    def _role(cls, text: str | None) -> str | None:
+        if text is not None and not _ROLE_ARN.fullmatch(text):
+            raise ValueError("expected an IAM role ARN such as 'arn:aws:iam::123456789012:role/rotator'")
+        return text
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        for key, value in tags.items():
+            if not 1 <= len(key) <= 128 or len(value) > 256:
+                raise ValueError("tag keys take 1 to 128 characters, values up to 256")
+            if key.lower().startswith("aws:"):
+                raise ValueError(f"tag key {key!r}: the 'aws:' prefix is reserved by AWS")
+        return tags
+
+    @field_validator("replica_regions")
+    @classmethod
+    def _replicas(cls, regions: list[str]) -> list[str]:
+        for region in regions:
+            _region(region)
+        if len(set(regions)) != len(regions):
+            raise ValueError("a region is listed twice")
+        return regions
+
+    @model_validator(mode="after")
+    def _replicas_elsewhere(self) -> SecretsManagerSettings:
+        if self.region is not None and self.region in self.replica_regions:
+            raise ValueError("replica_regions must not include the secret's own region")
+        return self
+
+
+class SecretsManagerTargetSpec(StrictModel):
+    secret_id: str = Field(min_length=1, max_length=2048)
+    field: str = Field(default="api_key", min_length=1)
+    region: str | None = None
+    replica: bool = False
+
+    @field_validator("region")
+    @classmethod
+    def _check_region(cls, text: str | None) -> str | None:
+        return _region(text)
+
+    @field_validator("secret_id")
+    @classmethod
+    def _secret_id(cls, text: str) -> str:
+        if not (_NAME.fullmatch(text) or ARN_PATTERN.fullmatch(text)):
+            raise ValueError("expected a secret name (letters, digits and /_+=.@-) or a Secrets Manager ARN")
+        return text
+
+    @field_validator("field")
+    @classmethod
+    def _not_reserved(cls, text: str) -> str:
+        if text == SECTION:
+            raise ValueError(f"'{SECTION}' is reserved for rotator's own section")
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretsManagerTarget:
+    """One secret in one region. ``replica``: a read-only replica, verified but never written."""
+
+    secret_id: str
+    region: str | None
+    field: str
+    replica: bool = False
+
+    @property
+    def label(self) -> str:
+        if ARN_PATTERN.fullmatch(self.secret_id):
+            return f"aws-sm:{self.secret_id}"
+        return f"aws-sm:{self.region}/{self.secret_id}" if self.region else f"aws-sm:{self.secret_id}"
+
+    @property
+    def is_arn(self) -> bool:
+        return bool(ARN_PATTERN.fullmatch(self.secret_id))

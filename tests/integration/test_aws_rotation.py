@@ -1,0 +1,207 @@
+"""End-to-end rotations with AWS Secrets Manager (moto server over HTTP) as the primary and as a
+secondary, the QuivaWorks emulator as the issuer. Reads always name the stage explicitly."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from rotator.engine import Engine
+from rotator.models import Phase
+
+SECRET_ID = "prod/web/quiva"
+
+
+@pytest.fixture
+def aws(world, moto_url, moto_server):
+    """``world`` with an ``aws`` backend on the moto server; returns the moto server handle."""
+    world.backends["aws"] = {"type": "aws_secrets_manager", "region": "us-east-1", "endpoint_url": moto_url,
+                             "max_attempts": 2, "tags": {"team": "web"}}
+    return moto_server
+
+
+def stage_of(moto, label: str, secret_id: str = SECRET_ID, region: str = "us-east-1") -> str | None:
+    """The ``api_key`` of the version holding ``label`` (None if no version holds it)."""
+    client = moto.client(region=region)
+    try:
+        answer = client.get_secret_value(SecretId=secret_id, VersionStage=label)
+    except client.exceptions.ResourceNotFoundException:
+        return None
+    return json.loads(answer["SecretString"]).get("api_key")
+
+
+def aws_calls(world) -> Counter:
+    calls = Counter(op for provider, op, outcome in world.calls if provider == "aws")
+    world.calls.clear()
+    return calls
+
+
+def test_aws_primary_with_a_file_secondary_through_grace_and_revoke(world, aws, emulator, clock):
+    world.add_secret("web", targets=[{"backend": "aws", "secret_id": SECRET_ID},
+                                     {"backend": "app", "path": "web.json"}])
+    old = world.seed("web", age=timedelta(days=80))
+    assert world.rotate().exit_code == 0                        # adopts the hand-made key, rotates it
+    record = world.record("web")
+    assert record.phase is Phase.GRACE and record.previous.key_id is not None
+    new = stage_of(aws, "AWSCURRENT")
+    assert new != old and emulator.is_active(new)
+    assert stage_of(aws, "AWSPREVIOUS") == old, "the old key stays readable as AWSPREVIOUS in grace"
+    assert stage_of(aws, "AWSPENDING") == new, "as after an AWS rotation: AWSPENDING stays on the new value"
+    world.assert_i1("web")
+    snaps = world.snapshots("web")
+    assert {s.current.reveal() for s in snaps.values()} == {new}
+    assert {s.previous.reveal() for s in snaps.values()} == {old}
+
+    clock.advance(timedelta(hours=47))
+    assert world.rotate().outcomes[0].status == "ok" and emulator.is_active(old)
+    assert stage_of(aws, "AWSPREVIOUS") == old
+
+    clock.advance(timedelta(hours=2))
+    assert world.rotate().exit_code == 0
+    assert not emulator.is_active(old)
+    record = world.record("web")
+    assert record.phase is Phase.IDLE and record.rotations == 1 and record.current.key_id is not None
+    assert stage_of(aws, "AWSCURRENT") == new
+    world.assert_i1("web")
+
+    again = world.rotate()                                      # I5: nothing left to do
+    assert again.outcomes[0].status == "ok" and not again.outcomes[0].actions
+
+
+def test_aws_secondary_behind_a_file_primary_through_grace_and_revoke(world, aws, emulator, clock):
+    world.add_secret("web", targets=[{"backend": "store", "path": "web.json"},
+                                     {"backend": "aws", "secret_id": SECRET_ID}])
+    old = world.seed("web", age=timedelta(days=80))
+    assert world.rotate().exit_code == 0
+    new = stage_of(aws, "AWSCURRENT")
+    assert new != old and emulator.is_active(new)
+    assert stage_of(aws, "AWSPREVIOUS") == old
+    assert world.record("web").phase is Phase.GRACE
+    world.assert_i1("web")
+
+    clock.advance(timedelta(hours=49))
+    assert world.rotate().exit_code == 0
+    assert not emulator.is_active(old) and world.record("web").phase is Phase.IDLE
+    assert stage_of(aws, "AWSCURRENT") == new
+    world.assert_i1("web")
+
+
+def test_calls_per_rotation_match_the_documented_counts(world, aws, clock):
+    """docs/backends/aws-secrets-manager.md, "API calls": a fresh runtime per run (CronJob) for
+    ``web`` and ``batch``; one runtime kept across runs (the daemon) for ``web2`` and ``batch2``."""
+    for name in ("web", "web2"):
+        world.add_secret(name, targets=[{"backend": "aws", "secret_id": f"prod/{name}/quiva"},
+                                        {"backend": "app", "path": f"{name}.json"}])
+    for name in ("batch", "batch2"):
+        world.add_secret(name, targets=[{"backend": "store", "path": f"{name}.json"},
+                                        {"backend": "aws", "secret_id": f"prod/{name}/quiva"}])
+    for name in ("web", "web2", "batch", "batch2"):
+        world.seed(name, age=timedelta(days=80))
+    world.rotate()                                              # first rotation after adoption
+    clock.advance(timedelta(hours=49))
+    world.rotate()                                              # revoke + finish
+    clock.advance(timedelta(days=80))                           # the next rotation: a steady state
+    daemon = world.runtime("daemon")
+    aws_calls(world)
+
+    assert world.rotate(["web"]).exit_code == 0
+    assert aws_calls(world) == {"GetSecretValue": 3, "PutSecretValue": 4, "UpdateSecretVersionStage": 3}
+    assert world.rotate(["batch"]).exit_code == 0
+    assert aws_calls(world) == {"GetSecretValue": 2, "PutSecretValue": 1}     # deploy, then read back
+    assert Engine(daemon).run(["web2", "batch2"]).exit_code == 0
+    aws_calls(world)
+
+    clock.advance(timedelta(hours=49))
+    assert world.rotate(["web"]).exit_code == 0
+    assert aws_calls(world) == {"GetSecretValue": 2, "PutSecretValue": 1, "UpdateSecretVersionStage": 1}
+    assert world.rotate(["batch"]).exit_code == 0
+    assert aws_calls(world) == {"GetSecretValue": 2}                          # read back (+ previous)
+    assert Engine(daemon).run(["web2"]).exit_code == 0
+    assert aws_calls(world) == {"GetSecretValue": 1, "PutSecretValue": 1, "UpdateSecretVersionStage": 1}
+    assert Engine(daemon).run(["batch2"]).exit_code == 0
+    assert aws_calls(world) == {"GetSecretValue": 1}
+    for name in ("web", "web2", "batch", "batch2"):
+        world.assert_i1(name)
+        assert world.record(name).rotations == 2
+
+
+def test_bootstrap_creates_the_secret_with_tags_and_description_but_no_value_in_them(world, aws):
+    world.add_secret("web", targets=[{"backend": "aws", "secret_id": SECRET_ID},
+                                     {"backend": "app", "path": "web.json"}])
+    report = world.rotate()
+    assert report.exit_code == 0, report.outcomes
+    world.assert_i1("web")
+    value = stage_of(aws, "AWSCURRENT")
+    described = aws.client().describe_secret(SecretId=SECRET_ID)
+    assert {"Key": "team", "Value": "web"} in described["Tags"]
+    assert "rotator" in described["Description"]
+    assert value not in json.dumps(described, default=str)
+    assert world.record("web").phase is Phase.IDLE and world.record("web").rotations == 1
+
+
+def test_fields_an_application_put_in_the_secret_survive_a_rotation(world, aws, emulator, clock):
+    world.add_secret("web", targets=[{"backend": "aws", "secret_id": SECRET_ID},
+                                     {"backend": "app", "path": "web.json"}])
+    old = emulator.create_key("ops@example.com", name="web (by hand)", created_on=clock.now() - timedelta(days=80))["key"]
+    aws.client().create_secret(Name=SECRET_ID, SecretString=json.dumps(
+        {"endpoint": "https://api.quiva.ai", "api_key": old, "timeout": 5}))
+    world.seed_value("web", old)                        # the file secondary; the secret keeps its fields
+
+    assert world.rotate().exit_code == 0
+    payload = json.loads(aws.client().get_secret_value(SecretId=SECRET_ID, VersionStage="AWSCURRENT")["SecretString"])
+    assert payload["endpoint"] == "https://api.quiva.ai" and payload["timeout"] == 5
+    assert list(payload)[:3] == ["endpoint", "api_key", "timeout"], "fields keep their places"
+    assert payload["api_key"] != old and emulator.is_active(payload["api_key"])
+    pending = json.loads(aws.client().get_secret_value(SecretId=SECRET_ID, VersionStage="AWSPENDING")["SecretString"])
+    assert pending["endpoint"] == "https://api.quiva.ai", "the pending version has the same shape"
+    world.assert_i1("web")
+
+
+def test_several_regions_are_several_targets_each_verified_and_repaired_independently(world, aws, emulator, clock):
+    world.add_secret("web", targets=[{"backend": "store", "path": "web.json"},
+                                     {"backend": "aws", "secret_id": SECRET_ID, "region": "us-east-1"},
+                                     {"backend": "aws", "secret_id": SECRET_ID, "region": "eu-west-1"}])
+    old = world.seed("web", age=timedelta(days=80))
+    assert world.rotate().exit_code == 0
+    new = stage_of(aws, "AWSCURRENT")
+    assert stage_of(aws, "AWSCURRENT", region="eu-west-1") == new != old
+    assert {label for label in world.snapshots("web")} == {
+        "store:" + str(world.root / "store" / "web.json"), "aws:us-east-1/prod/web/quiva", "aws:eu-west-1/prod/web/quiva"}
+
+    # Someone puts the old key back in one region during the grace window: only that region is
+    # found drifted and re-deployed; the old key is revoked once both regions hold the new one.
+    aws.client(region="eu-west-1").put_secret_value(SecretId=SECRET_ID, SecretString=json.dumps({"api_key": old}))
+    clock.advance(timedelta(hours=49))
+    world.calls.clear()
+    report = world.rotate()
+    assert report.exit_code == 0, report.outcomes
+    assert any(a.startswith("deployed") and "eu-west-1" in a and "us-east-1" not in a
+               for a in report.outcomes[0].actions), report.outcomes[0].actions
+    assert stage_of(aws, "AWSCURRENT", region="eu-west-1") == new
+    assert not emulator.is_active(old)
+    world.assert_i1("web")
+
+
+def test_a_replica_region_is_verified_in_its_own_region(world, aws, emulator, clock):
+    world.backends["aws"]["replica_regions"] = ["eu-west-1"]
+    world.add_secret("web", targets=[{"backend": "store", "path": "web.json"},
+                                     {"backend": "aws", "secret_id": SECRET_ID},
+                                     {"backend": "aws", "secret_id": SECRET_ID, "region": "eu-west-1",
+                                      "replica": True}])
+    report = world.rotate(["web"])                     # bootstrap: creates the secret with its replica
+    assert report.exit_code == 0, report.outcomes
+    replica = aws.client(region="eu-west-1").describe_secret(SecretId=SECRET_ID)
+    assert replica["PrimaryRegion"] == "us-east-1"
+    first = stage_of(aws, "AWSCURRENT", region="eu-west-1")
+    assert first == stage_of(aws, "AWSCURRENT") and emulator.is_active(first)
+    labels = set(world.snapshots("web"))
+    assert "aws:eu-west-1/prod/web/quiva" in labels
+    world.assert_i1("web")
+
+    assert world.rotate(["web"], force=True).exit_code == 0
+    assert stage_of(aws, "AWSCURRENT", region="eu-west-1") == stage_of(aws, "AWSCURRENT") != first
+    assert stage_of(aws, "AWSPREVIOUS", region="eu-west-1") == first
+    world.assert_i1("web")
