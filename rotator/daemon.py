@@ -30,8 +30,8 @@ from typing import Any
 from rotator import audit as auditing
 from rotator import planner
 from rotator.config import Settings
-from rotator.engine import Engine, Event, RunReport
-from rotator.errors import CorruptPayload, RotatorError
+from rotator.engine import Engine, Event, Outcome, RunReport
+from rotator.errors import BackendPermissionError, BackendUnavailable, ConfigError, RotatorError
 from rotator.machine import view_of
 from rotator.notify import DRIFTED, UNROTATED, Alerts
 from rotator.redact import redact
@@ -124,8 +124,11 @@ class Reconciler:
         except Exception as exc:  # noqa: BLE001 - the engine isolates secrets; this is the rest
             self.last_error = redact(str(exc)) or type(exc).__name__
             log.error("%s run failed: %s", kind, self.last_error)
+            now = self.clock.now()
+            failed = names or [s.name for s in self.runtime.secrets]
+            self.plan.update([Outcome(name, status="failed") for name in failed], now)   # back off, no busy loop
             if full and self.metrics is not None:
-                self.metrics.reconciled(False, self.clock.now())
+                self.metrics.reconciled(False, now)
             return None
         now = self.clock.now()
         self.plan.update(report.outcomes, now)
@@ -151,9 +154,11 @@ class Reconciler:
                 for name, (what, problem) in problems.items():
                     self.metrics.provider(name, what, problem is None)
         else:
+            merged = dict(self.providers)          # swapped whole: /readyz reads it from another thread
             for name, entry in problems.items():
-                if entry[1] is not None or name not in self.providers:
-                    self.providers[name] = entry
+                if entry[1] is not None or name not in merged:
+                    merged[name] = entry
+            self.providers = merged
         if self.metrics is not None:
             self.metrics.run_took(kind, time.monotonic() - started)
         return report
@@ -170,10 +175,9 @@ class Reconciler:
             else:
                 primary, report = secret.primary.backend.read(secret.primary.target), None
         except RotatorError as exc:
-            if not isinstance(exc, CorruptPayload):
-                _note(problems, primary_backend, "backend", redact(str(exc)))
-            else:
-                _note(problems, primary_backend, "backend", None)
+            # Unreachable (or refusing us) is the backend's problem; a bad target is the secret's.
+            down = isinstance(exc, (BackendUnavailable, BackendPermissionError))
+            _note(problems, primary_backend, "backend", redact(str(exc)) if down else None)
             log.warning("%s: cannot read the primary: %s", secret.name, redact(str(exc)))
             if self.metrics is not None:
                 self.metrics.unreadable(secret.name)
@@ -190,8 +194,8 @@ class Reconciler:
             return
         for target in report.targets:
             backend = secret.bound(target.target).backend.name
-            trouble = target.state in ("unreachable", "error")
-            _note(problems, backend, "backend", (target.detail or target.state) if trouble else None)
+            down = target.state == "unreachable"
+            _note(problems, backend, "backend", (target.detail or target.state) if down else None)
             if report.note:          # a rotation in flight: secondaries are expected to differ
                 continue
             if self.metrics is not None:
@@ -294,7 +298,11 @@ class Daemon:
         if address and address.lower() not in ("off", "none"):
             from rotator.health import HealthServer
 
-            self.http = HealthServer(address, ready=self.reconciler.readiness, metrics=self.metrics.page)
+            try:
+                self.http = HealthServer(address, ready=self.reconciler.readiness, metrics=self.metrics.page)
+            except OSError as exc:
+                self.runtime.close()
+                raise ConfigError(f"daemon.http_address: cannot listen on {address}: {exc.strerror}") from None
         self._gate = threading.Lock()
         self._stopping = threading.Event()
         self._idle = threading.Event()

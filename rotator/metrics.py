@@ -107,15 +107,6 @@ class Metrics:
     def alert(self, kind: str, outcome: str) -> None:
         self.alerts.labels(kind, outcome).inc()
 
-    def forget(self, secret: str) -> None:
-        """Drop a secret's per-secret series (it left the config)."""
-        for gauge in (self.key_expiry, self.next_action):
-            _remove(gauge, secret)
-        for value in PHASES:
-            _remove(self.phase, secret, value)
-        for value in HEALTHS:
-            _remove(self.health, secret, value)
-
     # --- the page ---------------------------------------------------------------------------------
 
     def page(self) -> tuple[bytes, str]:

@@ -115,13 +115,6 @@ class WakePlan:
         candidates = [i for i in (self.due.get(secret), *self.extra.get(secret, ())) if i is not None]
         return min(candidates) if candidates else None
 
-    def forget(self, keep: Iterable[str]) -> None:
-        """Drop secrets that are no longer configured."""
-        wanted = set(keep)
-        for table in (self.due, self.failures, self.extra):
-            for name in [n for n in table if n not in wanted]:
-                del table[name]
-
 
 def effective_jitter(jitter: timedelta, check_interval: timedelta) -> timedelta:
     """Reconcile jitter, capped at a tenth of the check interval so I7 holds (a rotation starts

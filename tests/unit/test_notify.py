@@ -1,0 +1,255 @@
+"""Alerts: what pages and how often (de-duplication, reminders, escalation lead times), the two
+body formats, and delivery over ``httpx.MockTransport`` — failures logged, never raised, and
+never a webhook URL or a key value in a log line or a body."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from rotator import config
+from rotator.engine import Event, Outcome
+from rotator.errors import ConfigError
+from rotator.models import Secret
+from rotator.notify import Alert, Alerts, Notifier, Webhook, encode, webhooks_from_settings
+from rotator.planner import Assessment
+from rotator.redact import RedactingFilter
+
+T0 = datetime(2027, 3, 1, 9, 0, tzinfo=timezone.utc)
+DAY = timedelta(days=1)
+ESCALATE = [timedelta(days=13), timedelta(days=10), timedelta(days=7)]
+SLACK_URL = "https://hooks.slack.example/services/T000/B000/sEcReTtOkEn0123"
+
+
+def alerts_with(sent: list[Alert], **options) -> Alerts:
+    options.setdefault("escalate_at", ESCALATE)
+    return Alerts(sent.append, **options)
+
+
+def failed(secret: str, at: datetime, rotation: str, detail: str = "quiva: issuer unavailable (503)") -> Event:
+    return Event(at=at, secret=secret, action="failed", detail=detail, rotation_id=rotation, result="error",
+                 runner="host:1:abcd")
+
+
+def assessment(health: str, expires_on: datetime | None, phase: str = "idle") -> Assessment:
+    return Assessment(health=health, action="rotate now", at=None, phase=phase, key="…c0de (id 42)",
+                      expires_on=expires_on, last_error="quiva: 503" if health == "failing" else None)
+
+
+# --- de-duplication -----------------------------------------------------------------------------
+
+def test_a_failing_secret_pages_once_not_every_tick_then_reminds_then_clears():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent, repeat_after=timedelta(hours=24))
+    for tick in range(12):                          # every retry claims anew: a new rotation id each time
+        now = T0 + tick * timedelta(minutes=30)
+        alerts.on_events([failed("web", now, rotation=f"r{tick}")])
+        alerts.on_outcomes([Outcome("web", status="failed")])
+    assert [(a.kind, a.secret, a.repeat) for a in sent] == [("failure", "web", 0)]
+
+    alerts.on_events([failed("web", T0 + timedelta(hours=24, minutes=1), rotation="r99")])
+    assert [(a.kind, a.repeat) for a in sent] == [("failure", 0), ("failure", 1)]       # the daily reminder
+
+    alerts.on_outcomes([Outcome("web", status="changed")])                            # it recovered
+    assert alerts.open_alerts() == []
+    alerts.on_events([failed("web", T0 + 2 * DAY, rotation="r100")])
+    assert len(sent) == 3 and sent[-1].repeat == 0                                    # a new streak pages again
+
+
+def test_waiting_for_another_runner_is_not_a_recovery():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent, repeat_after=timedelta(0))                  # 0: never remind
+    alerts.on_events([failed("web", T0, "r1")])
+    alerts.on_outcomes([Outcome("web", status="waiting")])
+    alerts.on_events([failed("web", T0 + 30 * DAY, "r2")])
+    assert len(sent) == 1
+
+
+def test_each_secret_and_kind_has_its_own_alert():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent)
+    alerts.on_events([
+        failed("web", T0, "r1"), failed("batch", T0, "r2"),
+        Event(T0, "web", "rollback", "the issuer refused the new key", rotation_id="r1", result="error"),
+        Event(T0, "web", "rolled-back", "old key …c0de kept", rotation_id="r1", result="error"),
+        Event(T0, "web", "verify-failed", "…beef at quiva", result="error"),
+    ])
+    assert sorted((a.secret, a.kind) for a in sent) == [("batch", "failure"), ("web", "failure"), ("web", "rollback")]
+
+
+def test_incident_events_page_once_per_action():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent)
+    events = [Event(T0, "web", "compromised", "key …c0de reported compromised", result="alert"),
+              Event(T0, "web", "revoked-compromised", "key …c0de revoked", result="alert")]
+    alerts.on_events(events)
+    alerts.on_events(events)
+    assert [(a.kind, a.step, a.severity) for a in sent] == [
+        ("incident", "compromised", "critical"), ("incident", "revoked-compromised", "critical")]
+
+
+# --- escalation ---------------------------------------------------------------------------------
+
+def test_escalation_at_each_lead_time_once_then_expiry_then_cleared_by_the_rotation():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent, repeat_after=timedelta(0))
+    expires = T0 + 20 * DAY
+    timeline = [  # (days left, health) for a key that is due and keeps failing to rotate
+        (14, "due"), (13.5, "failing"), (13, "failing"), (12, "failing"), (10.5, "rotating"), (10, "failing"),
+        (8, "failing"), (7, "failing"), (3, "failing"), (0, "expired"), (-2, "expired"),
+    ]
+    for left, health in timeline:
+        now = expires - timedelta(days=left)
+        alerts.on_assessment("web", assessment(health, expires), now)
+    assert [(a.step, a.severity) for a in sent] == [
+        ("13d", "warning"), ("10d", "warning"), ("7d", "critical"), ("expired", "critical")]
+    assert "still not rotated" in sent[0].summary and sent[0].expires_on == expires
+
+    alerts.on_assessment("web", assessment("grace", expires + 90 * DAY, "grace"), expires + DAY)
+    assert alerts.open_alerts() == []
+
+
+def test_a_daemon_started_late_sends_only_the_most_urgent_step():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent)
+    expires = T0 + 5 * DAY
+    alerts.on_assessment("web", assessment("failing", expires), T0)
+    alerts.on_assessment("web", assessment("failing", expires), T0 + timedelta(hours=1))
+    assert [a.step for a in sent] == ["7d"]
+
+
+@pytest.mark.parametrize("health", ["healthy", "grace", "unmanaged"])
+def test_no_escalation_for_a_key_that_is_not_due(health):
+    sent: list[Alert] = []
+    alerts = alerts_with(sent)
+    # a 7d lead time: 12 days before expiry the key is healthy and must not page at "13d"
+    alerts.on_assessment("web", assessment(health, T0 + 12 * DAY), T0)
+    assert sent == []
+
+
+# --- drift --------------------------------------------------------------------------------------
+
+def test_drift_pages_once_per_target_and_again_after_it_was_repaired():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent)
+    for tick in range(5):                                    # hourly reconciles, all within repeat_after
+        now = T0 + tick * timedelta(hours=1)
+        alerts.on_drift("web", "app:web.json", "different", "holds …beef, primary holds …c0de", now)
+        alerts.on_drift("web", "aws:prod/web", "ok", "", now)
+    assert [(a.kind, a.step) for a in sent] == [("drift", "app:web.json")]
+    alerts.on_drift("web", "app:web.json", "ok", "", T0 + 6 * DAY)
+    alerts.on_drift("web", "app:web.json", "missing", "no key", T0 + 7 * DAY)
+    assert len(sent) == 2
+    alerts.on_drift("web", "vault:kv/web", "unreachable", "vault sealed", T0 + 7 * DAY)   # not drift
+    assert len(sent) == 2
+
+
+# --- bodies and delivery ------------------------------------------------------------------------
+
+def sample_alert(detail: str = "quiva: 503") -> Alert:
+    return Alert("failure", "prod-web", "warning", "prod-web: run failed: quiva: 503", T0, detail=detail,
+                 rotation_id="7f3c2a1b9d", key="…c0de (id 42)", runner="host:1:abcd")
+
+
+def test_generic_and_slack_bodies():
+    generic = json.loads(encode(sample_alert(), "generic"))
+    assert generic["source"] == "rotator" and generic["kind"] == "failure" and generic["secret"] == "prod-web"
+    assert generic["at"] == "2027-03-01T09:00:00Z" and generic["rotation_id"] == "7f3c2a1b9d"
+    assert generic["key"] == "…c0de (id 42)" and generic["repeat"] == 0
+    slack = json.loads(encode(sample_alert(), "slack"))
+    assert slack["text"].startswith(":warning: rotator WARNING failure: prod-web: run failed")
+    assert slack["blocks"][0]["type"] == "section" and slack["blocks"][-1]["type"] == "context"
+    assert "rotation `7f3c2a1b`" in slack["blocks"][-1]["elements"][0]["text"]
+
+
+def test_bodies_never_carry_a_value_even_if_a_detail_did():
+    value = Secret("ms-a1b2c3d4e5f60718293a4b5c6d7e8f90")
+    for fmt in ("generic", "slack"):
+        body = encode(sample_alert(detail=f"server said: bad key {value.reveal()}"), fmt).decode()
+        assert value.reveal() not in body and "[REDACTED]" in body
+
+
+class Sink:
+    def __init__(self, status: int = 200, fail: Exception | None = None) -> None:
+        self.requests: list[httpx.Request] = []
+        self.status, self.fail = status, fail
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.fail is not None:
+            raise self.fail
+        return httpx.Response(self.status)
+
+
+def test_notifier_posts_each_format_to_its_webhook():
+    sink = Sink()
+    hooks = [Webhook(Secret("https://alerts.example/hook"), "generic", 1), Webhook(Secret(SLACK_URL), "slack", 2)]
+    deliveries = []
+    notifier = Notifier(hooks, transport=httpx.MockTransport(sink),
+                        on_delivery=lambda alert, hook, ok: deliveries.append((hook.format, ok)))
+    assert notifier.send(sample_alert()) is True
+    assert [str(r.url) for r in sink.requests] == ["https://alerts.example/hook", SLACK_URL]
+    assert all(r.headers["content-type"] == "application/json" for r in sink.requests)
+    assert "kind" in json.loads(sink.requests[0].content) and "text" in json.loads(sink.requests[1].content)
+    assert deliveries == [("generic", True), ("slack", True)]
+    notifier.close()
+
+
+@pytest.mark.parametrize("sink", [Sink(status=500), Sink(fail=httpx.ConnectError(f"cannot reach {SLACK_URL}")),
+                                  Sink(fail=httpx.ReadTimeout("timed out"))], ids=["500", "refused", "timeout"])
+def test_delivery_failures_are_logged_without_the_url_and_never_raised(sink, caplog):
+    caplog.handler.addFilter(RedactingFilter())
+    hook = Webhook(Secret(SLACK_URL), "slack", 1)
+    notifier = Notifier([hook], transport=httpx.MockTransport(sink))
+    with caplog.at_level(logging.INFO, logger="rotator.notify"):
+        assert notifier.send(sample_alert()) is False
+    assert "not delivered to webhook #1 (slack)" in caplog.text
+    assert SLACK_URL not in caplog.text and "sEcReTtOkEn" not in caplog.text
+    notifier.close()
+
+
+def test_alerts_survive_a_send_that_raises(caplog):
+    def broken(alert):
+        raise RuntimeError("boom")
+
+    alerts = Alerts(broken, escalate_at=ESCALATE)
+    with caplog.at_level(logging.ERROR, logger="rotator.notify"):
+        alerts.on_events([failed("web", T0, "r1")])
+    assert "could not be sent" in caplog.text
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+def test_webhook_urls_resolve_from_references_and_are_masked(monkeypatch):
+    from rotator import credentials
+    from rotator.redact import redact
+
+    settings = config.load(data={"alerts": {"webhooks": [
+        {"url": "https://alerts.example/generic-hook-0001"},
+        {"url": {"env": "SLACK_WEBHOOK_URL"}, "format": "slack"},
+    ]}})
+    assert [str(t) for t in settings.alerts.escalate_at] == ["13 days, 0:00:00", "10 days, 0:00:00", "7 days, 0:00:00"]
+    hooks = webhooks_from_settings(settings.alerts, lambda ref, where: credentials.resolve(
+        ref, where, environ={"SLACK_WEBHOOK_URL": SLACK_URL}))
+    assert [(h.format, h.index) for h in hooks] == [("generic", 1), ("slack", 2)]
+    assert hooks[1].url.reveal() == SLACK_URL
+    assert SLACK_URL not in redact(f"posting to {SLACK_URL}") and "webhook #2 (slack)" == hooks[1].describe()
+    with pytest.raises(ConfigError, match="SLACK_WEBHOOK_URL is not set"):
+        webhooks_from_settings(settings.alerts, lambda ref, where: credentials.resolve(ref, where, environ={}))
+
+
+@pytest.mark.parametrize("alerts, expected", [
+    ({"webhooks": [{"url": "ftp://x"}]}, "alerts.webhooks[0]: url: expected http(s)://"),
+    ({"webhooks": [{"url": {"env": "A", "file": "/b"}}]}, "exactly one of env, file or backend"),
+    ({"webhooks": [{"url": "https://x", "format": "teams"}]}, "alerts.webhooks[0].format"),
+    ({"escalate_at": ["7d", "0s"]}, "escalate_at: every lead time must be positive"),
+    ({"repeat": "1h"}, "alerts.repeat: unknown setting"),
+])
+def test_bad_alert_settings_name_the_field(alerts, expected):
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
+        config.load(data={"alerts": alerts})
