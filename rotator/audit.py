@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import threading
 from pathlib import Path
@@ -30,16 +29,11 @@ from rotator.redact import redact
 from rotator.timeutil import format_instant
 
 SCHEMA = "rotator.audit/1"
-_LABEL = re.compile(r"^…(?P<last4>.{1,4}?)(?: \(id (?P<id>.+)\))?$")
 
 
 def record_of(event: Event) -> dict[str, Any]:
     """The audit record of one event (a plain dict, ready for ``json.dumps``)."""
-    key_id = last4 = None
-    if event.key:
-        match = _LABEL.match(event.key)
-        if match:
-            key_id, last4 = match.group("id"), match.group("last4")
+    key_id, last4 = event.key_id, event.last4
     failed = event.result == "error"
     return {
         "schema": SCHEMA,

@@ -189,12 +189,17 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     from rotator.engine import Engine
     from rotator.incident import revoke_compromised
 
+    from rotator import audit
+
     runtime = _runtime(args)
+    sink = audit.open_sink(runtime.settings.audit, None)        # the incident belongs in the trail
     try:
         (secret,) = runtime.select([args.secret])
-        report = revoke_compromised(Engine(runtime), secret, force=args.force)
+        report = revoke_compromised(Engine(runtime, on_event=sink), secret, force=args.force)
     finally:
         runtime.close()
+        if sink is not None:
+            sink.close()
     rows = [{"target": label, "holds": holds} for label, holds in report.holdings.items()]
     summary = {"secret": report.secret, "compromised_key": report.compromised, "revoked": report.revoked,
                "forced": report.forced, "contained": report.contained, "rotation": report.outcome.status,

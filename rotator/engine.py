@@ -42,8 +42,10 @@ class Event:
     action: str
     detail: str = ""
     rotation_id: str | None = None
-    key: str | None = None          # KeyRef.label(): last 4 characters and id
+    key: str | None = None          # KeyRef.label(): last 4 characters and id, for people
     fingerprint: str | None = None
+    key_id: str | None = None
+    last4: str | None = None
     result: str = "ok"
     runner: str | None = None
 
@@ -182,9 +184,12 @@ class _SecretRun:
                 getattr(self, f"_do_{step.name}")(step, now)
             except Conflict as exc:
                 log.info("%s: %s; re-reading the primary", self.secret.name, exc)
-                if self.minted is not None:   # I4: a loser revokes what it minted
-                    self._revoke_minted()
                 self._read_primary(reset=True)
+                if self.minted is not None:   # I4: a loser revokes what it minted ...
+                    if self.primary.pending == self.minted:
+                        self.minted = None    # ... unless its write landed after all
+                    else:
+                        self._revoke_minted()
         raise RotatorError(f"gave up after {MAX_STEPS} steps: other runners keep changing the record")
 
     def _observations(self) -> Observations:
@@ -233,6 +238,7 @@ class _SecretRun:
             at=self.engine.clock.now(), secret=self.secret.name, action=action, detail=detail,
             rotation_id=record.rotation_id if record else None,
             key=key.label() if key else None, fingerprint=key.fingerprint if key else None,
+            key_id=key.key_id if key else None, last4=key.last4 if key else None,
             result=result, runner=self.engine.me,
         ))
 

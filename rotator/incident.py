@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from rotator.engine import Engine, Event, Outcome
 from rotator.errors import KeyNotFound, RotationError, RotatorError
-from rotator.models import Phase, Secret
+from rotator.models import KeyRef, Phase, Secret
 from rotator.redact import redact
 from rotator.runtime import ManagedSecret
 
@@ -41,9 +41,10 @@ def revoke_compromised(engine: Engine, secret: ManagedSecret, *, force: bool = F
     if bad is None:
         raise RotationError(f"{secret.name}: the primary holds no key; nothing to revoke")
     record = snap.record
-    label = record.current.label() if record and record.current and record.current.fingerprint == bad.fingerprint \
-        else f"…{bad.last4}"
-    _alert(engine, secret, "compromised", f"key {label} reported compromised: replacing it and revoking it now")
+    known = record.current if record and record.current and record.current.fingerprint == bad.fingerprint else None
+    label = known.label() if known else f"…{bad.last4}"
+    ref = known or KeyRef.of(bad)
+    _alert(engine, secret, "compromised", f"key {label} reported compromised: replacing it and revoking it now", ref)
 
     urgent = replace(secret, policy=replace(secret.policy, grace=timedelta(0)))
     in_flight = record is not None and record.phase in IN_FLIGHT
@@ -55,13 +56,13 @@ def revoke_compromised(engine: Engine, secret: ManagedSecret, *, force: bool = F
         _revoke(secret, bad, record)
         report.revoked, report.forced = True, True
         _alert(engine, secret, "revoked-compromised",
-               f"key {label} revoked by --force although some targets still hold it", result="alert")
+               f"key {label} revoked by --force although some targets still hold it", ref)
     elif report.revoked:
-        _alert(engine, secret, "revoked-compromised", f"key {label} revoked", result="alert")
+        _alert(engine, secret, "revoked-compromised", f"key {label} revoked", ref)
     else:
         _alert(engine, secret, "compromised-still-valid",
                f"key {label} is STILL VALID: the replacement did not reach every target; rerun, or use --force",
-               result="error")
+               ref, result="error")
     return report
 
 
@@ -97,6 +98,8 @@ def _revoke(secret: ManagedSecret, value: Secret, record) -> None:
         pass
 
 
-def _alert(engine: Engine, secret: ManagedSecret, action: str, detail: str, result: str = "alert") -> None:
-    engine.emit(Event(at=engine.clock.now(), secret=secret.name, action=action, detail=detail,
-                      result=result, runner=engine.me))
+def _alert(engine: Engine, secret: ManagedSecret, action: str, detail: str, key: KeyRef,
+           result: str = "alert") -> None:
+    engine.emit(Event(at=engine.clock.now(), secret=secret.name, action=action, detail=detail, result=result,
+                      runner=engine.me, key=key.label(), fingerprint=key.fingerprint, key_id=key.key_id,
+                      last4=key.last4))

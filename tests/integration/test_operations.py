@@ -184,8 +184,10 @@ def test_audit_flags_unused_keys_when_the_issuer_reports_last_use(ops, capsys, e
         ops.assert_i1(name)
 
 
-def test_revoke_compromised_replaces_everywhere_and_kills_the_old_key(ops, capsys, emulator):
+def test_revoke_compromised_replaces_everywhere_and_kills_the_old_key(ops, capsys, emulator, monkeypatch):
     old = json.loads((ops.root / "store" / "web.json").read_text())["api_key"]
+    trail = ops.root / "audit.jsonl"
+    monkeypatch.setenv("ROTATOR_AUDIT__PATH", str(trail))
     code, out, _ = run(capsys, "revoke", "web", "--compromised", "-o", "json")
     result = json.loads(out)
     assert code == 0 and result["revoked"] and result["contained"] and not result["forced"]
@@ -193,6 +195,11 @@ def test_revoke_compromised_replaces_everywhere_and_kills_the_old_key(ops, capsy
     ops.assert_i1("web")
     assert all(t["holds"].startswith("new key") for t in result["targets"])
     assert old not in out
+    records = [json.loads(line) for line in trail.read_text().splitlines()]
+    actions = [r["action"] for r in records]
+    assert actions[0] == "compromised" and actions[-1] == "revoked-compromised" and "issued" in actions
+    assert records[0]["key_last4"] == old[-4:] and records[0]["result"] == "alert"
+    assert old not in trail.read_text()
 
 
 def test_revoke_compromised_with_a_broken_target_needs_force(ops, capsys, emulator):

@@ -152,3 +152,25 @@ def test_compromise_during_a_grace_window_kills_both_old_keys(world, emulator):
     assert not emulator.is_active(compromised) and not emulator.is_active(oldest)
     world.assert_i1("web")
     assert world.record("web").phase is Phase.IDLE
+
+
+def test_a_stage_that_landed_but_reported_conflict_keeps_the_new_key(world, emulator):
+    """A backend whose reply was lost may report Conflict for a write that landed. The engine
+    re-reads before revoking what it minted: the staged key must survive and the rotation go on."""
+    from rotator.errors import Conflict
+
+    world.add_secret("web")
+    world.seed("web", age=timedelta(days=80))
+    engine = world.engine("A")
+    primary = world.secret("web", engine.runtime).primary.backend
+    real_stage = primary.stage
+
+    def stage_then_lose_the_reply(*args, **kwargs):
+        real_stage(*args, **kwargs)
+        raise Conflict("reply lost")
+
+    primary.stage = stage_then_lose_the_reply
+    assert engine.run().exit_code == 0
+    assert emulator.counters().get("POST /accounts/api-key") == 1
+    assert world.record("web").phase is Phase.GRACE
+    world.assert_i1("web")

@@ -30,7 +30,7 @@ FIELDS = ["schema", "time", "runner", "secret", "action", "rotation_id", "key_id
 def event(**changes) -> Event:
     base = dict(at=T0, secret="prod-web", action="issued", detail="…c0de named 'prod-web [r-7f3c2a1b]'",
                 rotation_id="7f3c2a1b00000000", key="…c0de (id 42)", fingerprint="0123456789abcdef",
-                runner="host:12:ab01")
+                key_id="42", last4="c0de", runner="host:12:ab01")
     return Event(**{**base, **changes})
 
 
@@ -43,9 +43,11 @@ def test_one_record_per_action_with_everything_but_a_value():
         "key_last4": "c0de", "fingerprint": "0123456789abcdef", "result": "ok", "error": None,
         "detail": "…c0de named 'prod-web [r-7f3c2a1b]'",
     }
-    failed = record_of(event(action="failed", result="error", detail="quiva: 503", key=None, fingerprint=None))
+    failed = record_of(event(action="failed", result="error", detail="quiva: 503", key=None, fingerprint=None,
+                             key_id=None, last4=None))
     assert failed["error"] == "quiva: 503" and failed["key_id"] is None and failed["key_last4"] is None
-    assert record_of(event(key="…beef"))["key_id"] is None and record_of(event(key="…beef"))["key_last4"] == "beef"
+    no_id = record_of(event(key="…beef", key_id=None, last4="beef"))
+    assert no_id["key_id"] is None and no_id["key_last4"] == "beef"
 
 
 def test_a_value_in_a_detail_is_masked():
