@@ -16,39 +16,58 @@ MASK = "[REDACTED]"
 # QuivaWorks shapes (ms-<hex>, ms_<...>) and AWS secret access keys (40 chars of base64 alphabet).
 _SHAPES = re.compile(r"\bms[-_][A-Za-z0-9]{12,}|(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
 
+_PREFIX = 8          # values shorter than this are not masked (they would mangle ordinary text)
+
 _lock = threading.Lock()
-_values: set[str] = set()
-_pattern: re.Pattern[str] | None = None
+# first 8 characters -> values starting with them, longest first. Replaced, never mutated, so
+# readers need no lock: a scan of the text costs one dict lookup per character, however many
+# values are remembered (an alternation regex of thousands of values costs seconds to compile).
+_by_prefix: dict[str, tuple[str, ...]] = {}
 
 
 def remember(value: str) -> None:
-    """Mask ``value`` from now on. Very short values are not masked (they would mangle text)."""
-    global _pattern
-    if len(value) < 8:
+    """Mask ``value`` from now on. Values under 8 characters are not masked."""
+    global _by_prefix
+    if len(value) < _PREFIX:
         return
+    head = value[:_PREFIX]
     with _lock:
-        if value not in _values:
-            _values.add(value)
-            _pattern = None
+        known = _by_prefix.get(head, ())
+        if value not in known:
+            updated = dict(_by_prefix)
+            updated[head] = tuple(sorted((*known, value), key=len, reverse=True))
+            _by_prefix = updated
 
 
-def _known() -> re.Pattern[str] | None:
-    global _pattern
-    with _lock:
-        if _pattern is None and _values:
-            alternatives = sorted(_values, key=len, reverse=True)
-            _pattern = re.compile("|".join(re.escape(v) for v in alternatives))
-        return _pattern
+def _mask_known(text: str) -> str:
+    table = _by_prefix
+    if not table:
+        return text
+    out: list[str] = []
+    start = i = 0
+    end = len(text) - _PREFIX
+    while i <= end:
+        candidates = table.get(text[i:i + _PREFIX])
+        if candidates:
+            match = next((v for v in candidates if text.startswith(v, i)), None)
+            if match is not None:
+                out.append(text[start:i])
+                out.append(MASK)
+                i += len(match)
+                start = i
+                continue
+        i += 1
+    if not out:
+        return text
+    out.append(text[start:])
+    return "".join(out)
 
 
 def redact(text: str) -> str:
     """Return ``text`` with every remembered value and every known key shape masked."""
     if not text:
         return text
-    known = _known()
-    if known is not None:
-        text = known.sub(MASK, text)
-    return _SHAPES.sub(MASK, text)
+    return _SHAPES.sub(MASK, _mask_known(text))
 
 
 class RedactingFilter(logging.Filter):
