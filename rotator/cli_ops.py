@@ -18,7 +18,8 @@ from rotator.timeutil import format_instant
 def add_parsers(sub: Any, output_option: Callable[[argparse.ArgumentParser], None]) -> None:
     sync = sub.add_parser("sync", help="compare every target with its primary; --repair pushes the primary's key")
     sync.add_argument("secrets", nargs="*", metavar="SECRET")
-    sync.add_argument("--repair", action="store_true", help="write the primary's key to drifted targets")
+    sync.add_argument("--repair", action="store_true",
+                      help="write the primary's key to drifted targets (default: [rotator] repair_drift)")
     output_option(sync)
 
     verify = sub.add_parser("verify", help="every target readable and agreeing, and the key authenticates")
@@ -58,7 +59,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         for secret in runtime.select(args.secrets or None):
             try:
                 primary, report = drift.check(secret)
-                if args.repair:
+                if args.repair or runtime.settings.rotator.repair_drift:
                     drift.repair(secret, primary, report)
             except RotatorError as exc:
                 rows.append({"secret": secret.name, "target": secret.primary.label, "state": "unreadable",

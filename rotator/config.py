@@ -43,6 +43,7 @@ class Defaults(StrictModel):
     lease: Duration = timedelta(minutes=15)
     workers: int = Field(default=4, ge=1, le=64)
     runner_id: str | None = None
+    repair_drift: bool = False     # sync (and the daemon's reconcile) repairs drift, as with --repair
 
     @model_validator(mode="after")
     def _positive(self) -> Defaults:

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -172,6 +173,10 @@ class Reconciler:
                 from rotator import drift
 
                 primary, report = drift.check(secret)
+                if self.runtime.settings.rotator.repair_drift:
+                    drift.repair(secret, primary, report)
+                    for label in report.repaired:
+                        log.warning("%s: repaired drift on %s", secret.name, label)
             else:
                 primary, report = secret.primary.backend.read(secret.primary.target), None
         except RotatorError as exc:
@@ -193,6 +198,8 @@ class Reconciler:
         if report is None:
             return
         for target in report.targets:
+            if target.target in report.repaired:
+                target = replace(target, state="ok", detail="repaired")
             backend = secret.bound(target.target).backend.name
             down = target.state == "unreachable"
             _note(problems, backend, "backend", (target.detail or target.state) if down else None)

@@ -155,3 +155,19 @@ def test_a_backend_down_during_repair_is_reported_and_the_rest_repaired(rotated)
     drift.repair(secret, primary, report)
     assert report.repaired == [live.label]
     assert live.backend.read(live.target).current == primary.current
+
+
+def test_the_daemon_reconcile_repairs_drift_when_configured(world, emulator):
+    """[rotator] repair_drift: the daemon's reconcile pushes the primary's key like sync --repair."""
+    from rotator.daemon import Reconciler
+
+    world.add_secret("web")
+    world.seed("web", age=timedelta(days=10))
+    world.defaults["repair_drift"] = True
+    runtime = world.runtime()
+    Reconciler(runtime).reconcile()                         # adopts; nothing drifted yet
+    bound = world.secret("web", runtime).secondaries[0]
+    bound.backend.delete(bound.target)
+    Reconciler(runtime).reconcile()
+    world.assert_i1("web")
+    assert drift.check(world.secret("web"))[1].healthy
