@@ -30,19 +30,19 @@ from rotator.errors import (
     SecretMissing,
 )
 from rotator.interfaces import ProviderContext
-from rotator.models import (
-    RECORD_FORMAT,
-    BackendCapabilities,
-    KeyRef,
-    RotationRecord,
-    Secret,
-    Snapshot,
-)
-from rotator.timeutil import format_instant
+from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, Snapshot
 from rotator.validation import StrictModel, parse
 
-PAYLOAD_FORMAT = 1
-SECTION = "rotator"
+from providers.document import (
+    Document,
+    NothingPending,
+    PayloadError,
+    describe,
+    kind,
+    meta_fields,
+    reserved_field,
+)
+
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO})
 _TEMP_HEX = 12
 _MODE = re.compile(r"0?o?([0-7]{3})")
@@ -89,9 +89,7 @@ class FileTargetSpec(StrictModel):
     @field_validator("field")
     @classmethod
     def _not_reserved(cls, text: str) -> str:
-        if text == SECTION:
-            raise ValueError(f"'{SECTION}' is reserved for rotator's own section")
-        return text
+        return reserved_field(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,67 +112,6 @@ class _Problem(Exception):
     def __init__(self, kind: type[BackendError], message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-@dataclasses.dataclass(frozen=True)
-class _Document:
-    """One file: the application's JSON object, with rotator's slots held as Secrets.
-
-    ``meta`` is not read back: every write sets it afresh from the key it describes.
-    """
-
-    app: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
-    current: Secret | None = None
-    pending: Secret | None = None
-    previous: Secret | None = None
-    meta: Mapping[str, Any] | None = None
-    record: Mapping[str, Any] | None = None
-
-    @classmethod
-    def parse(cls, raw: bytes, field: str) -> _Document:
-        app = _decode_object(raw)
-        section = app.get(SECTION, {})
-        if not isinstance(section, dict):
-            raise _Problem(CorruptPayload, f"'{SECTION}' is a JSON {_kind(section)}, expected an object")
-        _check_format(section.get("format", PAYLOAD_FORMAT))
-        record = section.get("record")
-        if record is not None and not isinstance(record, dict):
-            raise _Problem(CorruptPayload, f"'{SECTION}.record' is a JSON {_kind(record)}, expected an object")
-        return cls(
-            app=app,
-            current=_slot(app.get(field), f"field '{field}'"),
-            pending=_slot(section.get("pending"), f"'{SECTION}.pending'"),
-            previous=_slot(section.get("previous"), f"'{SECTION}.previous'"),
-            record=record,
-        )
-
-    def evolve(self, **changes: Any) -> _Document:
-        return dataclasses.replace(self, **changes)
-
-    def encode(self, field: str) -> bytes:
-        out = dict(self.app)
-        if self.current is not None:
-            if field not in out:
-                out = {field: None, **out}  # a new field goes first; an existing one keeps its place
-            out[field] = self.current.reveal()
-        out[SECTION] = self._section()
-        return (json.dumps(out, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-    def _section(self) -> dict[str, Any]:
-        section: dict[str, Any] = {"format": PAYLOAD_FORMAT}
-        for name in ("pending", "previous"):
-            value = getattr(self, name)
-            if value is not None:
-                section[name] = value.reveal()
-        if self.meta:
-            section["meta"] = dict(self.meta)
-        if self.record:
-            section["record"] = dict(self.record)
-        return section
-
-    def snapshot(self, version: str) -> Snapshot:
-        return Snapshot(version=version, current=self.current, pending=self.pending,
-                        previous=self.previous, record=_record(self.record))
 
 
 class FileBackend:
@@ -201,7 +138,7 @@ class FileBackend:
             raw = _read_bytes(target.path)
             if raw is None:
                 return Snapshot()
-            return _Document.parse(raw, target.field).snapshot(_digest(raw))
+            return _parse(raw, target.field).snapshot(_digest(raw))
 
     def write_record(self, target: FileTarget, record: RotationRecord, *, expect: str | None) -> str:
         return self._commit("write_record", target, record, expect, lambda doc: doc)
@@ -211,14 +148,14 @@ class FileBackend:
         return self._commit("stage", target, record, expect, lambda doc: doc.evolve(pending=value))
 
     def promote(self, target: FileTarget, record: RotationRecord, *, expect: str) -> str:
-        return self._commit("promote", target, record, expect, _promoted)
+        return self._commit("promote", target, record, expect, Document.promoted)
 
     def discard_pending(self, target: FileTarget, record: RotationRecord, *, expect: str) -> str:
         return self._commit("discard_pending", target, record, expect, lambda doc: doc.evolve(pending=None))
 
     def deploy(self, target: FileTarget, current: Secret, previous: Secret | None, meta: KeyRef) -> None:
-        def apply(doc: _Document) -> _Document:
-            return doc.evolve(current=current, previous=previous, meta=_meta(meta))
+        def apply(doc: Document) -> Document:
+            return doc.evolve(current=current, previous=previous, meta=meta_fields(meta, last4=True))
 
         self._update("deploy", target, apply, cas=False)
 
@@ -237,16 +174,17 @@ class FileBackend:
     # --- internals -------------------------------------------------------------------------
 
     def _commit(self, op: str, target: FileTarget, record: RotationRecord, expect: str | None,
-                change: Callable[[_Document], _Document]) -> str:
+                change: Callable[[Document], Document]) -> str:
         """A primary write: apply ``change``, save ``record``, describe current in the meta."""
 
-        def apply(doc: _Document) -> _Document:
+        def apply(doc: Document) -> Document:
             doc = change(doc)
-            return doc.evolve(record=record.to_dict(), meta=_primary_meta(doc.current, record))
+            meta = meta_fields(describe(doc.current, record.current), last4=True)
+            return doc.evolve(record=record.to_dict(), meta=meta or None)
 
         return self._update(op, target, apply, cas=True, expect=expect)
 
-    def _update(self, op: str, target: FileTarget, change: Callable[[_Document], _Document], *,
+    def _update(self, op: str, target: FileTarget, change: Callable[[Document], Document], *,
                 cas: bool, expect: str | None = None) -> str:
         """Read, compare (when ``cas``), change and atomically replace, all under the lock."""
         with self._edge(op, target):
@@ -260,8 +198,8 @@ class FileBackend:
                                              f" found {_short(found)})")
                 if raw is None and not self._settings.create_if_missing:
                     raise _Problem(SecretMissing, "does not exist and create_if_missing is false")
-                before = _Document() if raw is None else _Document.parse(raw, target.field)
-                data = change(before).encode(target.field)
+                before = Document() if raw is None else _parse(raw, target.field)
+                data = _encode(change(before), target.field)
                 if data != raw:
                     _replace_atomically(target.path, data, self._mode)
                 return _digest(data)
@@ -283,7 +221,7 @@ class FileBackend:
             translated = self._translate(op, target, exc)
             if translated is None:
                 raise
-            raise translated from (None if isinstance(exc, _Problem) else exc)
+            raise translated from (None if isinstance(exc, (_Problem, PayloadError)) else exc)
         else:
             self._context.on_call(self.name, op, "ok")
 
@@ -291,6 +229,10 @@ class FileBackend:
         where = target.label
         if isinstance(exc, _Problem):
             return exc.kind(f"{where}: {exc}", provider=self.name)
+        if isinstance(exc, NothingPending):
+            return BackendError(f"{where}: {exc}", provider=self.name)
+        if isinstance(exc, PayloadError):
+            return CorruptPayload(f"{where}: {exc}", provider=self.name)
         if isinstance(exc, PermissionError):
             return BackendPermissionError(
                 f"{where}: permission denied on {_culprit(exc, target)} during {op};"
@@ -316,64 +258,28 @@ def _decode_object(raw: bytes) -> dict[str, Any]:
         raise _Problem(CorruptPayload,
                        f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     if not isinstance(doc, dict):
-        raise _Problem(CorruptPayload, f"the top level is a JSON {_kind(doc)}, expected an object")
+        raise _Problem(CorruptPayload, f"the top level is a JSON {kind(doc)}, expected an object")
     return doc
 
 
-def _check_format(version: Any) -> None:
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise _Problem(CorruptPayload, f"'{SECTION}.format' is a JSON {_kind(version)}, expected an integer")
-    if version > PAYLOAD_FORMAT:
-        raise _Problem(CorruptPayload, f"payload format {version} is newer than this rotator understands"
-                                       f" ({PAYLOAD_FORMAT}); upgrade rotator")
+def _parse(raw: bytes, field: str) -> Document:
+    return Document.parse(_decode_object(raw), field)
 
 
-def _slot(value: Any, where: str) -> Secret | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise _Problem(CorruptPayload, f"{where} is a JSON {_kind(value)}, expected a string")
-    return Secret(value)
+def _encode(doc: Document, field: str) -> bytes:
+    return (json.dumps(doc.encode(field), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def _record(data: Mapping[str, Any] | None) -> RotationRecord | None:
-    if data is None:
-        return None
-    version = data.get("format", RECORD_FORMAT)
-    if isinstance(version, int) and version > RECORD_FORMAT:
-        raise _Problem(CorruptPayload, f"rotation record format {version} is newer than this rotator"
-                                       f" understands ({RECORD_FORMAT}); upgrade rotator")
-    try:
-        return RotationRecord.from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _Problem(CorruptPayload, f"the rotation record is unreadable ({type(exc).__name__})") from None
 
 
-def _promoted(doc: _Document) -> _Document:
-    if doc.pending is None:
-        raise _Problem(BackendError, "nothing is pending, so there is nothing to promote")
-    return doc.evolve(current=doc.pending, previous=doc.current, pending=None)
 
 
-def _meta(ref: KeyRef) -> dict[str, Any]:
-    meta = {
-        "key_id": ref.key_id,
-        "expires_on": format_instant(ref.expires_on),
-        "rotation_id": ref.rotation_id,
-        "fingerprint": ref.fingerprint,
-        "last4": ref.last4,
-    }
-    return {key: value for key, value in meta.items() if value is not None}
 
 
-def _primary_meta(current: Secret | None, record: RotationRecord) -> dict[str, Any] | None:
-    """Describe the current value: from the record when it knows that key, else from the value."""
-    if current is None:
-        return None
-    ref = record.current
-    if ref is None or ref.fingerprint != current.fingerprint:
-        ref = KeyRef.of(current)
-    return _meta(ref)
+
+
+
+
 
 
 def _digest(data: bytes) -> str:
@@ -388,9 +294,6 @@ def _short(version: str | None) -> str:
     return "absent" if version is None else f"version {version[:12]}"
 
 
-def _kind(value: Any) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _culprit(exc: OSError, target: FileTarget) -> str:

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 from rotator import machine
 from rotator.errors import AdoptionError, Conflict, KeyNotFound, RotatorError
 from rotator.interfaces import Issuer
-from rotator.machine import Observations, View
+from rotator.machine import Observations
 from rotator.models import KeyInfo, KeyRef, Phase, RotationRecord, Secret, Snapshot
 from rotator.redact import redact
 from rotator.runtime import ManagedSecret, Runtime, short_id

@@ -7,7 +7,7 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from providers.aws.sm_payload import SECTION
+from providers.document import reserved_field
 from rotator.validation import StrictModel
 
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
@@ -111,9 +111,7 @@ class SecretsManagerTargetSpec(StrictModel):
     @field_validator("field")
     @classmethod
     def _not_reserved(cls, text: str) -> str:
-        if text == SECTION:
-            raise ValueError(f"'{SECTION}' is reserved for rotator's own section")
-        return text
+        return reserved_field(text)
 
 
 @dataclasses.dataclass(frozen=True)

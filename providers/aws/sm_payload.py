@@ -26,8 +26,9 @@ from rotator.errors import BackendError, CorruptPayload
 from rotator.models import RECORD_FORMAT, KeyRef, RotationRecord, Secret
 from rotator.timeutil import format_instant
 
+from providers.document import SECTION, kind
+
 PAYLOAD_FORMAT = 1
-SECTION = "rotator"
 _TOKENS = uuid.UUID("5d0c7a52-6f0e-4c55-9a3e-2f61b7a0c0de")
 
 
@@ -81,19 +82,19 @@ class Doc:
             raise Problem(CorruptPayload, f"is not valid JSON: {exc.msg} at line {exc.lineno},"
                                           f" column {exc.colno}") from None
         if not isinstance(app, dict):
-            raise Problem(CorruptPayload, f"the top level is a JSON {_kind(app)}, expected an object")
+            raise Problem(CorruptPayload, f"the top level is a JSON {kind(app)}, expected an object")
         section = app.get(SECTION, {})
         if not isinstance(section, dict):
-            raise Problem(CorruptPayload, f"'{SECTION}' is a JSON {_kind(section)}, expected an object")
+            raise Problem(CorruptPayload, f"'{SECTION}' is a JSON {kind(section)}, expected an object")
         version = section.get("format", PAYLOAD_FORMAT)
         if not isinstance(version, int) or isinstance(version, bool):
-            raise Problem(CorruptPayload, f"'{SECTION}.format' is a JSON {_kind(version)}, expected an integer")
+            raise Problem(CorruptPayload, f"'{SECTION}.format' is a JSON {kind(version)}, expected an integer")
         if version > PAYLOAD_FORMAT:
             raise Problem(CorruptPayload, f"payload format {version} is newer than this rotator understands"
                                           f" ({PAYLOAD_FORMAT}); upgrade rotator")
         record = section.get("record")
         if record is not None and not isinstance(record, dict):
-            raise Problem(CorruptPayload, f"'{SECTION}.record' is a JSON {_kind(record)}, expected an object")
+            raise Problem(CorruptPayload, f"'{SECTION}.record' is a JSON {kind(record)}, expected an object")
         meta = section.get("meta")
         return cls(
             app=app,
@@ -181,10 +182,6 @@ def _value(value: Any, where: str) -> Secret | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise Problem(CorruptPayload, f"{where} is a JSON {_kind(value)}, expected a string")
+        raise Problem(CorruptPayload, f"{where} is a JSON {kind(value)}, expected a string")
     return Secret(value)
 
-
-def _kind(value: Any) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)

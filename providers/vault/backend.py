@@ -179,7 +179,7 @@ class VaultKVBackend:
             base, created = self._version(op, target, expect), False
         for attempt in (0, 1):
             doc = change(self._parse(target, base.data if base else None))
-            data = doc.evolve(record=record.to_dict()).encode(target.field)
+            data = doc.evolve(record=record.to_dict()).encode(target.field, section_always=False)
             cas = base.version if base else 0
             try:
                 version = self._put(op, target, data, cas)
@@ -213,7 +213,7 @@ class VaultKVBackend:
                                         provider=self.name)
                 self._check_mount("deploy", target)
             doc = self._parse(target, base.data if exists else None)
-            data = doc.evolve(current=current, previous=previous).encode(target.field)
+            data = doc.evolve(current=current, previous=previous).encode(target.field, section_always=False)
             if exists and data == base.data:
                 if not fresh:             # the cache says "nothing to do": confirm with a read
                     base, fresh = self._fetch("deploy.read", target), True
@@ -367,7 +367,7 @@ class VaultKVBackend:
             self._check_mount("deploy", target)
         doc = self._parse(target, data)
         meta = meta_fields(ref) if self._settings.custom_metadata else None
-        wanted = doc.evolve(current=current, previous=previous, meta=meta or None).encode(target.field)
+        wanted = doc.evolve(current=current, previous=previous, meta=meta or None).encode(target.field, section_always=False)
         if wanted == data:
             return
         capability = "create" if data is None else "update"

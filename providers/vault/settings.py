@@ -15,7 +15,8 @@ from rotator.credentials import check_reference
 from rotator.timeutil import parse_duration
 from rotator.validation import StrictModel, parse
 
-SECTION = "rotator"      # the key of rotator's own section inside a secret's data
+from providers.document import reserved_field
+
 DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -154,6 +155,4 @@ class VaultTargetSpec(StrictModel):
     @field_validator("field")
     @classmethod
     def _not_reserved(cls, text: str) -> str:
-        if text == SECTION:
-            raise ValueError(f"'{SECTION}' is reserved for rotator's own section")
-        return text
+        return reserved_field(text)
