@@ -190,17 +190,31 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     from rotator.engine import Engine
     from rotator.incident import revoke_compromised
 
-    from rotator import audit
+    from rotator import audit, notify
 
     runtime = _runtime(args)
     sink = audit.open_sink(runtime.settings.audit, None)        # the incident belongs in the trail
+    hooks = notify.webhooks_from_settings(runtime.settings.alerts, runtime.context.resolve_credential)
+    notifier = notify.Notifier(hooks, timeout=runtime.settings.alerts.timeout.total_seconds()) if hooks else None
+    alerts = notify.Alerts(notifier.send) if notifier else None  # an incident pages once, from here too
+    events: list = []
+
+    def record(event) -> None:
+        events.append(event)
+        if sink is not None:
+            sink(event)
+
     try:
         (secret,) = runtime.select([args.secret])
-        report = revoke_compromised(Engine(runtime, on_event=sink), secret, force=args.force)
+        report = revoke_compromised(Engine(runtime, on_event=record), secret, force=args.force)
+        if alerts is not None:
+            alerts.on_events(events)
     finally:
         runtime.close()
         if sink is not None:
             sink.close()
+        if notifier is not None:
+            notifier.close()
     rows = [{"target": label, "holds": holds} for label, holds in report.holdings.items()]
     summary = {"secret": report.secret, "compromised_key": report.compromised, "revoked": report.revoked,
                "forced": report.forced, "contained": report.contained, "rotation": report.outcome.status,

@@ -186,9 +186,19 @@ def test_audit_flags_unused_keys_when_the_issuer_reports_last_use(ops, capsys, e
 
 def test_revoke_compromised_replaces_everywhere_and_kills_the_old_key(ops, capsys, emulator, monkeypatch):
     old = json.loads((ops.root / "store" / "web.json").read_text())["api_key"]
+    from tests.integration.test_daemon import WebhookSink
+
     trail = ops.root / "audit.jsonl"
     monkeypatch.setenv("ROTATOR_AUDIT__PATH", str(trail))
-    code, out, _ = run(capsys, "revoke", "web", "--compromised", "-o", "json")
+    hook = WebhookSink()
+    monkeypatch.setenv("ROTATOR_ALERTS__WEBHOOKS", json.dumps([{"url": f"{hook.url}/incident", "format": "generic"}]))
+    try:
+        code, out, _ = run(capsys, "revoke", "web", "--compromised", "-o", "json")
+    finally:
+        hook.close()
+    pages = hook.bodies("/incident")
+    assert pages and all(p["kind"] == "incident" for p in pages), pages
+    assert old not in json.dumps(pages)
     result = json.loads(out)
     assert code == 0 and result["revoked"] and result["contained"] and not result["forced"]
     assert not emulator.is_active(old)
