@@ -109,9 +109,13 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
     runtime = _runtime(args)
     sink = audit.open_sink(runtime.settings.audit, args.audit_file)    # the same records as the daemon
+    engine = Engine(runtime, on_event=sink)
+    # SIGTERM (a CronJob pod stopped, `docker stop`): finish the step in flight, release the lease.
+    previous = _on_signals(lambda signum, frame: engine.request_stop())
     try:
-        report = Engine(runtime, on_event=sink).run(args.secrets or None, force=args.force)
+        report = engine.run(args.secrets or None, force=args.force)
     finally:
+        _on_signals(previous)
         runtime.close()
         if sink is not None:
             sink.close()
@@ -129,6 +133,21 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         for o in report.failed:
             print(f"  {o.secret}: {o.error}")
     return report.exit_code
+
+
+def _on_signals(handler: Any) -> Any:
+    """Install ``handler`` for SIGTERM (main thread only); return the old one. SIGINT stays
+    KeyboardInterrupt: a person at a terminal wants it to stop now."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if handler is None:
+        return None
+    old = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, handler)
+    return old
 
 
 def _assessments(args: argparse.Namespace, at: datetime | None) -> tuple[list[dict[str, Any]], int]:

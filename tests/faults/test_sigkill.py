@@ -45,3 +45,40 @@ def test_sigkill_mid_rotation_then_resume(world, emulator, clock, admin_key, tmp
     assert not emulator.is_active(old)
     (current,) = {s.current.reveal() for s in world.snapshots("web").values()}
     assert emulator.is_active(current)
+
+
+def test_sigterm_stops_a_one_shot_rotate_at_a_step_boundary(world, emulator, clock, admin_key, tmp_path):
+    """`rotator rotate` terminated mid-rotation (a CronJob pod stopped): the step in flight ends,
+    the lease is released, the process exits 0, and the next run resumes at once."""
+    import json
+    import time
+    from datetime import datetime, timezone
+
+    clock.set(datetime.now(timezone.utc))                   # the subprocess runs on the real clock
+    world.defaults["lead_time"] = "30d"
+    world.add_secret("web")
+    world.seed("web", age=timedelta(days=80))
+    config_file = tmp_path / "rotator.toml"
+    config_file.write_text(to_toml(world.config_data()))
+    emulator.faults.set_latency(1.5, path="/accounts/api-key")  # the issue call is slow
+    record_file = world.root / "store" / "web.json"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "rotator.cli", "--config", str(config_file), "rotate"],
+                                env={**os.environ, "QUIVA_API_KEY": admin_key}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            doc = json.loads(record_file.read_text())
+            if doc.get("rotator", {}).get("record", {}).get("phase") == "claimed":
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)                    # while the issue request is in flight
+        out, err = proc.communicate(timeout=30)
+    finally:
+        emulator.faults.clear()
+    assert proc.returncode == 0, err
+    record = world.record("web")
+    assert record.phase is Phase.STAGED and record.owner is None, record
+    world.assert_i1("web")
+    assert world.rotate(identity="next").exit_code == 0       # resumes without waiting for a lease
+    assert world.record("web").phase is Phase.GRACE
