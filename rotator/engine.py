@@ -526,9 +526,14 @@ class _SecretRun:
 
     # --- issuer helpers --------------------------------------------------------------------------
 
-    def _candidates(self, ref: KeyRef) -> list[KeyInfo]:
-        """Listing entries that may be ``ref``: by id, else name + last 4 (+ creation time)."""
-        listing = self.cache.get(self.secret.issuer, need=ref.name)
+    def _candidates(self, ref: KeyRef, refresh: bool = True) -> list[KeyInfo]:
+        """Listing entries that may be ``ref``: by id, else name + last 4 (+ creation time).
+
+        ``refresh``: if ``ref`` was issued after the run's listing was fetched, fetch it again —
+        needed before concluding a key is gone, not for nice-to-haves (ids for the record, twin
+        sweeps), which would otherwise cost one listing per rotation in a fleet run.
+        """
+        listing = self.cache.get(self.secret.issuer, need=ref.name if refresh else None)
         if ref.key_id:
             return [k for k in listing if k.key_id == ref.key_id]
         found = [k for k in listing if k.last4 == ref.last4 and (ref.name is None or k.name == ref.name)]
@@ -538,7 +543,8 @@ class _SecretRun:
         return found
 
     def _find(self, ref: KeyRef) -> KeyInfo | None:
-        found = self._candidates(ref)
+        """The one listing entry of ``ref`` in the listing at hand, if it is there."""
+        found = self._candidates(ref, refresh=False)
         return found[0] if len(found) == 1 else None
 
     def _revoke_ref(self, ref: KeyRef, value: Secret | None) -> None:
