@@ -1,0 +1,124 @@
+"""Counting calls three ways, so each number is checked by another:
+
+* :class:`WireCounter` — request hooks on the HTTP stacks of this process: botocore's
+  ``URLLib3Session.send`` (boto3 → moto), requests' ``Session.send`` (hvac → OpenBao) and httpx's
+  ``Client.send`` (→ the QuivaWorks emulator), counted per destination ``host:port``. Every
+  attempt is counted, retries included; the benchmark's own ``/_emulator/`` knob requests are not.
+* :class:`ProtocolCounter` — the engine's calls into the provider Protocols (``read``,
+  ``write_record``, ``stage``, ``deploy``, ``issue``, ``verify``, ``list_keys``, ...), wrapped on a
+  :class:`rotator.runtime.Runtime`: the unit the crash-safe minimum is written in.
+* ``Runtime(on_call=...)`` (:class:`OnCall`) — what each provider reports per remote call
+  (operation names such as ``PutSecretValue``, ``deploy.metadata``, ``auth``), plus the emulator's
+  own ``counters()`` on the server side.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+from urllib.parse import urlsplit
+
+KNOBS = "/_emulator/"
+BACKEND_METHODS = ("read", "write_record", "stage", "promote", "discard_pending", "deploy")
+ISSUER_METHODS = ("issue", "list_keys", "verify", "revoke")
+
+
+class WireCounter:
+    """HTTP requests sent by this process, per ``host:port``. ``install()`` once; ``take()`` reads
+    and clears."""
+
+    _installed = False
+    _lock = threading.Lock()
+    _counts: Counter[str] = Counter()
+
+    @classmethod
+    def install(cls) -> type[WireCounter]:
+        if cls._installed:
+            return cls
+        import botocore.httpsession
+        import httpx
+        import requests
+
+        def hook(original: Any, url_of: Any) -> Any:
+            def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+                parts = urlsplit(str(url_of(request)))
+                if not parts.path.startswith(KNOBS):           # the benchmark driving the emulator
+                    with cls._lock:
+                        cls._counts[f"{parts.hostname}:{parts.port}"] += 1
+                return original(self, request, *args, **kwargs)
+            return send
+
+        botocore.httpsession.URLLib3Session.send = hook(botocore.httpsession.URLLib3Session.send, lambda r: r.url)
+        requests.Session.send = hook(requests.Session.send, lambda r: r.url)
+        httpx.Client.send = hook(httpx.Client.send, lambda r: r.url)
+        cls._installed = True
+        return cls
+
+    @classmethod
+    def take(cls) -> Counter[str]:
+        with cls._lock:
+            counts, cls._counts = cls._counts, Counter()
+        return counts
+
+    @staticmethod
+    def for_url(counts: Counter[str], url: str | None) -> int:
+        if not url:
+            return 0
+        parts = urlsplit(url)
+        return counts.get(f"{parts.hostname}:{parts.port}", 0)
+
+
+class OnCall:
+    """``Runtime(on_call=...)``: (provider, operation, outcome) counted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: Counter[tuple[str, str, str]] = Counter()
+
+    def __call__(self, provider: str, operation: str, outcome: str) -> None:
+        with self._lock:
+            self.calls[(provider, operation, outcome)] += 1
+
+    def take(self) -> Counter[tuple[str, str, str]]:
+        with self._lock:
+            calls, self.calls = self.calls, Counter()
+        return calls
+
+
+class ProtocolCounter:
+    """Wraps the Protocol methods of a runtime's providers (in place) and counts them."""
+
+    def __init__(self, runtime: Any) -> None:
+        self._lock = threading.Lock()
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.seconds: Counter[tuple[str, str]] = Counter()
+        self.cpu: Counter[tuple[str, str]] = Counter()
+        for backend in runtime.backends.values():
+            self._wrap(backend, BACKEND_METHODS)
+        for issuer in runtime.issuers.values():
+            self._wrap(issuer, ISSUER_METHODS)
+
+    def _wrap(self, provider: Any, methods: tuple[str, ...]) -> None:
+        for method in methods:
+            original = getattr(provider, method)
+
+            def wrapped(*args: Any, __original: Any = original, __key: tuple[str, str] = (provider.name, method),
+                        **kwargs: Any) -> Any:
+                started, cpu = time.perf_counter(), time.thread_time()
+                try:
+                    return __original(*args, **kwargs)
+                finally:
+                    elapsed, used = time.perf_counter() - started, time.thread_time() - cpu
+                    with self._lock:
+                        self.calls[__key] += 1
+                        self.seconds[__key] += elapsed
+                        self.cpu[__key] += used
+
+            setattr(provider, method, wrapped)
+
+    def take(self) -> Counter[tuple[str, str]]:
+        with self._lock:
+            calls, self.calls, self.seconds, self.cpu = self.calls, Counter(), Counter(), Counter()
+        return calls

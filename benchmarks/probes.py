@@ -1,0 +1,158 @@
+"""Small measurements behind the changes proposed in docs/performance.md, each comparing what the
+providers do today with the alternative, on the same servers:
+
+* ``aws_batch``    — N ``GetSecretValue`` against ``ceil(N / 20)`` ``BatchGetSecretValue``;
+* ``hvac_env``     — hvac reads with requests' per-request environment lookup (``trust_env``, the
+  default) against a session whose proxies were resolved once;
+* ``listing``      — one QuivaWorks key listing as the account grows (what each extra listing costs);
+* ``pool``         — whether more workers than the HTTP pools hold makes boto3/hvac drop connections.
+
+Wall time (``perf_counter``) and CPU (this thread's ``thread_time`` plus the server process).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+from servers import cpu_seconds
+
+
+def _timed(fn: Any, server_pid: int | None = None) -> dict[str, float]:
+    cpu0, server0, started = time.thread_time(), cpu_seconds(server_pid) if server_pid else 0.0, time.perf_counter()
+    fn()
+    wall, cpu = time.perf_counter() - started, time.thread_time() - cpu0
+    server = (cpu_seconds(server_pid) - server0) if server_pid else 0.0
+    return {"wall_ms": round(wall * 1000, 1), "client_cpu_ms": round(cpu * 1000, 1), "server_cpu_ms": round(server * 1000, 1)}
+
+
+def aws_batch(moto_url: str, moto_pid: int, count: int = 100) -> dict[str, Any]:
+    import boto3
+
+    client = boto3.client("secretsmanager", region_name="us-east-1", endpoint_url=moto_url,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    names = [f"probe/batch/{i:04d}" for i in range(count)]
+    for name in names:
+        client.create_secret(Name=name, SecretString=json.dumps({"api_key": f"ms-{name}"}))
+    client.get_secret_value(SecretId=names[0])                  # warm the client
+
+    def one_by_one() -> None:
+        for name in names:
+            client.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")
+
+    def batched() -> None:
+        got = 0
+        for i in range(0, count, 20):
+            got += len(client.batch_get_secret_value(SecretIdList=names[i:i + 20])["SecretValues"])
+        assert got == count
+
+    result = {"secrets": count, "get_secret_value": _timed(one_by_one, moto_pid),
+              "batch_get_secret_value": _timed(batched, moto_pid)}
+    client.close()
+    return result
+
+
+def hvac_env(vault_url: str, token: str, bao_pid: int, count: int = 300) -> dict[str, Any]:
+    import hvac
+    import requests
+
+    writer = hvac.Client(url=vault_url, token=token)
+    writer.secrets.kv.v2.create_or_update_secret(path="probe/env", secret={"api_key": "ms-probe"})
+    writer.adapter.close()
+
+    def reads(client: Any) -> Any:
+        def run() -> None:
+            for _ in range(count):
+                client.secrets.kv.v2.read_secret_version(path="probe/env", raise_on_deleted_version=True)
+        return run
+
+    default = hvac.Client(url=vault_url, token=token)
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = urllib.request.getproxies()              # the environment, read once
+    resolved = hvac.Client(url=vault_url, token=token, session=session)
+    for client in (default, resolved):
+        reads(client)()                                         # warm-up
+    result = {"reads": count, "trust_env (today)": _timed(reads(default), bao_pid),
+              "proxies resolved once": _timed(reads(resolved), bao_pid), "environment_variables": len(os.environ)}
+    default.adapter.close()
+    resolved.adapter.close()
+    return result
+
+
+def listing(emulator: Any, admin_key: str, email: str, sizes: tuple[int, ...] = (10, 1000, 2000)) -> list[dict[str, Any]]:
+    """One ``list_keys`` through the real issuer, as the user's key count grows."""
+    from rotator.interfaces import ProviderContext
+    from rotator.models import Secret
+
+    from providers.quiva.issuer import QuivaIssuer
+
+    context = ProviderContext(clock=_Clock(), sleep=time.sleep, resolve_credential=lambda ref, where: Secret(admin_key))
+    issuer = QuivaIssuer("probe", {"base_url": emulator.url, "admin_key": {"env": "UNUSED"}}, context)
+    rows = []
+    have = len(emulator.keys(email))
+    for size in sizes:
+        while have < size:
+            emulator.create_key(email, f"probe-{have}", emulator.now() - timedelta(days=1))
+            have += 1
+        issuer.list_keys()                                      # warm (session)
+        timing = _timed(issuer.list_keys, emulator.pid)
+        rows.append({"keys": size, **timing})
+    issuer.close()
+    return rows
+
+
+class _Clock:
+    def now(self) -> Any:
+        from datetime import datetime, timezone
+
+        return datetime.now(timezone.utc)
+
+
+def pool(moto_url: str, vault_url: str, token: str, workers: int = 16) -> dict[str, Any]:
+    """Count urllib3's "Connection pool is full, discarding connection" warnings with ``workers``
+    threads sharing one boto3 client and one hvac client (both pools hold 10 by default)."""
+    import boto3
+    import hvac
+
+    class Count(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.count = 0
+            self._lock = threading.Lock()
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "pool is full" in record.getMessage():
+                with self._lock:
+                    self.count += 1
+
+    sm = boto3.client("secretsmanager", region_name="us-east-1", endpoint_url=moto_url,
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    sm.create_secret(Name="probe/pool", SecretString="{}")
+    vault = hvac.Client(url=vault_url, token=token)
+    vault.secrets.kv.v2.create_or_update_secret(path="probe/pool", secret={"a": "b"})
+    result = {"workers": workers}
+    for label, call in (("boto3", lambda: sm.get_secret_value(SecretId="probe/pool")),
+                        ("hvac", lambda: vault.secrets.kv.v2.read_secret_version(path="probe/pool",
+                                                                              raise_on_deleted_version=True))):
+        handler = Count()
+        logger = logging.getLogger("urllib3.connectionpool")
+        logger.addHandler(handler)
+        propagate, logger.propagate = logger.propagate, False
+        try:
+            with ThreadPoolExecutor(workers) as executor:
+                list(executor.map(lambda _: call(), range(workers * 20)))
+        finally:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+        result[f"{label}_connections_discarded"] = handler.count
+    sm.close()
+    vault.adapter.close()
+    return result

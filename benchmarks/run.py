@@ -1,0 +1,724 @@
+#!/usr/bin/env python
+"""rotator's performance, measured in one command: ``python benchmarks/run.py`` (``--quick``).
+
+Five measurements, each against servers this script starts on loopback and stops itself (the
+QuivaWorks emulator and moto in their own processes, an OpenBao dev server, latency proxies):
+
+1. ``calls``  — calls per rotation for each primary/secondary combination against the crash-safe
+   minimum, counted three ways (engine → Protocol calls, request hooks on httpx/boto3/hvac, the
+   emulator's own counters);
+2. ``fleet``  — a fleet (``--fleet``, default 1000) across file, moto and OpenBao: rotator's wall
+   time against :mod:`baseline`, the sequential peer, in the same process run, all local and
+   again with latency (25 ms per issuer call, 10 ms per backend request);
+3. ``rate``   — with the emulator limiting to R requests/s: total time against calls / R;
+4. ``idle``   — a ``rotator daemon`` process: RSS and CPU over 60 s of idling;
+5. ``cold``   — ``rotator --help`` and ``rotator plan`` (100 secrets) as whole processes.
+
+Prints a Markdown table and writes ``benchmarks/results.json``. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+
+import probes  # noqa: E402
+from baseline import Peer  # noqa: E402
+from counting import OnCall, ProtocolCounter, WireCounter  # noqa: E402
+from fleet import (  # noqa: E402
+    FLEET_LAYOUTS, PEER_USER, ROTATOR_USER, Endpoints, OffsetClock, build, layout_name, rotator_config,
+    seed_for_peer, seed_for_rotator, set_env,
+)
+from servers import EmulatorProcess, Servers, context_switches, cpu_seconds, rss_mib  # noqa: E402
+
+from rotator import log as rotator_log  # noqa: E402
+from rotator.engine import Engine, RunReport  # noqa: E402
+from rotator.models import Phase  # noqa: E402
+from rotator.runtime import Runtime  # noqa: E402
+
+CALL_COMBOS: tuple[tuple[str, ...], ...] = (
+    ("file",), ("aws",), ("vault",),
+    ("file", "aws"), ("file", "vault"), ("aws", "file"), ("vault", "file"), ("aws", "vault"), ("vault", "aws"),
+    ("file", "aws", "vault"),
+)
+DAY = timedelta(days=1)
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Bench:
+    """The servers, the two QuivaWorks users and the shared clock offset."""
+
+    def __init__(self, servers: Servers, workdir: Path) -> None:
+        self.servers = servers
+        self.emulator = servers.emulator
+        self.workdir = workdir
+        self.clock = OffsetClock()
+        self.rotator_user, self.peer_user = ROTATOR_USER, PEER_USER
+        self.use(ROTATOR_USER, PEER_USER)
+        WireCounter.install()
+
+    def use(self, rotator_user: str, peer_user: str | None = None) -> None:
+        """QuivaWorks users of the next measurement (created if new), each with a fresh admin key.
+        One user per measurement: its listing holds only that measurement's keys."""
+        self.rotator_user, self.peer_user = rotator_user, peer_user or self.peer_user
+        self.rotator_key = self.emulator.add_user(self.rotator_user)
+        self.peer_key = self.emulator.add_user(self.peer_user)
+        set_env(self.rotator_key, self.servers.bao.root_token if self.servers.bao else None)
+
+    def shift(self, delta: timedelta) -> None:
+        """Move the emulator's clock and rotator's by the same amount. Admin keys expire after three
+        months like any other: each shift gives both users a fresh one (minted "now")."""
+        self.emulator.advance(delta.total_seconds())
+        self.clock.advance(delta)
+        self.use(self.rotator_user, self.peer_user)
+
+    def endpoints(self, prefix: str, backend_latency_ms: float = 0) -> Endpoints:
+        servers = self.servers
+        return Endpoints(
+            quiva=self.emulator.url,
+            aws=servers.proxy(servers.moto.url, backend_latency_ms) if servers.moto else None,
+            vault=servers.proxy(servers.bao.url, backend_latency_ms) if servers.bao else None,
+            vault_token=servers.bao.root_token if servers.bao else None,
+            files=self.workdir / prefix,
+        )
+
+    def runtime(self, settings: Any, on_call: Any = None) -> Runtime:
+        return Runtime(settings, clock=self.clock, sleep=self.clock.sleep, on_call=on_call)
+
+    def cpu(self) -> dict[str, float]:
+        found = {"rotator/peer process": own_cpu(), "emulator": cpu_seconds(self.emulator.pid)}
+        if self.servers.moto:
+            found["moto"] = cpu_seconds(self.servers.moto.pid)
+        if self.servers.bao:
+            found["openbao"] = cpu_seconds(self.servers.bao.pid)
+        found["latency proxies"] = sum(cpu_seconds(p.pid) for p in self.servers.proxies)
+        return found
+
+    def live_keys(self, email: str, prefix: str) -> list[dict[str, Any]]:
+        """Keys not deleted whose name starts with ``prefix`` (one fleet's keys)."""
+        return [k for k in self.emulator.keys(email) if k["deleted_on"] is None and k["name"].startswith(prefix)]
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before.get(k, 0.0), 3) for k in after}
+
+
+def check(report: RunReport, what: str) -> None:
+    if report.failed:
+        raise SystemExit(f"{what}: {len(report.failed)} secret(s) failed, e.g. "
+                         f"{report.failed[0].secret}: {report.failed[0].error}")
+
+
+# --- 1. calls per rotation --------------------------------------------------------------------
+
+def minimum(backends: int) -> int:
+    """The crash-safe minimum of docs/PERFORMANCE.md: issuer 3 + primary 4 + (B - 1) + B."""
+    return 3 + 4 + (backends - 1) + backends
+
+
+def measure_calls(bench: Bench, per_combo: int, workers: int) -> list[dict[str, Any]]:
+    """Per combination: ``two_runs`` — the normal rotation (run 1 issues … promotes; run 2, after
+    the 48 h grace, revokes and finishes), one process for both as in the daemon; ``one_run`` —
+    the same secrets rotated again with grace 0 (everything in one run, as the peer does)."""
+    rows = []
+    for index, combo in enumerate(CALL_COMBOS):
+        prefix = f"calls{index}"
+        bench.use(f"{prefix}@example.com")
+        specs = build(prefix, per_combo, [combo])
+        endpoints = bench.endpoints(prefix)
+        settings = rotator_config(specs, endpoints, workers=workers, grace="48h")
+        seeding = bench.runtime(settings)
+        seed_for_rotator(seeding, bench.emulator, specs, bench.emulator.now() - 70 * DAY, user=bench.rotator_user)
+        check(Engine(seeding).run(), f"calls {combo}: adoption")            # adopts; not due yet
+        seeding.close()
+        bench.shift(10 * DAY)                                              # now due
+        two = _counted(bench, settings, endpoints, combo, per_combo, [timedelta(hours=49)], rotations=1)
+        bench.shift(80 * DAY)                                              # due again
+        one = _counted(bench, rotator_config(specs, endpoints, workers=workers, grace="0s"), endpoints, combo,
+                       per_combo, [], rotations=2)
+        b = len(combo)
+        row = {"combo": layout_name(combo), "backends": b, "secrets": per_combo, "minimum": minimum(b),
+               "two_runs": two, "one_run": one}
+        for mode in (two, one):
+            mode["over_minimum"] = round(mode["logical_per_rotation"] - minimum(b), 2)
+        rows.append(row)
+        for mode in (two, one):
+            hooks, served = mode["issuer_requests_hooks_vs_emulator"]
+            if hooks != served:
+                say(f"WARNING calls {row['combo']}: httpx hook counted {hooks} issuer requests, the emulator {served}")
+        say(f"calls {row['combo']}: {two['logical_per_rotation']} / {one['logical_per_rotation']} logical"
+            f" (min {row['minimum']}), {two['wire_per_rotation']} / {one['wire_per_rotation']} wire per rotation")
+    return rows
+
+
+def _counted(bench: Bench, settings: Any, endpoints: Endpoints, combo: tuple[str, ...], n: int,
+             shifts: list[timedelta], rotations: int) -> dict[str, Any]:
+    """Run the engine (once, then once more after each shift) in one runtime; count everything."""
+    on_call = OnCall()
+    runtime = bench.runtime(settings, on_call=on_call)
+    protocol = ProtocolCounter(runtime)
+    WireCounter.take()
+    bench.emulator.reset_counters()
+    check(Engine(runtime).run(), f"calls {combo}: run 1")
+    for delta in shifts:
+        bench.shift(delta)
+        check(Engine(runtime).run(), f"calls {combo}: run after {delta}")
+    logical, reported = protocol.take(), on_call.take()
+    wire, served = WireCounter.take(), bench.emulator.counters()
+    for secret in runtime.secrets[:3]:
+        record = secret.primary.backend.read(secret.primary.target).record
+        assert record.phase is Phase.IDLE and record.rotations == rotations, record
+    runtime.close()
+    issuer_wire = sum(v for k, v in served.items() if not k.startswith("status:"))
+    hooks_issuer = WireCounter.for_url(wire, endpoints.quiva)
+    aws_wire = WireCounter.for_url(wire, endpoints.aws) if "aws" in combo else 0
+    vault_wire = WireCounter.for_url(wire, endpoints.vault) if "vault" in combo else 0
+    file_ops = sum(v for (provider, _, _), v in reported.items() if provider == "files")
+    per_method: Counter[str] = Counter()
+    for (provider, method), count in logical.items():
+        per_method[f"{provider}.{method}"] += count
+    per_operation: Counter[str] = Counter()
+    for (provider, operation, outcome), count in reported.items():
+        per_operation[f"{provider}.{operation}" + ("" if outcome in ("ok", "200") else f" ({outcome})")] += count
+    listings = sum(c for (_, method), c in logical.items() if method == "list_keys")
+    return {
+        # The minimum counts the key listing as amortised (one per issuer per run): it is reported
+        # per run, and the per-rotation count leaves it out.
+        "logical_per_rotation": round((sum(logical.values()) - listings) / n, 2),
+        "listings_per_run": round(listings / (1 + len(shifts)), 2),
+        "wire_per_rotation": round((issuer_wire + aws_wire + vault_wire + file_ops) / n, 2),
+        "issuer_requests_per_rotation": round(issuer_wire / n, 2),
+        "issuer_requests_hooks_vs_emulator": [hooks_issuer, issuer_wire],
+        "aws_requests_per_rotation": round(aws_wire / n, 2),
+        "vault_requests_per_rotation": round(vault_wire / n, 2),
+        "file_ops_per_rotation": round(file_ops / n, 2),
+        "logical_breakdown": {k: round(v / n, 2) for k, v in sorted(per_method.items())},
+        "issuer_endpoints": {k: round(v / n, 2) for k, v in sorted(served.items())},
+        "provider_operations": {k: round(v / n, 2) for k, v in sorted(per_operation.items())},
+    }
+
+
+# --- 2. fleet against the sequential peer -------------------------------------------------------
+
+def measure_fleet(bench: Bench, size: int, latency_size: int, workers: int, issuer_latency_ms: float,
+                  backend_latency_ms: float, rounds: int) -> list[dict[str, Any]]:
+    biggest = max(size, latency_size)
+    rot_specs, peer_specs = build("rot", biggest, FLEET_LAYOUTS), build("peer", biggest, FLEET_LAYOUTS)
+    base = bench.endpoints("fleet")
+    peer_files = base.files / "peer"
+    bench.use("fleet@example.com", PEER_USER)
+    say(f"fleet: seeding {biggest} secrets for rotator and {biggest} for the peer")
+    settings = rotator_config(rot_specs, base, workers=workers)
+    seeding = bench.runtime(settings)
+    created = bench.emulator.now() - 70 * DAY
+    seed_for_rotator(seeding, bench.emulator, rot_specs, created, user=bench.rotator_user)
+    peer = Peer(quiva=base.quiva, admin_key=bench.peer_key, aws=base.aws, vault=base.vault,
+                vault_token=base.vault_token, files=peer_files)
+    seed_for_peer(peer, bench.emulator, peer_specs, created, user=bench.peer_user)
+    peer.close()
+    started = time.perf_counter()
+    adoption = Engine(seeding).run()
+    check(adoption, "fleet: adoption")
+    early = [o.secret for o in adoption.outcomes if any(a.startswith("issued") for a in o.actions)]
+    say(f"fleet: adopted {biggest} in {time.perf_counter() - started:.1f}s ({len(early)} rotated at adoption)")
+    seeding.close()
+
+    rows = []
+    scenarios = [("all local", size, 0.0, 0.0), ("with latency", latency_size, issuer_latency_ms, backend_latency_ms)]
+    for label, n, issuer_ms, backend_ms in scenarios:
+        if n <= 0:
+            continue
+        bench.shift(10 * DAY if not rows else 80 * DAY)                  # every key due (none expired)
+        bench.emulator.faults(clear=True, **({"latency": {"seconds": issuer_ms / 1000}} if issuer_ms else {}))
+        endpoints = bench.endpoints("fleet", backend_ms)
+        endpoints.files = base.files
+        load = [os.getloadavg()[0]]
+        totals: dict[str, Any] = {"peer_seconds": 0.0, "rotator_seconds": 0.0, "peer_wire": 0, "rotator_wire": 0,
+                                  "listings": 0, "failed": 0, "peer_cpu": Counter(), "rotator_cpu": Counter(),
+                                  "calls": Counter(), "thread_cpu": Counter(), "statuses": Counter()}
+        # Interleaved rounds (peer, rotator, peer, rotator, ...): drift in this shared machine's load
+        # hits both alike. Each round is a fresh process-like start for both: new clients, new session.
+        for part in range(rounds):
+            peers, rot = peer_specs[:n][part::rounds], rot_specs[:n][part::rounds]
+            WireCounter.take()
+            cpu0 = bench.cpu()
+            peer = Peer(quiva=endpoints.quiva, admin_key=bench.peer_key, aws=endpoints.aws, vault=endpoints.vault,
+                        vault_token=endpoints.vault_token, files=peer_files)
+            started = time.perf_counter()
+            totals["failed"] += peer.run((s.name, s.targets) for s in peers)
+            totals["peer_seconds"] += time.perf_counter() - started
+            peer.close()
+            totals["peer_cpu"].update(cpu_delta(cpu0, bench.cpu()))
+            totals["peer_wire"] += sum(WireCounter.take().values())
+
+            bench.emulator.reset_counters()
+            with (bench.workdir / f"rotator-{label.replace(' ', '-')}-{part}.log").open("w") as stream:
+                rotator_log.setup("info", "json", stream=stream)        # as `rotator rotate` logs
+                cpu0 = bench.cpu()
+                started = time.perf_counter()
+                runtime = bench.runtime(rotator_config(rot, endpoints, workers=workers))
+                protocol = ProtocolCounter(runtime)
+                report = Engine(runtime).run()
+                runtime.close()
+                totals["rotator_seconds"] += time.perf_counter() - started
+                totals["rotator_cpu"].update(cpu_delta(cpu0, bench.cpu()))
+                totals["calls"].update(protocol.calls)
+                totals["thread_cpu"].update(protocol.cpu)
+                logging.getLogger().handlers.clear()
+            totals["rotator_wire"] += sum(WireCounter.take().values())
+            totals["listings"] += bench.emulator.counters().get("GET /accounts/api-keys", 0)
+            totals["statuses"].update(o.status for o in report.outcomes)
+            totals.setdefault("unchanged", []).extend(
+                describe_outcome(runtime, o) for o in report.outcomes if o.status != "changed")
+            check(report, f"fleet {label}: rotator round {part + 1}")
+        load.append(os.getloadavg()[0])
+        peer_live = len(bench.live_keys(bench.peer_user, "peer-"))
+        assert totals["failed"] == 0 and peer_live == biggest, (totals["failed"], peer_live)
+        live = bench.live_keys(bench.rotator_user, "rot-")
+        bench.emulator.faults(clear=True)
+        unknown_ids = check_fleet(bench, bench.runtime(rotator_config(rot_specs[:n], base, workers=workers)),
+                                  rot_specs[:n][:: max(1, n // 25)], live, expected=biggest)
+        peer_seconds, rotator_seconds = totals["peer_seconds"], totals["rotator_seconds"]
+        peer_cpu, rotator_cpu = dict(totals["peer_cpu"]), dict(totals["rotator_cpu"])
+        ratio = peer_seconds / rotator_seconds
+        row = {
+            "scenario": label, "secrets": n, "workers": workers, "rounds": rounds,
+            "issuer_latency_ms": issuer_ms, "backend_latency_ms": backend_ms,
+            "layouts": [layout_name(x) for x in FLEET_LAYOUTS],
+            "peer_seconds": round(peer_seconds, 2), "rotator_seconds": round(rotator_seconds, 2),
+            "speedup": round(ratio, 2),
+            "peer_ms_per_rotation": round(peer_seconds / n * 1000, 1),
+            "rotator_ms_per_rotation": round(rotator_seconds / n * 1000, 1),
+            "peer_requests_per_rotation": round(totals["peer_wire"] / n, 2),
+            "rotator_requests_per_rotation": round(totals["rotator_wire"] / n, 2),
+            "rotator_key_listings": totals["listings"],
+            "peer_failed": totals["failed"], "rotator_outcomes": dict(totals["statuses"]),
+            "peer_live_keys": peer_live, "rotator_live_keys": len(live),
+            "peer_cpu_seconds": {k: round(v, 2) for k, v in peer_cpu.items()},
+            "rotator_cpu_seconds": {k: round(v, 2) for k, v in rotator_cpu.items()},
+            "peer_cpu_ms_per_rotation": round(sum(peer_cpu.values()) / n * 1000, 1),
+            "rotator_cpu_ms_per_rotation": round(sum(rotator_cpu.values()) / n * 1000, 1),
+            "rotator_own_cpu_ms_per_rotation": round(rotator_cpu["rotator/peer process"] / n * 1000, 1),
+            "rotator_calls_per_rotation": {f"{p}.{m}": round(c / n, 2) for (p, m), c in sorted(totals["calls"].items())},
+            "rotator_thread_cpu_ms_per_rotation": {f"{p}.{m}": round(c / n * 1000, 2)
+                                                  for (p, m), c in sorted(totals["thread_cpu"].items())},
+            "load_average_1m": load,
+            "unchanged_outcomes": totals.get("unchanged", [])[:10],
+            "rotated_at_adoption": early,
+            "records_without_key_id": unknown_ids,
+        }
+        rows.append(row)
+        bench.servers.close_proxies()
+        say(f"fleet {label}: peer {peer_seconds:.1f}s ({totals['failed']} failed), rotator {rotator_seconds:.1f}s"
+            f" ({dict(totals['statuses'])}); {ratio:.2f}x the peer")
+    return rows
+
+
+def describe_outcome(runtime: Runtime, outcome: Any) -> dict[str, Any]:
+    """A secret the run did not rotate, with what its record says (never a value)."""
+    secret = next(s for s in runtime.secrets if s.name == outcome.secret)
+    record = secret.primary.backend.read(secret.primary.target).record
+    current = record.current if record else None
+    return {"secret": outcome.secret, "status": outcome.status, "detail": outcome.detail,
+            "next_at": str(outcome.next_at), "rotations": record.rotations if record else None,
+            "adoption": record.adoption if record else None,
+            "last_rotated_at": str(record.last_rotated_at) if record else None,
+            "current": {"name": current.name, "created_on": str(current.created_on),
+                        "expires_on": str(current.expires_on)} if current else None}
+
+
+def check_fleet(bench: Bench, runtime: Runtime, sample: list[Any], live: list[dict[str, Any]],
+                expected: int) -> int:
+    """No stray live keys; every sampled secret rotated, every one of its targets holding a live key.
+    Returns how many records (all secrets) do not know their current key's id."""
+    assert len(live) == expected, f"{len(live)} live keys, expected {expected} (one per secret)"
+    fingerprints = {k["value_fingerprint"] for k in live}
+    by_name = {s.name: s for s in runtime.secrets}
+    for spec in sample:
+        secret = by_name[spec.name]
+        snaps = [b.backend.read(b.target) for b in secret.targets]
+        record = snaps[0].record
+        assert record is not None and record.phase is Phase.IDLE and record.rotations >= 1, (spec.name, record)
+        for snap in snaps:
+            value = snap.current.reveal()
+            assert hashlib.sha256(value.encode()).hexdigest() in fingerprints, f"{spec.name}: not a live key"
+    with ThreadPoolExecutor(8) as pool:
+        records = list(pool.map(lambda s: s.primary.backend.read(s.primary.target).record, runtime.secrets))
+    runtime.close()
+    return sum(1 for r in records if r is not None and r.current is not None and r.current.key_id is None)
+
+
+# --- 3. under a rate limit -----------------------------------------------------------------------
+
+def measure_rate(bench: Bench, size: int, workers: int, rate: float, server_burst: int,
+                 client_burst: int) -> list[dict[str, Any]]:
+    bench.use("rate@example.com")
+    specs = build("rate", size, [("file", "file2")])
+    endpoints = bench.endpoints("rate")
+    plain = rotator_config(specs, endpoints, workers=workers)
+    seeding = bench.runtime(plain)
+    seed_for_rotator(seeding, bench.emulator, specs, bench.emulator.now() - 70 * DAY, user=bench.rotator_user)
+    check(Engine(seeding).run(), "rate: adoption")
+    seeding.close()
+    rows = []
+    variants = [
+        ("client limit = R (token bucket)", {"rate_limit": rate, "rate_burst": client_burst}),
+        ("no client limit (429 + retry_after only)", {}),
+    ]
+    for label, issuer in variants:
+        bench.shift(10 * DAY if not rows else 80 * DAY)
+        settings = rotator_config(specs, endpoints, workers=workers, issuer={**issuer, "retries": 10})
+        runtime = bench.runtime(settings)
+        bench.emulator.faults(clear=True, rate_limit={"per_second": rate, "burst": server_burst, "retry_after": 1})
+        bench.emulator.reset_counters()
+        started = time.perf_counter()
+        report = Engine(runtime).run()
+        seconds = time.perf_counter() - started
+        runtime.close()
+        bench.emulator.faults(clear=True)
+        served = bench.emulator.counters()
+        refused = served.get("status:429", 0)
+        calls = sum(v for k, v in served.items() if k.startswith("status:")) - refused
+        bound = calls / rate
+        rows.append({
+            "variant": label, "secrets": size, "workers": workers, "rate_per_second": rate,
+            "server_burst": server_burst, "client_burst": issuer.get("rate_burst"),
+            "seconds": round(seconds, 2), "calls": calls, "answered_429": refused,
+            "lower_bound_seconds": round(bound, 2), "ratio_to_bound": round(seconds / bound, 3),
+            "outcomes": dict(Counter(o.status for o in report.outcomes)),
+            "failed_errors": sorted({o.error or "" for o in report.failed})[:3],
+            "issuer_endpoints": dict(sorted(served.items())),
+        })
+        say(f"rate {label}: {seconds:.1f}s for {calls} calls (bound {bound:.1f}s), {refused} x 429,"
+            f" {dict(Counter(o.status for o in report.outcomes))}")
+    return rows
+
+
+# --- behind the proposals ----------------------------------------------------------------------
+
+def measure_probes(bench: Bench, quick: bool) -> dict[str, Any]:
+    servers = bench.servers
+    found: dict[str, Any] = {}
+    if servers.moto:
+        found["aws_batch"] = probes.aws_batch(servers.moto.url, servers.moto.pid, 40 if quick else 100)
+    if servers.bao:
+        found["hvac_env"] = probes.hvac_env(servers.bao.url, servers.bao.root_token, servers.bao.pid,
+                                            100 if quick else 300)
+    if servers.moto and servers.bao:
+        found["pool"] = probes.pool(servers.moto.url, servers.bao.url, servers.bao.root_token, 16)
+    admin = bench.emulator.add_user("probe@example.com")
+    found["listing"] = probes.listing(bench.emulator, admin, "probe@example.com",
+                                      (10, 300) if quick else (10, 1000, 2000))
+    say(f"probes: {found}")
+    return found
+
+
+# --- 4. the idle daemon ------------------------------------------------------------------------
+
+def write_file_fleet(workdir: Path, emulator: EmulatorProcess, count: int) -> tuple[Path, str]:
+    """``count`` file secrets holding keys made 10 days ago, and a config naming them."""
+    admin = emulator.add_user("idle@example.com")
+    store = workdir / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    lines = ['[rotator]\ncheck_interval = "1h"\n', f'[issuers.quiva]\ntype = "quivaworks"\nbase_url = "{emulator.url}"\n'
+             'admin_key = { env = "QUIVA_API_KEY" }\n', f'[backends.local]\ntype = "file"\ndirectory = "{store}"\n']
+    created = emulator.now() - 10 * DAY
+    for i in range(count):
+        name = f"svc-{i:03d}"
+        value = emulator.create_key("idle@example.com", f"{name} (by hand)", created)
+        (store / f"{name}.json").write_text(json.dumps({"api_key": value}) + "\n")
+        lines.append(f'[[secrets]]\nname = "{name}"\nissuer = "quiva"\ntargets = [{{ backend = "local", path = "{name}.json" }}]\n')
+    config = workdir / "rotator.toml"
+    config.write_text("\n".join(lines))
+    return config, admin
+
+
+def rotator_command() -> list[str]:
+    """The installed console script, run by this interpreter (no pyenv/virtualenv shim in front)."""
+    script = Path(sys.executable).with_name("rotator")
+    return [sys.executable, str(script)] if script.exists() else [sys.executable, "-m", "rotator.cli"]
+
+
+def measure_idle(workdir: Path, seconds: float, secrets: int) -> tuple[dict[str, Any], Path, str]:
+    """The result, and the config and admin key the daemon ran with (its secrets now adopted)."""
+    emulator = EmulatorProcess()
+    try:
+        config, admin = write_file_fleet(workdir / "idle", emulator, secrets)
+        env = {**os.environ, "QUIVA_API_KEY": admin}
+        process = subprocess.Popen([*rotator_command(), "--config", str(config), "--log-format", "text", "daemon",
+                                    "--http-address", "127.0.0.1:0"], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True)
+        reader.start()
+        try:
+            started = time.monotonic()
+            url = None
+            while url is None and time.monotonic() - started < 60:
+                found = re.search(r"on (http://[\d.:]+)", "".join(lines))
+                url = found.group(1) if found else None
+                time.sleep(0.05)
+            assert url, "".join(lines)[-2000:]
+            while time.monotonic() - started < 120:
+                try:
+                    with urllib.request.urlopen(url + "/readyz", timeout=5) as reply:
+                        if reply.status == 200:
+                            break
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            ready_after = time.monotonic() - started
+            time.sleep(1.0)                                    # let the first reconcile's tail settle
+            rss_start, cpu_start, switches_start = rss_mib(process.pid), cpu_seconds(process.pid), context_switches(process.pid)
+            time.sleep(seconds)
+            rss_end, cpu_end, switches_end = rss_mib(process.pid), cpu_seconds(process.pid), context_switches(process.pid)
+            threads = len(list(Path(f"/proc/{process.pid}/task").iterdir()))
+        finally:
+            process.terminate()
+            process.wait(30)
+            reader.join(5)
+            process.stderr.close()
+        return {
+            "secrets": secrets, "window_seconds": seconds, "ready_after_seconds": round(ready_after, 2),
+            "rss_mib_start": round(rss_start, 1), "rss_mib_end": round(rss_end, 1),
+            "cpu_seconds": round(cpu_end - cpu_start, 3),
+            "wakeups_per_second": round((switches_end - switches_start) / seconds, 2),
+            "threads": threads,
+        }, config, admin
+    finally:
+        emulator.close()
+
+
+# --- 5. cold start -------------------------------------------------------------------------------
+
+def timed(command: list[str], runs: int, env: dict[str, str] | None = None) -> dict[str, Any]:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        times.append(time.perf_counter() - started)
+        if result.returncode not in (0, 1):
+            raise SystemExit(f"{command}: exit {result.returncode}: {result.stderr[-1000:]}")
+    return {"median": round(statistics.median(times), 3), "min": round(min(times), 3),
+            "max": round(max(times), 3), "runs": runs}
+
+
+def import_profile(command: list[str], env: dict[str, str]) -> list[tuple[str, float]]:
+    """Top-level packages by cumulative import time (``python -X importtime``)."""
+    result = subprocess.run([command[0], "-X", "importtime", *command[1:]], capture_output=True, text=True,
+                            env=env, timeout=120)
+    totals: dict[str, float] = {}
+    for line in result.stderr.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
+        if match and len(match.group(2)) == 1:                   # top-level imports only
+            totals[match.group(3)] = int(match.group(1)) / 1e6
+    return sorted(totals.items(), key=lambda kv: -kv[1])[:8]
+
+
+def measure_cold(workdir: Path, runs: int, secrets: int, config: Path | None = None,
+                 admin: str | None = None) -> dict[str, Any]:
+    """``config``: the idle daemon's (its secrets adopted, so ``plan`` parses records); else new."""
+    if config is None:
+        emulator = EmulatorProcess()
+        try:
+            config, admin = write_file_fleet(workdir / "cold", emulator, secrets)
+        finally:
+            emulator.close()
+    env = {**os.environ, "QUIVA_API_KEY": admin}
+    plan = [*rotator_command(), "--config", str(config), "--log-level", "error", "plan"]
+    return {
+        "python_floor": timed([sys.executable, "-c", "pass"], runs),
+        "help": timed([*rotator_command(), "--help"], runs),
+        "plan": timed(plan, runs, env),
+        "plan_secrets": secrets,
+        "plan_imports": [(name, round(s, 3)) for name, s in import_profile(plan, env)],
+        "help_imports": [(name, round(s, 3)) for name, s in import_profile([*rotator_command(), "--help"], env)],
+    }
+
+
+# --- reporting -------------------------------------------------------------------------------------
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "platform": platform.platform(), "load_average_at_start": os.getloadavg()}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    calls = results.get("calls")
+    if calls:
+        for mode, words in (("two_runs", "normal rotation (two runs, 48 h grace)"), ("one_run", "one run (grace 0)")):
+            worst = max(calls, key=lambda r: r[mode]["over_minimum"])
+            best = min(calls, key=lambda r: r[mode]["over_minimum"])
+            rows.append({"target": f"calls per rotation ≤ minimum + 1: {words}",
+                         "measured": f"worst {worst['combo']} {worst[mode]['logical_per_rotation']} vs min"
+                                     f" {worst['minimum']}; best {best['combo']} {best[mode]['logical_per_rotation']}"
+                                     f" vs {best['minimum']}",
+                         "ratio": f"+{worst[mode]['over_minimum']}",
+                         "met": all(r[mode]["over_minimum"] <= 1 for r in calls)})
+    for row in results.get("fleet", []):
+        rows.append({"target": f"fleet ≥ 8× the sequential peer ({row['scenario']}, {row['secrets']} secrets)",
+                     "measured": f"peer {row['peer_seconds']} s, rotator {row['rotator_seconds']} s",
+                     "ratio": f"{row['speedup']}×", "met": row["speedup"] >= 8})
+    for row in results.get("rate", [])[:1]:
+        rows.append({"target": "≤ 1.25× the rate-limit bound (calls / R)",
+                     "measured": f"{row['seconds']} s vs {row['lower_bound_seconds']} s ({row['calls']} calls at {row['rate_per_second']}/s)",
+                     "ratio": f"{row['ratio_to_bound']}×", "met": row["ratio_to_bound"] <= 1.25})
+    idle = results.get("idle")
+    if idle:
+        rows.append({"target": "idle daemon RSS ≤ 80 MB, no busy polling",
+                     "measured": f"{idle['rss_mib_end']} MiB; {idle['cpu_seconds']} CPU s / {idle['window_seconds']:.0f} s;"
+                                 f" {idle['wakeups_per_second']} wake-ups/s",
+                     "ratio": f"{idle['rss_mib_end'] / 80:.2f}", "met": idle["rss_mib_end"] <= 80 and idle["cpu_seconds"] < 0.05 * idle["window_seconds"] / 60})
+    cold = results.get("cold")
+    if cold:
+        rows.append({"target": "`rotator --help` ≤ 0.3 s", "measured": f"{cold['help']['median']} s (median of {cold['help']['runs']})",
+                     "ratio": f"{cold['help']['median'] / 0.3:.2f}", "met": cold["help"]["median"] <= 0.3})
+        rows.append({"target": f"`rotator plan` ({cold['plan_secrets']} secrets) ≤ 1 s cold",
+                     "measured": f"{cold['plan']['median']} s (median of {cold['plan']['runs']})",
+                     "ratio": f"{cold['plan']['median'] / 1.0:.2f}", "met": cold["plan"]["median"] <= 1.0})
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    out = []
+    m = results["machine"]
+    out.append(f"Machine: {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, load average at start"
+               f" {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}; {results['command']}"
+               f" ({results['seconds']:.0f} s)\n")
+    out.append("| target | measured | ratio | met |\n|---|---|---|---|")
+    for row in targets(results):
+        out.append(f"| {row['target']} | {row['measured']} | {row['ratio']} | {'yes' if row['met'] else '**no**'} |")
+    if results.get("calls"):
+        out.append(f"\nCalls per rotation, {results['calls'][0]['secrets']} secrets per row. Each cell: normal"
+                   " rotation (two runs: rotate, then revoke after the 48 h grace) / one run (grace 0). Engine calls ="
+                   " calls into the provider Protocols, the key listing left out (it is one per issuer per run:"
+                   " amortised); wire = HTTP requests + file operations, everything included (session, listing,"
+                   " retries) and divided by the secrets of the row:\n")
+        out.append("| primary → secondaries | B | minimum | engine calls | over minimum | wire requests | issuer | AWS | Vault | file ops |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r in results["calls"]:
+            two, one = r["two_runs"], r["one_run"]
+
+            def both(key: str, sign: str = "") -> str:
+                return f"{sign}{two[key]} / {sign}{one[key]}"
+            out.append(f"| {r['combo']} | {r['backends']} | {r['minimum']} | {both('logical_per_rotation')} | "
+                       f"{both('over_minimum', '+')} | {both('wire_per_rotation')} | {both('issuer_requests_per_rotation')} | "
+                       f"{both('aws_requests_per_rotation')} | {both('vault_requests_per_rotation')} | {both('file_ops_per_rotation')} |")
+    if results.get("fleet"):
+        out.append("\nFleet (layouts " + ", ".join(results["fleet"][0]["layouts"]) + "; grace 0 so both revoke at once):\n")
+        out.append("| scenario | secrets | workers | peer s | rotator s | speed-up | ms/rotation peer / rotator |"
+                   " requests/rotation peer / rotator | CPU ms/rotation (all processes) peer / rotator |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for r in results["fleet"]:
+            out.append(f"| {r['scenario']} | {r['secrets']} | {r['workers']} | {r['peer_seconds']} | {r['rotator_seconds']} | "
+                       f"{r['speedup']}× | {r['peer_ms_per_rotation']} / {r['rotator_ms_per_rotation']} | "
+                       f"{r['peer_requests_per_rotation']} / {r['rotator_requests_per_rotation']} | "
+                       f"{r['peer_cpu_ms_per_rotation']} / {r['rotator_cpu_ms_per_rotation']} |")
+    if results.get("rate"):
+        out.append("\nUnder a rate limit:\n")
+        out.append("| client | secrets | R/s | s | calls | bound s | ratio | 429s | outcomes |\n|---|---|---|---|---|---|---|---|---|")
+        for r in results["rate"]:
+            out.append(f"| {r['variant']} | {r['secrets']} | {r['rate_per_second']} | {r['seconds']} | {r['calls']} | "
+                       f"{r['lower_bound_seconds']} | {r['ratio_to_bound']}× | {r['answered_429']} | {r['outcomes']} |")
+    if results.get("cold"):
+        c = results["cold"]
+        out.append(f"\nCold start (median of {c['help']['runs']}): python -c pass {c['python_floor']['median']} s,"
+                   f" rotator --help {c['help']['median']} s, rotator plan ({c['plan_secrets']} secrets)"
+                   f" {c['plan']['median']} s. Heaviest imports of plan: "
+                   + ", ".join(f"{n} {s:.3f} s" for n, s in c["plan_imports"][:5]))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a couple of minutes")
+    parser.add_argument("--fleet", type=int, help="fleet size (default 1000; --quick 120)")
+    parser.add_argument("--latency-fleet", type=int, help="fleet size with latency (default: --fleet)")
+    parser.add_argument("--workers", type=int, default=8, help="rotator [rotator] workers (default 8)")
+    parser.add_argument("--issuer-latency-ms", type=float, default=25.0)
+    parser.add_argument("--backend-latency-ms", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=50.0, help="emulator rate limit, requests/s")
+    parser.add_argument("--idle-seconds", type=float, help="idle window (default 60; --quick 10)")
+    parser.add_argument("--only", default="calls,fleet,rate,idle,cold,probes")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    fleet_size = args.fleet or (120 if quick else 1000)
+    latency_size = min(fleet_size, args.latency_fleet if args.latency_fleet is not None else fleet_size)
+    only = set(args.only.split(","))
+    command = " ".join(["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
+    results: dict[str, Any] = {"machine": machine(), "command": command,
+                               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    begun = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rotator-bench-") as tmp:
+        workdir = Path(tmp)
+        if only & {"calls", "fleet", "rate", "probes"}:
+            servers = Servers.start()
+            try:
+                bench = Bench(servers, workdir)
+                if "calls" in only:
+                    results["calls"] = measure_calls(bench, 4 if quick else 12, args.workers)
+                if "fleet" in only:
+                    results["fleet"] = measure_fleet(bench, fleet_size, latency_size, args.workers,
+                                                     args.issuer_latency_ms, args.backend_latency_ms,
+                                                     2 if quick else 4)
+                if "rate" in only:
+                    results["rate"] = measure_rate(bench, 60 if quick else 150, 16, args.rate, 10, 5)
+                if "probes" in only:
+                    results["probes"] = measure_probes(bench, quick)
+            finally:
+                servers.close()
+        adopted: tuple[Path | None, str | None] = (None, None)
+        if "idle" in only:
+            results["idle"], *adopted = measure_idle(workdir, args.idle_seconds or (10 if quick else 60), 100)
+            say(f"idle: {results['idle']}")
+        if "cold" in only:
+            results["cold"] = measure_cold(workdir, 5, 100, *adopted)
+            say(f"cold: help {results['cold']['help']}, plan {results['cold']['plan']}")
+    results["seconds"] = time.perf_counter() - begun
+    results["targets"] = targets(results)
+    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
