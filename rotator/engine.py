@@ -94,16 +94,18 @@ class ListingCache:
         with self._lock:
             lock = self._locks.setdefault(issuer.name, threading.Lock())
         with lock:
-            stale = need is not None and need in self._unseen.get(issuer.name, set())
-            if issuer.name not in self._listings or stale:
-                self._listings[issuer.name] = issuer.list_keys()
-                self._unseen[issuer.name] = set()
+            with self._lock:
+                unseen = set(self._unseen.get(issuer.name, ()))
+            if issuer.name not in self._listings or (need is not None and need in unseen):
+                listing = issuer.list_keys()
+                with self._lock:   # names issued while the listing was in flight stay unseen
+                    self._listings[issuer.name] = listing
+                    self._unseen[issuer.name] = self._unseen.get(issuer.name, set()) - unseen
             return self._listings[issuer.name]
 
     def issued(self, issuer: Issuer, name: str) -> None:
         with self._lock:
-            if issuer.name in self._listings:
-                self._unseen.setdefault(issuer.name, set()).add(name)
+            self._unseen.setdefault(issuer.name, set()).add(name)
 
     def forget(self, issuer: Issuer) -> None:
         with self._lock:
@@ -314,6 +316,8 @@ class _SecretRun:
         accepted = issuer.verify(value)
         listing = self.cache.get(issuer)
         matches = [k for k in listing if k.last4 == value.last4]
+        if accepted:   # a key the issuer accepts is not one of the expired ones sharing its last 4
+            matches = [k for k in matches if k.expires_on is None or k.expires_on > now] or matches
         previous = self.record or RotationRecord()
         if not accepted:
             ref = KeyRef.of(value, expires_on=now)

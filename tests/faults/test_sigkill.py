@@ -78,7 +78,9 @@ def test_sigterm_stops_a_one_shot_rotate_at_a_step_boundary(world, emulator, clo
         emulator.faults.clear()
     assert proc.returncode == 0, err
     record = world.record("web")
-    assert record.phase is Phase.STAGED and record.owner is None, record
+    # Stopped at the boundary before the issue (CLAIMED) or after the issue and stage (STAGED),
+    # depending on when the signal landed; either way the lease is released.
+    assert record.phase in (Phase.CLAIMED, Phase.STAGED) and record.owner is None, record
     world.assert_i1("web")
     assert world.rotate(identity="next").exit_code == 0       # resumes without waiting for a lease
     assert world.record("web").phase is Phase.GRACE

@@ -181,3 +181,25 @@ def test_redaction_stays_fast_with_thousands_of_values():
     masked = [redact.redact(f"line {i}: {values[i]} and …{values[i][-4:]}") for i in range(0, 3000, 3)]
     assert all(values[i * 3] not in line for i, line in enumerate(masked))
     assert time.perf_counter() - started < 2.0     # generous: ~20 ms here; the regex way took ~40 s
+
+
+def test_listing_cache_refetches_for_a_key_issued_while_the_listing_was_in_flight():
+    from rotator.engine import ListingCache
+
+    cache = ListingCache()
+
+    class Issuer:
+        name = "quiva"
+        calls = 0
+
+        def list_keys(self):
+            Issuer.calls += 1
+            if Issuer.calls == 1:
+                cache.issued(self, "web [r-1]")      # another worker issues during the fetch
+            return [f"listing {Issuer.calls}"]
+
+    issuer = Issuer()
+    assert cache.get(issuer) == ["listing 1"]
+    assert cache.get(issuer) == ["listing 1"]                      # amortised: no refetch
+    assert cache.get(issuer, need="web [r-1]") == ["listing 2"]    # the key may be missing: refetch once
+    assert cache.get(issuer, need="web [r-1]") == ["listing 2"]
