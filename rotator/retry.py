@@ -84,11 +84,12 @@ class Throttle:
             now = self._now()
             wait = max(0.0, self._paused_until - now)
             if self.rate:
-                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-                self._last = now
+                if now > self._last:       # after a pause, tokens accrue only from its end
+                    self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+                    self._last = now
                 self._tokens -= 1
                 if self._tokens < 0:
-                    wait = max(wait, -self._tokens / self.rate)
+                    wait = max(wait, (self._last - now) + -self._tokens / self.rate)
         if wait > 0:
             self._sleep(wait)
         return wait
@@ -97,3 +98,6 @@ class Throttle:
         """Everyone waits at least ``seconds`` from now before the next request (a 429)."""
         with self._lock:
             self._paused_until = max(self._paused_until, self._now() + max(0.0, seconds))
+            if self.rate:                  # no burst when the pause ends: waiters go out paced
+                self._tokens = min(self._tokens, 0.0)
+                self._last = max(self._last, self._paused_until)
