@@ -6,10 +6,11 @@ would write it, so the same code path as ``rotator rotate`` runs.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rotator import config
 from rotator.engine import Engine, Event, RunReport
@@ -127,3 +128,15 @@ def to_toml(data: dict[str, Any]) -> str:
         lines.append("\n[[secrets]]")
         lines.extend(f"{k} = {scalar(v)}" for k, v in secret.items())
     return "\n".join(lines) + "\n"
+
+
+def wait_for(check: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy (for subprocess tests on real time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

@@ -23,13 +23,13 @@ import urllib.error
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from rotator.models import Phase
 from tests.deploy import container, dockerfile_stages, exec_form, image_env, manifests, pod_spec
-from tests.world import to_toml
+from tests.world import to_toml, wait_for
 
 pytest.importorskip("yaml", reason="PyYAML is not installed (pip install pyyaml)")
 
@@ -115,15 +115,6 @@ def get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def wait_for(check: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Running:

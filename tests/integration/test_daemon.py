@@ -18,13 +18,13 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from rotator.models import Phase
 from rotator.timeutil import format_instant
-from tests.world import to_toml
+from tests.world import to_toml, wait_for
 
 ISSUE = "POST /accounts/api-key"
 
@@ -98,15 +98,6 @@ class Daemon:
             stream.close()
 
 
-def wait_for(check: Callable[[], Any], *, timeout: float = 8.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class WebhookSink:
