@@ -4,7 +4,6 @@ down during the repair. Reported clearly, never a crash, never the last good key
 
 from __future__ import annotations
 
-import json
 import socket
 from dataclasses import dataclass
 from datetime import timedelta

@@ -9,7 +9,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from rotator.cli import main
-from rotator.models import Secret
 from tests.world import ADMIN_EMAIL, to_toml
 
 
