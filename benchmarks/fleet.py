@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
 from rotator import config
 from rotator.models import KeyRef, Secret
 from rotator.runtime import Runtime
+from providers.quiva.emulator.state import SettableClock
 
 ROTATOR_USER = "ops@example.com"
 PEER_USER = "peer@example.com"
@@ -36,21 +36,9 @@ VAULT_ENV = "BENCH_VAULT_TOKEN"
 FLEET_LAYOUTS: tuple[tuple[str, ...], ...] = (("file", "aws"), ("vault", "aws"), ("aws", "vault"))
 
 
-class OffsetClock:
-    """Real UTC time plus an offset that only moves when told; sleeps really sleep."""
-
-    def __init__(self) -> None:
-        self._offset = timedelta(0)
-        self._lock = threading.Lock()
-
-    def now(self) -> datetime:
-        with self._lock:
-            offset = self._offset
-        return datetime.now(timezone.utc) + offset
-
-    def advance(self, delta: timedelta) -> None:
-        with self._lock:
-            self._offset += delta
+class OffsetClock(SettableClock):
+    """The emulator's clock (real UTC time plus an offset that only moves when told), with a
+    ``sleep`` that really sleeps, for the rotator's retry waits."""
 
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
