@@ -60,13 +60,15 @@ class ProviderContext:
     wall-clock waits. ``resolve_credential`` turns a credential reference from the config
     (``{env = "..."}``, ``{file = "..."}``, ``{backend = "...", ...}``) into a Secret.
     ``on_call`` is told about every remote call (provider, operation, outcome) for metrics and
-    benchmarks.
+    benchmarks. ``workers`` is how many threads of the engine may call a provider at once: size
+    connection pools to it so no thread waits for (or throws away) a connection.
     """
 
     clock: Clock
     sleep: Callable[[float], None]
     resolve_credential: Callable[[Any, str], Secret]
     on_call: Callable[[str, str, str], None] = field(default=lambda provider, op, outcome: None)
+    workers: int = 1
 
 
 class Target(Protocol):

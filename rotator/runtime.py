@@ -87,6 +87,7 @@ class Runtime:
             sleep=self._sleep,
             resolve_credential=self._resolve_credential,
             on_call=on_call or (lambda provider, op, outcome: None),
+            workers=settings.rotator.workers,
         )
         self.backends: dict[str, Backend] = {
             name: self._build("backend", name, section.type, section.options())

@@ -56,7 +56,7 @@ class RecordingSleep:
 
 def provider_context(clock: Any = None, sleep: Any = None,
                      environ: Mapping[str, str] | None = None,
-                     calls: list[tuple[str, str, str]] | None = None) -> ProviderContext:
+                     calls: list[tuple[str, str, str]] | None = None, workers: int = 1) -> ProviderContext:
     """A ProviderContext for tests: fake clock, recorded sleeps, credentials from ``environ``."""
     clock = clock or FakeClock()
     sleep = sleep or RecordingSleep()
@@ -68,7 +68,8 @@ def provider_context(clock: Any = None, sleep: Any = None,
         if calls is not None:
             calls.append((provider, op, outcome))
 
-    return ProviderContext(clock=clock, sleep=sleep, resolve_credential=resolve, on_call=on_call)
+    return ProviderContext(clock=clock, sleep=sleep, resolve_credential=resolve, on_call=on_call,
+                           workers=workers)
 
 
 # --- fault injection ---------------------------------------------------------------------------
