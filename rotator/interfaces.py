@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from rotator.models import (
     BackendCapabilities,
@@ -154,6 +154,26 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchReads(Protocol):
+    """Optional for a :class:`Backend`: read many targets in few requests.
+
+    The engine reads every primary at the start of each run (the daemon: each reconcile); a backend
+    whose API can return many secrets per request (AWS ``BatchGetSecretValue``) implements this and
+    the engine reads the primaries of upcoming secrets in groups of ``read_batch``.
+
+    ``read_many`` returns a snapshot, exactly as :meth:`Backend.read` would, for each target it
+    could read. It never raises for one target's problem (missing, corrupt, denied): it leaves that
+    target out and the engine reads it alone with ``read``, which raises the precise error. When the
+    batch request itself fails it returns an empty dict (and may stop batching, e.g. when the
+    identity lacks the permission for it).
+    """
+
+    read_batch: int
+
+    def read_many(self, targets: Sequence[Target]) -> dict[Target, Snapshot]: ...
 
 
 class Issuer(Protocol):
