@@ -24,6 +24,7 @@ from rotator.errors import AdoptionError, Conflict, KeyNotFound, RotatorError
 from rotator.interfaces import Issuer
 from rotator.machine import Observations
 from rotator.models import KeyInfo, KeyRef, Phase, RotationRecord, Secret, Snapshot
+from rotator.readahead import ReadAhead
 from rotator.redact import redact
 from rotator.runtime import ManagedSecret, Runtime, short_id
 
@@ -89,6 +90,7 @@ class ListingCache:
         self._locks: dict[str, threading.Lock] = {}
         self._listings: dict[str, list[KeyInfo]] = {}
         self._unseen: dict[str, set[str]] = {}
+        self._staged: list[tuple[str, Issuer, KeyRef]] = []
 
     def get(self, issuer: Issuer, need: str | None = None) -> list[KeyInfo]:
         with self._lock:
@@ -106,6 +108,15 @@ class ListingCache:
     def issued(self, issuer: Issuer, name: str) -> None:
         with self._lock:
             self._unseen.setdefault(issuer.name, set()).add(name)
+
+    def staged(self, secret: str, issuer: Issuer, ref: KeyRef) -> None:
+        """A key issued in this run now sits in its secret's primary: its twins get swept at the end."""
+        with self._lock:
+            self._staged.append((secret, issuer, ref))
+
+    def staged_keys(self) -> list[tuple[str, Issuer, KeyRef]]:
+        with self._lock:
+            return list(self._staged)
 
     def forget(self, issuer: Issuer) -> None:
         with self._lock:
@@ -133,22 +144,77 @@ class Engine:
         """Do whatever is due for the named secrets (all by default)."""
         secrets = self.runtime.select(names)
         cache = ListingCache()
+        ahead = ReadAhead(secrets, self.clock)
         workers = min(self.runtime.settings.rotator.workers, max(len(secrets), 1))
+
+        def one(secret: ManagedSecret) -> Outcome:
+            return self.run_secret(secret, force=force, cache=cache, ahead=ahead)
+
         if workers == 1:
-            outcomes = [self.run_secret(s, force=force, cache=cache) for s in secrets]
+            outcomes = [one(s) for s in secrets]
         else:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rotator") as pool:
-                outcomes = list(pool.map(lambda s: self.run_secret(s, force=force, cache=cache), secrets))
+                outcomes = list(pool.map(one, secrets))
+        self._sweep_twins(cache)
         return RunReport(outcomes)
 
     def run_secret(self, secret: ManagedSecret, *, force: bool = False,
-                   cache: ListingCache | None = None) -> Outcome:
+                   cache: ListingCache | None = None, ahead: ReadAhead | None = None) -> Outcome:
         """One secret, isolated: any error becomes a failed Outcome, never an exception."""
-        run = _SecretRun(self, secret, force, cache or ListingCache())
+        run = _SecretRun(self, secret, force, cache or ListingCache(), ahead)
         try:
             return run.drive()
         except Exception as exc:   # noqa: BLE001 - per-secret isolation (I6)
             return run.failed(exc)
+
+    def _sweep_twins(self, cache: ListingCache) -> None:
+        """Revoke the twins of the keys this run staged: one listing per issuer that issued.
+
+        An issue whose reply was lost and was retried mints a second key under the same name (the
+        name carries the rotation id). A rotation that spans two runs sweeps them when it revokes
+        the old key; one that issued and finished in the same run (grace 0, bootstrap, a forced or
+        compromised-key rotation) never saw its new key listed, so it is swept here. Ours is told
+        apart by its last 4 characters (and creation time); when that is not conclusive nothing is
+        revoked and ``rotator audit`` reports the stray key.
+        """
+        staged = cache.staged_keys()
+        issuers = {issuer.name: issuer for _, issuer, _ in staged}
+        for issuer in issuers.values():
+            if self.stopping:
+                return
+            try:
+                listing = issuer.list_keys()
+            except Exception as exc:  # noqa: BLE001 - the next run's sweeps (and the audit) find them
+                log.warning("could not list the keys of issuer %s to sweep twins: %s", issuer.name, redact(str(exc)))
+                continue
+            by_name: dict[str, list[KeyInfo]] = {}
+            for key in listing:
+                by_name.setdefault(key.name or "", []).append(key)
+            for secret, _, ref in (entry for entry in staged if entry[1] is issuer):
+                same = by_name.get(ref.name or "", [])
+                if not ref.name or len(same) < 2:
+                    continue
+                ours = [k for k in same if k.key_id == ref.key_id] if ref.key_id else _matching(ref, same)
+                if len(ours) != 1:
+                    log.info("%s: %d keys named %r and none is surely ours; left for `rotator audit`",
+                             secret, len(same), ref.name)
+                    continue
+                for key in same:
+                    if key.key_id != ours[0].key_id:
+                        self._revoke_twin(secret, issuer, ref, key)
+
+    def _revoke_twin(self, secret: str, issuer: Issuer, ref: KeyRef, key: KeyInfo) -> None:
+        try:
+            issuer.revoke(key_id=key.key_id)
+        except KeyNotFound:
+            return
+        except Exception as exc:  # noqa: BLE001 - per-key isolation; the audit reports what is left
+            log.warning("%s: could not revoke twin key id %s: %s", secret, key.key_id, redact(str(exc)))
+            return
+        detail = f"twin key id {key.key_id} of {ref.name!r}"
+        log.info("%s: swept %s", secret, detail)
+        self.emit(Event(at=self.clock.now(), secret=secret, action="swept", detail=detail,
+                        rotation_id=ref.rotation_id, key_id=key.key_id, last4=key.last4, runner=self.me))
 
     def emit(self, event: Event) -> None:
         try:
@@ -160,10 +226,12 @@ class Engine:
 class _SecretRun:
     """The state of one secret during one run: snapshots (with values), record, run facts."""
 
-    def __init__(self, engine: Engine, secret: ManagedSecret, force: bool, cache: ListingCache) -> None:
+    def __init__(self, engine: Engine, secret: ManagedSecret, force: bool, cache: ListingCache,
+                 ahead: ReadAhead | None = None) -> None:
         self.engine = engine
         self.secret = secret
         self.cache = cache
+        self.ahead = ahead
         self.outcome = Outcome(secret.name)
         self.snapshots: dict[str, Snapshot] = {}
         self.fresh: set[str] = set()
@@ -211,7 +279,8 @@ class _SecretRun:
 
     def _read_primary(self, reset: bool = False) -> None:
         bound = self.secret.primary
-        self.snapshots[bound.label] = bound.backend.read(bound.target)
+        ahead, self.ahead = self.ahead, None          # only the run's first read is read ahead
+        self.snapshots[bound.label] = ahead.read(self.secret) if ahead else bound.backend.read(bound.target)
         self.fresh.add(bound.label)
         if reset:
             self.obs = Observations(me=self.engine.me, record=None, force=self.obs.force)
@@ -372,6 +441,7 @@ class _SecretRun:
         bound = self.secret.primary
         version = bound.backend.stage(bound.target, issued.value, staged, expect=self.primary.version)
         self.minted = None
+        self.cache.staged(self.secret.name, self.secret.issuer, ref)
         self._wrote_primary(version, staged, pending=issued.value)
         self._note("issued", f"{ref.label()} named {issued.name!r}, expires {_day(issued.expires_on)}", key=ref)
 
@@ -540,11 +610,7 @@ class _SecretRun:
         listing = self.cache.get(self.secret.issuer, need=ref.name if refresh else None)
         if ref.key_id:
             return [k for k in listing if k.key_id == ref.key_id]
-        found = [k for k in listing if k.last4 == ref.last4 and (ref.name is None or k.name == ref.name)]
-        if len(found) > 1 and ref.created_on is not None:
-            found = [k for k in found if k.created_on and
-                     abs((k.created_on - ref.created_on).total_seconds()) <= MATCH_SKEW_SECONDS]
-        return found
+        return _matching(ref, listing)
 
     def _find(self, ref: KeyRef) -> KeyInfo | None:
         """The one listing entry of ``ref`` in the listing at hand, if it is there."""
@@ -581,6 +647,15 @@ class _SecretRun:
             if key.name == current.name and key.key_id != mine.key_id:
                 self._revoke(key_id=key.key_id)
                 self._note("swept", f"twin key id {key.key_id} of {current.name!r}")
+
+
+def _matching(ref: KeyRef, listing: Iterable[KeyInfo]) -> list[KeyInfo]:
+    """Listing entries that may be ``ref`` (whose id is unknown): name + last 4 (+ creation time)."""
+    found = [k for k in listing if k.last4 == ref.last4 and (ref.name is None or k.name == ref.name)]
+    if len(found) > 1 and ref.created_on is not None:
+        found = [k for k in found if k.created_on and
+                 abs((k.created_on - ref.created_on).total_seconds()) <= MATCH_SKEW_SECONDS]
+    return found
 
 
 def _day(moment: datetime | None) -> str:

@@ -1,0 +1,123 @@
+"""ReadAhead: the first reads of a run's primaries, batched on backends that can read many."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+from types import SimpleNamespace
+
+from rotator.models import Snapshot
+from rotator.readahead import ReadAhead
+from rotator.runtime import Bound
+from rotator.testing import FakeClock
+
+
+@dataclass(frozen=True)
+class T:
+    label: str
+    field: str = "api_key"
+
+
+class Store:
+    """Answers with a snapshot whose version names the target; counts every target it read."""
+
+    def __init__(self, name: str, batch: int | None = None, *, leave_out: set[str] = frozenset(),
+                 fail: bool = False, delay: float = 0.0) -> None:
+        self.name = name
+        if batch is not None:
+            self.read_batch = batch
+        self.leave_out, self.fail, self.delay = leave_out, fail, delay
+        self.single: Counter[str] = Counter()
+        self.batched: Counter[str] = Counter()
+        self.batches: list[int] = []
+        self._lock = threading.Lock()
+
+    def read(self, target: T) -> Snapshot:
+        with self._lock:
+            self.single[target.label] += 1
+        return Snapshot(version=f"v-{target.label}")
+
+    def read_many(self, targets):
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("batch refused")
+        with self._lock:
+            self.batches.append(len(targets))
+            self.batched.update(t.label for t in targets)
+        return {t: Snapshot(version=f"v-{t.label}") for t in targets if t.label not in self.leave_out}
+
+
+class Plain(Store):
+    read_many = None     # type: ignore[assignment]  # no batch reads
+
+
+def fleet(store: Store, n: int, prefix: str = "s") -> list[SimpleNamespace]:
+    return [SimpleNamespace(name=f"{prefix}{i}", primary=Bound(store, T(f"{prefix}{i}"))) for i in range(n)]
+
+
+def test_reads_ahead_in_batches_in_run_order():
+    store, plain = Store("aws", batch=20), Plain("vault")
+    secrets = fleet(store, 45) + fleet(plain, 5, "p")
+    ahead = ReadAhead(secrets, FakeClock())
+    for secret in secrets:
+        assert ahead.read(secret).version == f"v-{secret.name}"
+    assert store.batches == [20, 20, 5] and not store.single
+    assert plain.single == Counter({f"p{i}": 1 for i in range(5)})
+
+
+def test_a_target_the_batch_left_out_is_read_alone():
+    store = Store("aws", batch=10, leave_out={"s3"})
+    secrets = fleet(store, 10)
+    ahead = ReadAhead(secrets, FakeClock())
+    assert [ahead.read(s).version for s in secrets] == [f"v-s{i}" for i in range(10)]
+    assert store.single == Counter({"s3": 1}) and store.batches == [10]
+
+
+def test_a_failed_batch_falls_back_to_single_reads():
+    store = Store("aws", batch=10, fail=True)
+    secrets = fleet(store, 4)
+    ahead = ReadAhead(secrets, FakeClock())
+    assert [ahead.read(s).version for s in secrets] == [f"v-s{i}" for i in range(4)]
+    assert store.single == Counter({f"s{i}": 1 for i in range(4)})
+
+
+def test_a_snapshot_read_ahead_too_long_ago_is_read_again():
+    clock = FakeClock()
+    store = Store("aws", batch=10)
+    secrets = fleet(store, 3)
+    ahead = ReadAhead(secrets, clock, max_age=timedelta(seconds=30))
+    ahead.read(secrets[0])
+    ahead.read(secrets[1])
+    clock.advance(timedelta(seconds=31))
+    ahead.read(secrets[2])
+    assert store.batches == [3] and store.single == Counter({"s2": 1})
+
+
+def test_many_workers_read_every_primary_exactly_once():
+    store = Store("aws", batch=20, delay=0.01)
+    secrets = fleet(store, 200)
+    ahead = ReadAhead(secrets, FakeClock())
+    results: dict[str, str] = {}
+    queue = list(reversed(secrets))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if not queue:
+                    return
+                secret = queue.pop()
+            results[secret.name] = ahead.read(secret).version
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {s.name: f"v-{s.name}" for s in secrets}
+    reads = store.single + store.batched
+    assert set(reads) == {s.name for s in secrets} and max(reads.values()) == 1, "no primary read twice"
+    assert len(store.batches) <= 200 // 20 + 8 and not store.single
