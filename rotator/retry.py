@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -64,8 +65,19 @@ class Throttle:
     requests per second, ``burst`` at most at once; None = unlimited) plus a shared pause, so a
     429 seen by one worker slows all of them instead of each finding out on its own.
 
+    Without a configured ``rate`` (an API's limits are often unpublished) the first 429 makes the
+    throttle learn one, the way TCP backs off: pace at 0.7 of the rate that was being sent, one
+    request at a time (no burst when the pause ends, so the waiting workers do not all fire at
+    once), grow that rate by 5 % a second, cut it again at the next 429, and stop pacing once it is
+    back above the rate that drew the first 429.
+
     Waits are reserved under the lock and slept outside it, so callers queue fairly.
     """
+
+    DECREASE = 0.7       # the learned rate after a 429: this share of what was being sent
+    GROWTH = 1.05        # ... then it grows this much per second without a 429
+    WINDOW = 1.0         # seconds of sending measured to know "what was being sent"
+    FLOOR = 0.5          # requests per second: the learned rate never goes below
 
     def __init__(self, rate: float | None, burst: int, now: Callable[[], float],
                  sleep: Callable[[float], None]) -> None:
@@ -77,19 +89,28 @@ class Throttle:
         self._tokens = float(self.burst)
         self._last = now()
         self._paused_until = 0.0
+        self.learned: float | None = None      # the pace learnt from 429s when no rate is configured
+        self._ceiling = 0.0
+        self._grown_at = 0.0
+        self._sent: deque[float] = deque()
 
     def acquire(self) -> float:
         """Wait for a turn; returns how long it waited."""
         with self._lock:
             now = self._now()
             wait = max(0.0, self._paused_until - now)
-            if self.rate:
+            rate, burst = self._pace(now)
+            if rate:
                 if now > self._last:       # after a pause, tokens accrue only from its end
-                    self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+                    self._tokens = min(burst, self._tokens + (now - self._last) * rate)
                     self._last = now
                 self._tokens -= 1
                 if self._tokens < 0:
-                    wait = max(wait, (self._last - now) + -self._tokens / self.rate)
+                    wait = max(wait, (self._last - now) + -self._tokens / rate)
+            if self.rate is None:
+                self._sent.append(now + wait)
+                while self._sent[0] < now - self.WINDOW:
+                    self._sent.popleft()
         if wait > 0:
             self._sleep(wait)
         return wait
@@ -97,7 +118,38 @@ class Throttle:
     def pause(self, seconds: float) -> None:
         """Everyone waits at least ``seconds`` from now before the next request (a 429)."""
         with self._lock:
-            self._paused_until = max(self._paused_until, self._now() + max(0.0, seconds))
-            if self.rate:                  # no burst when the pause ends: waiters go out paced
+            now = self._now()
+            if self.rate is None and now >= self._paused_until:   # the first 429 of this pause
+                self._learn(now)
+            self._paused_until = max(self._paused_until, now + max(0.0, seconds))
+            if self.rate or self.learned:  # no burst when the pause ends: waiters go out paced
                 self._tokens = min(self._tokens, 0.0)
                 self._last = max(self._last, self._paused_until)
+
+    def _pace(self, now: float) -> tuple[float | None, float]:
+        """The (rate, burst) in force: the configured one, else the learned one (burst 1)."""
+        if self.rate:
+            return self.rate, self.burst
+        if self.learned is None:
+            return None, 1
+        start = max(self._grown_at, self._paused_until)
+        if now > start:
+            self.learned *= self.GROWTH ** (now - start)
+            self._grown_at = now
+        if self.learned > self._ceiling:
+            self.learned = None            # recovered: unlimited again until the next 429
+            return None, 1
+        return self.learned, 1
+
+    def _learn(self, now: float) -> None:
+        while self._sent and self._sent[0] < now - self.WINDOW:
+            self._sent.popleft()
+        span = min(self.WINDOW, max(now - self._sent[0], 0.1)) if self._sent else self.WINDOW
+        sending = len(self._sent) / span
+        if self.learned is None:
+            self._ceiling = max(sending, self.FLOOR)
+        base = min(sending, self.learned) if self.learned else sending
+        self.learned = max(self.FLOOR, base * self.DECREASE)
+        self._grown_at = now
+        self._tokens = 0.0
+        self._last = now

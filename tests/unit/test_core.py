@@ -204,3 +204,69 @@ def test_listing_cache_refetches_for_a_key_issued_while_the_listing_was_in_fligh
     assert cache.get(issuer) == ["listing 1"]                      # amortised: no refetch
     assert cache.get(issuer, need="web [r-1]") == ["listing 2"]    # the key may be missing: refetch once
     assert cache.get(issuer, need="web [r-1]") == ["listing 2"]
+
+
+class _RateLimitedServer:
+    """A server's token bucket on the fake clock: ``rate`` per second, ``burst`` at once."""
+
+    def __init__(self, clock, rate: float, burst: int) -> None:
+        self.clock, self.rate, self.burst = clock, rate, burst
+        self.tokens, self.last = float(burst), clock.now().timestamp()
+
+    def admit(self) -> bool:
+        now = self.clock.now().timestamp()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def _send_through(throttle, server, clock, calls: int, retry_after: float = 1.0) -> tuple[float, int]:
+    start, refused = clock.now().timestamp(), 0
+    for _ in range(calls):
+        while True:
+            throttle.acquire()
+            if server.admit():
+                break
+            refused += 1
+            throttle.pause(retry_after)
+    return clock.now().timestamp() - start, refused
+
+
+def test_throttle_without_a_configured_rate_learns_one_after_a_429():
+    """No rate_limit (the API's limit is unpublished): before the fix, every pause ended in a burst
+    that drew the next 429 — 10 requests per second of pauses against a 50/s limit, 5x the bound.
+    Learning a pace from the 429s keeps the run near calls / R and the 429s few."""
+    from rotator.retry import Throttle
+    from rotator.testing import FakeClock
+
+    clock = FakeClock()
+    throttle = Throttle(rate=None, burst=1, now=lambda: clock.now().timestamp(), sleep=clock.sleep)
+    elapsed, refused = _send_through(throttle, _RateLimitedServer(clock, rate=50, burst=10), clock, 450)
+    bound = 450 / 50
+    assert elapsed <= 1.5 * bound, (elapsed, refused)
+    assert refused <= 12
+    assert throttle.learned is not None and throttle.learned < 60
+
+
+def test_a_learned_throttle_returns_to_unlimited_when_the_limit_goes_away():
+    from rotator.retry import Throttle
+    from rotator.testing import FakeClock
+
+    clock = FakeClock()
+    throttle = Throttle(rate=None, burst=1, now=lambda: clock.now().timestamp(), sleep=clock.sleep)
+    for _ in range(100):                              # sending ~100/s
+        throttle.acquire()
+        clock.sleep(0.01)
+    throttle.pause(1.0)                               # one 429
+    assert throttle.learned == pytest.approx(70, rel=0.05)
+    waits = [throttle.acquire() for _ in range(3)]
+    assert waits[0] >= 1.0 and all(w > 0 for w in waits[1:]), "paced one at a time after the pause"
+    for _ in range(20000):                            # no more 429s: the pace grows back ...
+        throttle.acquire()
+        if throttle.learned is None:
+            break
+    assert throttle.learned is None                   # ... and pacing stops
+    assert [throttle.acquire() for _ in range(50)] == [0] * 50
