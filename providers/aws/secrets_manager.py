@@ -79,7 +79,8 @@ class SecretsManagerBackend:
         options = AwsOptions(region=s.region, profile=s.profile, role_arn=s.role_arn,
                              role_session_name=s.role_session_name, external_id=s.external_id,
                              endpoints=endpoints, connect_timeout=s.connect_timeout,
-                             read_timeout=s.read_timeout, max_attempts=s.max_attempts)
+                             read_timeout=s.read_timeout, max_attempts=s.max_attempts,
+                             workers=context.workers)
         self._aws = AwsClients(name, options, sleep=context.sleep, on_call=context.on_call)
         self._sleep = context.sleep
         self._lock = threading.Lock()

@@ -6,6 +6,8 @@
 * One client per (service, region), built on first use under a lock (botocore sessions are not
   thread-safe; clients are). botocore's own retries are switched off, so there is one retry layer:
   this one, which waits through ``ProviderContext.sleep``.
+* Each client's connection pool holds ``workers`` connections (at least botocore's 10), so the
+  engine's threads never wait for one, nor open and throw away connections beyond the pool.
 * Every attempt is reported as ``on_call(provider, operation, "ok" | error code)``.
 * A failure leaves as :class:`AwsFailure` (operation, code, status, redacted message, transient);
   each provider turns it into rotator's error tree with the context it has (secret, IAM action).
@@ -83,7 +85,8 @@ class AwsFailure(Exception):
 
 @dataclass(frozen=True)
 class AwsOptions:
-    """How to reach AWS. ``endpoints`` maps a service name to an endpoint URL (VPC endpoint, moto)."""
+    """How to reach AWS. ``endpoints`` maps a service name to an endpoint URL (VPC endpoint, moto).
+    ``workers``: how many threads may call at once (``ProviderContext.workers``); sizes the pools."""
 
     region: str | None = None
     profile: str | None = None
@@ -94,6 +97,7 @@ class AwsOptions:
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
     max_attempts: int = 5
+    workers: int = 1
 
 
 class AwsClients:
@@ -185,7 +189,7 @@ class AwsClients:
 
         return Config(region_name=region, retries={"total_max_attempts": 1, "mode": "standard"},
                       connect_timeout=self.options.connect_timeout, read_timeout=self.options.read_timeout,
-                      user_agent_extra="rotator")
+                      max_pool_connections=max(10, self.options.workers), user_agent_extra="rotator")
 
     def _session_locked(self) -> Any:
         if self._session is None:
