@@ -16,6 +16,12 @@ moves AWSCURRENT onto it with ``UpdateSecretVersionStage(RemoveFromVersionId=exp
 the move when AWSCURRENT is no longer on ``expect``, which makes it a compare-and-swap. The
 version token is the head's VersionId. Versions are immutable, so heads and values read once are
 cached by VersionId.
+
+Batched reads (:class:`rotator.interfaces.BatchReads`): ``BatchGetSecretValue`` returns the
+AWSCURRENT version of up to 20 secrets per request, so the engine's read of every primary at the
+start of a run costs one request per 20 secrets (plus the pending/previous values this process has
+not seen). Whatever the batch cannot answer (an error entry, a replica, a payload rotator cannot
+parse) is left out and read alone with ``read``, which raises the precise error.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from providers.aws.session import AwsClients, AwsFailure, AwsOptions
 from providers.aws.sm_config import (
@@ -55,6 +61,9 @@ CURRENT, PENDING, PREVIOUS = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"
 SCRATCH = "ROTATOR_NEXT"           # keeps a freshly put head labelled until AWSCURRENT moves onto it
 LABEL_REFUSED = frozenset({"InvalidParameterException", "InvalidRequestException", "ResourceNotFoundException"})
 _VALUES_KEPT = 512
+BATCH_GET = "BatchGetSecretValue"
+BATCH_SIZE = 20                    # AWS's limit on SecretIdList per BatchGetSecretValue request
+DENIED = frozenset({"AccessDeniedException", "AccessDenied"})
 T = TypeVar("T")
 
 
@@ -71,6 +80,8 @@ class SecretsManagerBackend:
 
     capabilities = BackendCapabilities(holds_record=True, keeps_previous=True,
                                        extra={"service": SERVICE, "replicas": True})
+    #: BatchReads: targets per ``read_many`` group the engine forms (one request each).
+    read_batch = BATCH_SIZE
 
     def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
         self.name = name
@@ -86,6 +97,7 @@ class SecretsManagerBackend:
         self._lock = threading.Lock()
         self._heads: dict[SecretsManagerTarget, _Head] = {}
         self._values: OrderedDict[tuple[str | None, str, str], Secret] = OrderedDict()
+        self._batching = True       # False once BatchGetSecretValue was denied: read one by one
 
     def target(self, spec: Mapping[str, Any]) -> SecretsManagerTarget:
         entry = {key: value for key, value in spec.items() if key != "backend"}
@@ -105,6 +117,30 @@ class SecretsManagerBackend:
 
     def read(self, target: SecretsManagerTarget) -> Snapshot:
         return self._guard("read", target, lambda: self._read(target))
+
+    def read_many(self, targets: Sequence[SecretsManagerTarget]) -> dict[SecretsManagerTarget, Snapshot]:
+        """BatchReads: what ``read`` returns for each target, from one BatchGetSecretValue per 20
+        secrets of a region. Never raises: a target it cannot answer for is left out."""
+        found: dict[SecretsManagerTarget, Snapshot] = {}
+        regions: dict[str | None, dict[str, list[SecretsManagerTarget]]] = {}
+        for target in dict.fromkeys(targets):
+            if not target.replica:              # replicas are read (and checked) in ``read``
+                regions.setdefault(target.region, {}).setdefault(target.secret_id, []).append(target)
+        for region, by_id in regions.items():
+            ids = list(by_id)
+            for start in range(0, len(ids), BATCH_SIZE):
+                if not self._batching:
+                    return found
+                chunk = {secret_id: by_id[secret_id] for secret_id in ids[start:start + BATCH_SIZE]}
+                entries, complete = self._batch_get(region, list(chunk))
+                for entry in entries:
+                    for target in _matching(entry, chunk):
+                        snapshot = self._snapshot_of(target, entry)
+                        if snapshot is not None:
+                            found[target] = snapshot
+                if not complete:
+                    break                       # the rest of this region is read one by one
+        return found
 
     def write_record(self, target: SecretsManagerTarget, record: RotationRecord, *, expect: str | None) -> str:
         return self._guard("write_record", target, lambda: self._write_record(target, record, expect))
@@ -137,6 +173,9 @@ class SecretsManagerBackend:
         head = self._fetch_head(target)
         if head is None:
             return Snapshot()
+        return self._snapshot(target, head)
+
+    def _snapshot(self, target: SecretsManagerTarget, head: _Head) -> Snapshot:
         return Snapshot(version=head.version, current=head.doc.current,
                         pending=self._value(target, head.doc.pending),
                         previous=self._value(target, head.doc.previous),
@@ -151,9 +190,64 @@ class SecretsManagerBackend:
                 raise
             self._forget(target)
             return None
+        return self._head_from(target, answer)
+
+    def _head_from(self, target: SecretsManagerTarget, answer: Mapping[str, Any]) -> _Head:
+        """The head an AWSCURRENT answer (GetSecretValue, or a BatchGetSecretValue entry) shows."""
         head = _Head(answer["VersionId"], _parse(answer, target))
         self._remember(target, head)
         return head
+
+    # --- batched reading -----------------------------------------------------------------------
+
+    def _batch_get(self, region: str | None, ids: list[str]) -> tuple[list[Mapping[str, Any]], bool]:
+        """BatchGetSecretValue(SecretIdList=ids): the SecretValues entries, and False when the
+        request failed (after the retries). AWS pages only with Filters; a NextToken is followed."""
+        log.debug("%s: %s %d secrets in %s", self.name, BATCH_GET, len(ids), region)
+        entries: list[Mapping[str, Any]] = []
+        params: dict[str, Any] = {"SecretIdList": ids}
+        for _ in range(len(ids)):               # bounded: a page holds at least one entry or error
+            try:
+                answer = self._aws.call(SERVICE, region, BATCH_GET, **params)
+            except AwsFailure as failure:
+                self._batch_failed(region, failure)
+                return entries, False
+            entries.extend(answer.get("SecretValues") or ())
+            for error in answer.get("Errors") or ():
+                log.debug("%s: %s left %s to a single read (%s)", self.name, BATCH_GET,
+                          error.get("SecretId"), error.get("ErrorCode"))
+            next_token = answer.get("NextToken")
+            if not next_token:
+                break
+            params = {"SecretIdList": ids, "NextToken": next_token}
+        return entries, True
+
+    def _batch_failed(self, region: str | None, failure: AwsFailure) -> None:
+        if failure.code in DENIED and failure.kind == "service":
+            with self._lock:
+                first, self._batching = self._batching, False
+            if first:
+                log.warning("%s: access denied to %s (%s): the identity lacks the IAM permission"
+                            " secretsmanager:BatchGetSecretValue; reading secrets one by one"
+                            " (GetSecretValue) from now on. Grant it to read 20 secrets per request",
+                            self.name, BATCH_GET, failure.code)
+            return
+        log.debug("%s: %s failed in %s after %d tries (%s); reading those secrets one by one",
+                  self.name, BATCH_GET, region, failure.attempts, failure.code)
+
+    def _snapshot_of(self, target: SecretsManagerTarget, entry: Mapping[str, Any]) -> Snapshot | None:
+        """What ``read`` would return for ``target``, from its BatchGetSecretValue entry; None
+        when it cannot say (left to ``read``, which raises the precise error)."""
+        if not entry.get("VersionId") or CURRENT not in entry.get("VersionStages", (CURRENT,)):
+            return None
+        try:
+            return self._snapshot(target, self._head_from(target, entry))
+        except Problem as problem:
+            why = problem.kind.__name__
+        except AwsFailure as failure:
+            why = failure.code
+        log.debug("%s: %s left to a single read (%s)", self.name, target.label, why)
+        return None
 
     def _value(self, target: SecretsManagerTarget, ref: Ref | None) -> Secret | None:
         """The key held by the version ``ref`` points at (by VersionId; cached: versions are immutable)."""
@@ -546,6 +640,13 @@ class SecretsManagerBackend:
             return BackendError(f"{where}: a Secrets Manager quota was reached during {op}{detail}",
                                 provider=name, transient=True)
         return BackendError(f"{where}: {failure.operation} failed during {op} ({code}){detail}", provider=name)
+
+
+def _matching(entry: Mapping[str, Any], chunk: Mapping[str, list[SecretsManagerTarget]]
+              ) -> Iterable[SecretsManagerTarget]:
+    """The targets a BatchGetSecretValue entry answers: those whose secret_id is its Name or ARN."""
+    ids = dict.fromkeys(key for key in (entry.get("Name"), entry.get("ARN")) if key)
+    return dict.fromkeys(target for key in ids for target in chunk.get(key, ())).keys()
 
 
 def _parse(answer: Mapping[str, Any], target: SecretsManagerTarget) -> Doc:

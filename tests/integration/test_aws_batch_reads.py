@@ -1,0 +1,351 @@
+"""Batched reads of the AWS Secrets Manager backend (``BatchReads``): ``read_many`` answers many
+targets with one BatchGetSecretValue per 20 secrets of a region, returns exactly what ``read``
+returns, leaves out whatever it cannot answer (for ``read`` to raise the precise error), and
+falls back for good (one warning) when the identity may not call BatchGetSecretValue. Also the
+connection pool sized to the engine's workers. Everything runs over HTTP against moto server,
+some of it through the fault-injecting proxy.
+
+moto's BatchGetSecretValue returns each secret's *default* version, which its
+UpdateSecretVersionStage never moves (only CreateSecret and PutSecretValue without labels do);
+AWS returns the version labelled AWSCURRENT. rotator's primary writes move AWSCURRENT with
+UpdateSecretVersionStage, so the tests that batch-read primaries use ``aws_batch``, which makes
+moto answer as AWS does; ``test_an_entry_not_labelled_awscurrent_is_left_out`` runs moto as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from providers.aws_secrets_manager import SecretsManagerBackend
+from rotator.errors import BackendError, CorruptPayload
+from rotator.interfaces import BatchReads
+from rotator.models import KeyRef, Phase, RotationRecord, Secret, Snapshot
+from rotator.testing import RecordingSleep, provider_context
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+BATCH = "BatchGetSecretValue"
+LOGGER = "providers.aws.secrets_manager"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def calls() -> list[tuple[str, str, str]]:
+    return []
+
+
+@pytest.fixture
+def make(moto_url, calls):
+    """Build a backend on the clean moto server (or ``url``); closed at the end of the test."""
+    made: list[SecretsManagerBackend] = []
+
+    def make(url: str | None = None, sleep: Any = None, workers: int = 1, **settings: Any) -> SecretsManagerBackend:
+        options = {"region": "us-east-1", "endpoint_url": url or moto_url, "max_attempts": 3, **settings}
+        context = provider_context(calls=calls, sleep=sleep or RecordingSleep(), workers=workers)
+        backend = SecretsManagerBackend("aws", options, context)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+@pytest.fixture
+def aws_batch(monkeypatch):
+    """moto's BatchGetSecretValue(SecretIdList=...) answering with each secret's AWSCURRENT
+    version, as AWS does (see the module's docstring); per-secret errors go to ``Errors``."""
+    from moto.secretsmanager import models
+    from moto.secretsmanager.exceptions import SecretsManagerClientError
+
+    original = models.SecretsManagerBackend.batch_get_secret_value
+
+    def batch_get_secret_value(self, secret_id_list=None, filters=None, max_results=None, next_token=None):
+        if not secret_id_list or filters:
+            return original(self, secret_id_list, filters, max_results, next_token)
+        values, errors = [], []
+        for secret_id in secret_id_list:
+            try:
+                values.append(self.get_secret_value(secret_id, None, "AWSCURRENT"))
+            except SecretsManagerClientError as error:
+                errors.append({"SecretId": secret_id, "ErrorCode": error.error_type, "Message": error.message})
+        return values, errors, None
+
+    monkeypatch.setattr(models.SecretsManagerBackend, "batch_get_secret_value", batch_get_secret_value)
+
+
+def secret(tag: str) -> Secret:
+    return Secret(f"sk-aws-{tag}-{uuid.uuid4().hex}")
+
+
+def ref(value: Secret, rotation_id: str = "r-1") -> KeyRef:
+    return KeyRef.of(value, key_id=f"id-{value.last4}", rotation_id=rotation_id,
+                     expires_on=T0 + timedelta(days=90))
+
+
+def rec(phase: Phase = Phase.IDLE, **fields: Any) -> RotationRecord:
+    return RotationRecord(phase=phase, **fields)
+
+
+def bootstrap(backend, target, value: Secret) -> str:
+    version = backend.stage(target, value, rec(Phase.STAGED, pending=ref(value, "r-0")), expect=None)
+    return backend.promote(target, rec(Phase.IDLE, current=ref(value, "r-0")), expect=version)
+
+
+def in_grace_with_pending(backend, target) -> None:
+    """A primary whose head has a record, a current key, a previous key and a pending key."""
+    old, new, next_ = secret("old"), secret("new"), secret("next")
+    version = bootstrap(backend, target, old)
+    version = backend.stage(target, new, rec(Phase.STAGED, current=ref(old, "r-0"), pending=ref(new)),
+                            expect=version)
+    version = backend.promote(target, rec(Phase.GRACE, current=ref(new), previous=ref(old, "r-0")),
+                              expect=version)
+    backend.stage(target, next_, rec(Phase.STAGED, current=ref(new), previous=ref(old, "r-0"),
+                                     pending=ref(next_, "r-2")), expect=version)
+
+
+def batch_calls(calls: list[tuple[str, str, str]]) -> list[str]:
+    return [outcome for _, op, outcome in calls if op == BATCH]
+
+
+# --- the happy path ----------------------------------------------------------------------------
+
+def test_45_targets_in_every_state_take_3_requests_and_equal_read(make, moto_server, calls, aws_batch):
+    writer = make()
+    client = moto_server.client()
+    targets, kinds = [], {}
+
+    def add(kind: str, index: int, **spec: Any):
+        target = writer.target({"secret_id": f"batch/{kind}-{index}", **spec})
+        targets.append(target)
+        kinds[target] = kind
+        return target
+
+    for i in range(9):
+        add("missing", i)
+    for i in range(9):
+        target = add("app", i)
+        client.create_secret(Name=target.secret_id, SecretString=json.dumps(
+            {"api_key": secret("app").reveal(), "endpoint": "https://api.example"}))
+    for i in range(9):
+        bootstrap(writer, add("primary", i), secret("boot"))
+    for i in range(9):
+        in_grace_with_pending(writer, add("grace", i))
+    for i in range(9):
+        first, second = secret("first"), secret("second")
+        target = add("secondary", i, field="token")
+        writer.deploy(target, first, None, ref(first))
+        writer.deploy(target, second, first, ref(second))
+    assert len(targets) == 45
+
+    reader = make()                                      # a fresh process: nothing cached
+    assert isinstance(reader, BatchReads) and reader.read_batch == 20
+    mark = len(calls)
+    found = reader.read_many(targets)
+    spent = calls[mark:]
+    assert batch_calls(spent) == ["ok", "ok", "ok"]      # 45 targets, 20 per request
+    # The grace primaries' pending and previous values (2 each) and the secondaries' previous
+    # values: read once by VersionId, then cached.
+    assert [op for _, op, _ in spent if op != BATCH] == ["GetSecretValue"] * (9 * 2 + 9)
+
+    assert set(found) == {t for t in targets if kinds[t] != "missing"}
+    mark = len(calls)
+    for target in targets:
+        single = make().read(target)                     # a fresh reader each time: no cache shared
+        assert found.get(target, Snapshot()) == single, kinds[target]
+        assert reader.read(target) == single, kinds[target]
+    grace = next(t for t in targets if kinds[t] == "grace")
+    snap = found[grace]
+    assert snap.record.phase is Phase.STAGED and None not in (snap.current, snap.pending, snap.previous)
+    secondary = next(t for t in targets if kinds[t] == "secondary")
+    assert found[secondary].previous is not None and found[secondary].record is None
+    # The heads read in the batch serve the next CAS write without another read.
+    mark = len(calls)
+    primary = next(t for t in targets if kinds[t] == "primary")
+    reader.write_record(primary, rec(Phase.IDLE, last_error="checked"), expect=found[primary].version)
+    assert [op for _, op, _ in calls[mark:]] == ["PutSecretValue", "UpdateSecretVersionStage"]
+
+
+def test_a_target_named_by_arn_is_matched_and_one_secret_serves_several_targets(make, moto_server, calls,
+                                                                                aws_batch):
+    backend = make()
+    client = moto_server.client()
+    value = secret("arn")
+    arn = client.create_secret(Name="batch/by-arn", SecretString=json.dumps(
+        {"api_key": value.reveal(), "other": "sk-aws-other-0123456789"}))["ARN"]
+    by_arn = backend.target({"secret_id": arn})
+    by_name = backend.target({"secret_id": "batch/by-arn"})
+    other_field = backend.target({"secret_id": "batch/by-arn", "field": "other"})
+    replica = backend.target({"secret_id": "batch/by-arn", "region": "eu-west-1", "replica": True})
+
+    found = backend.read_many([by_arn, by_name, other_field, by_arn, replica])
+    assert set(found) == {by_arn, by_name, other_field}, "a replica is left to read()"
+    assert found[by_arn].current == found[by_name].current == value
+    assert found[other_field].current == Secret("sk-aws-other-0123456789")
+    for target in found:
+        assert found[target] == make().read(target)
+    assert batch_calls(calls) == ["ok"]
+
+    assert backend.read_many([replica]) == {}
+    assert batch_calls(calls) == ["ok"], "nothing to ask for: no request"
+
+
+# --- what is left out ---------------------------------------------------------------------------
+
+def test_missing_deleted_corrupt_and_unreadable_pointers_are_left_out(make, moto_server, calls, caplog,
+                                                                      aws_batch):
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    backend = make()
+    client = moto_server.client()
+    good = backend.target({"secret_id": "batch/good"})
+    client.create_secret(Name="batch/good", SecretString=json.dumps({"api_key": "sk-aws-good-DONOTECHO1"}))
+    missing = backend.target({"secret_id": "batch/missing"})
+    deleted = backend.target({"secret_id": "batch/deleted"})
+    client.create_secret(Name="batch/deleted", SecretString=json.dumps({"api_key": "sk-aws-gone-DONOTECHO2"}))
+    client.delete_secret(SecretId="batch/deleted", RecoveryWindowInDays=7)
+    corrupt = {}
+    for name, payload in [("plain", {"SecretString": "sk-aws-plain-string-DONOTECHO3"}),
+                          ("binary", {"SecretBinary": b"\x00\x01"}),
+                          ("number", {"SecretString": json.dumps({"api_key": 42})}),
+                          ("future", {"SecretString": json.dumps({"api_key": "sk-aws-future-DONOTECHO4",
+                                                                  "rotator": {"format": 99}})})]:
+        client.create_secret(Name=f"batch/{name}", **payload)
+        corrupt[name] = backend.target({"secret_id": f"batch/{name}"})
+    # A head whose pending pointer names a version holding another key (fingerprint mismatch).
+    head = client.create_secret(Name="batch/pointer", SecretString=json.dumps({"api_key": "sk-aws-p-DONOTECHO5"}))
+    client.put_secret_value(SecretId="batch/pointer", SecretString=json.dumps({
+        "api_key": "sk-aws-p-DONOTECHO5",
+        "rotator": {"format": 1, "pending": {"version": head["VersionId"], "fingerprint": "0" * 16}}}))
+    pointer = backend.target({"secret_id": "batch/pointer"})
+
+    targets = [good, missing, deleted, *corrupt.values(), pointer]
+    found = backend.read_many(targets)
+    assert set(found) == {good}
+    assert found[good] == backend.read(good)
+    assert batch_calls(calls) == ["ok"]
+
+    # What the engine does next with the targets left out: read() alone, with the precise answer.
+    assert backend.read(missing) == Snapshot()
+    with pytest.raises(BackendError, match="scheduled for deletion"):
+        backend.read(deleted)
+    for name, expected in [("plain", "is not valid JSON"), ("binary", "holds a binary value"),
+                           ("number", "field 'api_key' is a JSON number"), ("future", "format 99 is newer")]:
+        with pytest.raises(CorruptPayload, match=expected):
+            backend.read(corrupt[name])
+    with pytest.raises(CorruptPayload, match="fingerprint mismatch"):
+        backend.read(pointer)
+    assert "DONOTECHO" not in caplog.text
+    assert "batch/plain left to a single read (CorruptPayload)" in caplog.text
+
+
+def test_a_pending_value_that_cannot_be_read_leaves_only_that_target_out(make, fault_proxy, calls, aws_batch):
+    writer = make(url=fault_proxy.url)
+    grace = writer.target({"secret_id": "batch/grace"})
+    in_grace_with_pending(writer, grace)
+    plain = writer.target({"secret_id": "batch/plain"})
+    value = secret("plain")
+    writer.deploy(plain, value, None, ref(value))
+
+    reader = make(url=fault_proxy.url)
+    fault_proxy.fail("GetSecretValue", times=3)          # the pending value, beyond max_attempts
+    found = reader.read_many([grace, plain])
+    assert set(found) == {plain} and found[plain].current == value
+    assert reader.read(grace) == make(url=fault_proxy.url).read(grace)   # read() succeeds later
+
+
+def test_an_entry_not_labelled_awscurrent_is_left_out(make, moto_server, calls):
+    """moto as it is answers with a primary's first head, no longer AWSCURRENT: never use it."""
+    backend = make()
+    primary = backend.target({"secret_id": "batch/primary"})
+    bootstrap(backend, primary, secret("boot"))
+    plain = backend.target({"secret_id": "batch/plain"})
+    value = secret("plain")
+    backend.deploy(plain, value, None, ref(value))
+
+    found = make().read_many([primary, plain])
+    assert set(found) == {plain} and found[plain].current == value
+    assert batch_calls(calls) == ["ok"]
+
+
+# --- when the batch request fails ---------------------------------------------------------------
+
+def test_access_denied_stops_batching_for_good_with_one_warning(make, moto_server, fault_proxy, calls, caplog):
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    backend = make(url=fault_proxy.url)
+    targets = []
+    for i in range(45):
+        target = backend.target({"secret_id": f"batch/denied-{i}"})
+        moto_server.client().create_secret(Name=target.secret_id,
+                                           SecretString=json.dumps({"api_key": f"sk-aws-DONOTECHO-{i:04}"}))
+        targets.append(target)
+    fault_proxy.fail(BATCH, times=1, status=400, code="AccessDeniedException",
+                     message="User: arn:aws:sts::123456789012:assumed-role/rotator is not authorized to"
+                             " perform: secretsmanager:BatchGetSecretValue")
+
+    assert backend.read_many(targets) == {}
+    assert fault_proxy.seen.count(BATCH) == 1, "denied is not retried, and the other 2 chunks are not sent"
+    assert batch_calls(calls) == ["AccessDeniedException"]
+    for _ in range(3):
+        assert backend.read_many(targets) == {}
+    assert fault_proxy.seen.count(BATCH) == 1, "no batch request once denied"
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "secretsmanager:BatchGetSecretValue" in warnings[0].getMessage()
+    assert "DONOTECHO" not in caplog.text
+    assert backend.read(targets[0]).current == Secret("sk-aws-DONOTECHO-0000")   # single reads still work
+    assert make(url=fault_proxy.url).read_many(targets[:2]).keys() == set(targets[:2]), \
+        "a new backend object tries again"
+
+
+@pytest.mark.parametrize("status, code", [(400, "ThrottlingException"), (503, "ServiceUnavailable"),
+                                          (500, "InternalServiceError")])
+def test_a_transient_failure_returns_nothing_and_batching_goes_on(make, moto_server, fault_proxy, calls,
+                                                                  caplog, status, code):
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    sleep = RecordingSleep()
+    backend = make(url=fault_proxy.url, sleep=sleep)
+    targets = []
+    for i in range(25):
+        target = backend.target({"secret_id": f"batch/busy-{i}"})
+        moto_server.client().create_secret(Name=target.secret_id, SecretString=json.dumps({"api_key": f"sk-{i:04}"}))
+        targets.append(target)
+    fault_proxy.fail(BATCH, times=3, status=status, code=code)      # max_attempts is 3
+
+    assert backend.read_many(targets) == {}
+    assert batch_calls(calls) == [code] * 3 and len(sleep.waits) == 2, "retried with back-off, then given up"
+    assert fault_proxy.seen.count(BATCH) == 3, "the second chunk is not sent after the first failed"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+    found = backend.read_many(targets)
+    assert set(found) == set(targets)
+    assert batch_calls(calls)[3:] == ["ok", "ok"]
+
+
+def test_a_failure_in_one_region_leaves_the_other_regions_batched(make, moto_server, fault_proxy, calls):
+    backend = make(url=fault_proxy.url)
+    east = [backend.target({"secret_id": f"batch/east-{i}"}) for i in range(3)]
+    west = [backend.target({"secret_id": f"batch/west-{i}", "region": "eu-west-1"}) for i in range(3)]
+    for target in east + west:
+        moto_server.client(region=target.region).create_secret(
+            Name=target.secret_id, SecretString=json.dumps({"api_key": f"sk-{target.secret_id}"}))
+    fault_proxy.fail(BATCH, times=3)                     # the first region's request, every try
+
+    found = backend.read_many(east + west)
+    assert set(found) == set(west)
+    assert all(found[t] == backend.read(t) for t in west)
+    assert batch_calls(calls) == ["ThrottlingException"] * 3 + ["ok"]
+
+
+# --- the connection pool -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers, pool", [(1, 10), (10, 10), (32, 32)])
+def test_the_connection_pool_is_sized_to_the_workers(make, workers, pool):
+    backend = make(workers=workers)
+    backend.read(backend.target({"secret_id": "batch/pool"}))
+    client = backend._aws._client("secretsmanager", "us-east-1")
+    assert client.meta.config.max_pool_connections == pool
