@@ -122,8 +122,11 @@ class Throttle:
             if self.rate is None and now >= self._paused_until:   # the first 429 of this pause
                 self._learn(now)
             self._paused_until = max(self._paused_until, now + max(0.0, seconds))
-            if self.rate or self.learned:  # no burst when the pause ends: waiters go out paced
-                self._tokens = min(self._tokens, 0.0)
+            if self.rate or self.learned:  # no burst when the pause ends: one goes, the rest paced
+                if self._last < now:
+                    self._tokens = min(self.burst, self._tokens + (now - self._last) * (self.rate or self.learned))
+                # one token at the pause's end, no more; a debt means waiters already queued
+                self._tokens = 1.0 if self._tokens >= 0 else self._tokens
                 self._last = max(self._last, self._paused_until)
 
     def _pace(self, now: float) -> tuple[float | None, float]:
