@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Mapping
-
-import httpx
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from rotator import redact
 from rotator.errors import (
@@ -30,6 +29,9 @@ from rotator.interfaces import Clock
 from rotator.models import Secret
 from rotator.retry import Backoff, RetryPolicy, Throttle
 
+if TYPE_CHECKING:        # httpx is imported on the first request: `plan` and `status` never pay for it
+    import httpx
+
 log = logging.getLogger(__name__)
 
 AUTH_PATH = "/accounts/auth-with-api-key"
@@ -40,6 +42,9 @@ class _HideQuery(logging.Filter):
     """Drops the query string from the URLs httpx logs ("HTTP Request: DELETE ...?key=...")."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        httpx = sys.modules.get("httpx")
+        if httpx is None:
+            return True
         if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
             record.args = tuple(a.copy_with(query=None) if isinstance(a, httpx.URL) else a
                                 for a in record.args)
@@ -61,6 +66,8 @@ def _shared_ssl_context() -> ssl.SSLContext:
     global _ssl_context
     with _ssl_lock:
         if _ssl_context is None:
+            import httpx
+
             _ssl_context = httpx.create_ssl_context()
         return _ssl_context
 
@@ -147,6 +154,8 @@ class QuivaClient:
         Returns the first other answer (2xx, 401, 403, 404, other 4xx) unchecked. Raises
         RateLimited or IssuerUnavailable (both transient) when the tries run out.
         """
+        import httpx
+
         backoff = Backoff(self._policy, self._sleep)
         while True:
             self.throttle.acquire()
@@ -249,6 +258,8 @@ class QuivaClient:
     # ---- plumbing --------------------------------------------------------------------------
 
     def _client(self) -> httpx.Client:
+        import httpx
+
         with self._http_lock:
             if self._http is None:
                 self._http = httpx.Client(base_url=self._base_url, timeout=self._timeout,

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
-import httpx
 from pydantic import Field, field_validator
 
 from rotator import credentials
@@ -22,6 +21,9 @@ from rotator.timeutil import parse_duration, parse_instant
 from rotator.validation import StrictModel, parse
 
 from providers.quiva.client import AUTH_PATH, QuivaClient
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +242,8 @@ def _next_page(body: Any) -> str | None:
 
 def _page_link(link: str, base_url: str, provider: str) -> tuple[str, dict[str, str]]:
     """A next-page link as (path relative to ``base_url``, query); another origin is refused."""
+    import httpx
+
     url, base = httpx.URL(link), httpx.URL(base_url)
     path = url.path
     if url.is_absolute_url:

@@ -1,6 +1,7 @@
 """Start-up stays light: ``rotator --help`` and a file-only ``rotator plan`` run in a fresh
 interpreter without importing the AWS or Vault SDKs, the daemon's scheduler and metrics, or any
-HTTP server. Providers are imported only when the config names them."""
+HTTP server, nor httpx (plan and status never call the issuer). Providers are imported only when
+the config names them; SDKs on the first request."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.world import to_toml
 HEAVY = ("boto3", "botocore", "hvac", "requests", "apscheduler", "prometheus_client", "http.server",
          "socketserver", "rotator.daemon", "rotator.health", "rotator.metrics", "rotator.scheduler",
          "providers.aws", "providers.aws_secrets_manager", "providers.vault", "providers.vault_kv",
-         "providers.quiva.emulator", "moto", "werkzeug", "flask")
+         "providers.quiva.emulator", "moto", "werkzeug", "flask", "httpx", "httpcore")
 
 PROBE = """
 import json, sys
