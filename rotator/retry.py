@@ -68,8 +68,9 @@ class Throttle:
     Without a configured ``rate`` (an API's limits are often unpublished) the first 429 makes the
     throttle learn one, the way TCP backs off: pace at 0.7 of the rate that was being sent, one
     request at a time (no burst when the pause ends, so the waiting workers do not all fire at
-    once), grow that rate by 5 % a second, cut it again at the next 429, and stop pacing once it is
-    back above the rate that drew the first 429.
+    once), grow that rate by 5 % a second, cut it again at the next 429 (not when the one request
+    sent after a pause is refused again: that is the server still busy, and its pause covers it),
+    and stop pacing once it is back above the rate that drew the first 429.
 
     Waits are reserved under the lock and slept outside it, so callers queue fairly.
     """
@@ -119,8 +120,8 @@ class Throttle:
         """Everyone waits at least ``seconds`` from now before the next request (a 429)."""
         with self._lock:
             now = self._now()
-            if self.rate is None and now >= self._paused_until:   # the first 429 of this pause
-                self._learn(now)
+            if self.rate is None and now >= self._paused_until and not self._refused_on_resume(now):
+                self._learn(now)            # the first 429 of this pause, and not a lone retry's
             self._paused_until = max(self._paused_until, now + max(0.0, seconds))
             if self.rate or self.learned:  # no burst when the pause ends: one goes, the rest paced
                 if self._last < now:
@@ -143,6 +144,15 @@ class Throttle:
             self.learned = None            # recovered: unlimited again until the next 429
             return None, 1
         return self.learned, 1
+
+    def _refused_on_resume(self, now: float) -> bool:
+        """True when the only request sent since the last pause ended drew this 429: the server
+        is still throttling whatever we send, so the pause it asks for says all there is — cutting
+        the pace again would make a run of lone retries collapse it to the floor."""
+        if self.learned is None or now - self._paused_until >= self.WINDOW:
+            return False
+        resumed = self._paused_until - 1e-6
+        return sum(1 for sent in self._sent if sent >= resumed) <= 1
 
     def _learn(self, now: float) -> None:
         while self._sent and self._sent[0] < now - self.WINDOW:

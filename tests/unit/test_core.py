@@ -251,6 +251,28 @@ def test_throttle_without_a_configured_rate_learns_one_after_a_429():
     assert throttle.learned is not None and throttle.learned < 60
 
 
+def test_lone_retries_refused_again_do_not_cut_the_learned_pace_each_time():
+    """A server that refuses five tries in a row, one request at a time, is busy rather than
+    flooded: each of its pauses is honoured, but the pace learnt from the first 429 stands."""
+    from rotator.retry import Throttle
+    from rotator.testing import FakeClock
+
+    clock = FakeClock()
+    throttle = Throttle(rate=None, burst=1, now=lambda: clock.now().timestamp(), sleep=clock.sleep)
+    for _ in range(20):                               # sending ~20/s
+        throttle.acquire()
+        clock.sleep(0.05)
+    throttle.pause(2.0)
+    first = throttle.learned
+    assert first == pytest.approx(14, rel=0.1)
+    for _ in range(4):                                # each lone retry is refused again
+        assert throttle.acquire() == pytest.approx(2.0)
+        throttle.pause(2.0)
+    assert throttle.learned == pytest.approx(first)
+    assert throttle.acquire() == pytest.approx(2.0)
+    assert throttle.acquire() == pytest.approx(1 / first, rel=0.01)   # then paced, not collapsed
+
+
 def test_a_learned_throttle_returns_to_unlimited_when_the_limit_goes_away():
     from rotator.retry import Throttle
     from rotator.testing import FakeClock
