@@ -147,7 +147,8 @@ class MotoProcess:
         port = free_port()
         env = {**os.environ, **AWS_ENV}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            # moto's own server, corrected to answer BatchGetSecretValue with AWSCURRENT as AWS does
+            [sys.executable, "-m", "tests.servers.moto_fidelity", "-H", "127.0.0.1", "-p", str(port)],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{port}"
         _wait_http(f"{self.url}/moto-api/data.json")

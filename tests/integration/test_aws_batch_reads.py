@@ -8,8 +8,9 @@ some of it through the fault-injecting proxy.
 moto's BatchGetSecretValue returns each secret's *default* version, which its
 UpdateSecretVersionStage never moves (only CreateSecret and PutSecretValue without labels do);
 AWS returns the version labelled AWSCURRENT. rotator's primary writes move AWSCURRENT with
-UpdateSecretVersionStage, so the tests that batch-read primaries use ``aws_batch``, which makes
-moto answer as AWS does; ``test_an_entry_not_labelled_awscurrent_is_left_out`` runs moto as it is.
+UpdateSecretVersionStage, so the session's moto server runs with ``tests.servers.moto_fidelity``,
+which makes moto answer as AWS does; ``test_an_entry_not_labelled_awscurrent_is_left_out`` runs
+moto as it is.
 """
 
 from __future__ import annotations
@@ -58,26 +59,22 @@ def make(moto_url, calls):
 
 
 @pytest.fixture
-def aws_batch(monkeypatch):
-    """moto's BatchGetSecretValue(SecretIdList=...) answering with each secret's AWSCURRENT
-    version, as AWS does (see the module's docstring); per-secret errors go to ``Errors``."""
+def aws_batch(moto_server):
+    """moto answering BatchGetSecretValue with each secret's AWSCURRENT version, as AWS does:
+    the session's moto server runs with ``tests.servers.moto_fidelity`` applied."""
+    from tests.servers import moto_fidelity
+
+    assert moto_fidelity.ORIGINAL is not None
+
+
+@pytest.fixture
+def plain_moto(moto_server, monkeypatch):
+    """moto as it is: BatchGetSecretValue answers with the version it last put as current."""
     from moto.secretsmanager import models
-    from moto.secretsmanager.exceptions import SecretsManagerClientError
 
-    original = models.SecretsManagerBackend.batch_get_secret_value
+    from tests.servers import moto_fidelity
 
-    def batch_get_secret_value(self, secret_id_list=None, filters=None, max_results=None, next_token=None):
-        if not secret_id_list or filters:
-            return original(self, secret_id_list, filters, max_results, next_token)
-        values, errors = [], []
-        for secret_id in secret_id_list:
-            try:
-                values.append(self.get_secret_value(secret_id, None, "AWSCURRENT"))
-            except SecretsManagerClientError as error:
-                errors.append({"SecretId": secret_id, "ErrorCode": error.error_type, "Message": error.message})
-        return values, errors, None
-
-    monkeypatch.setattr(models.SecretsManagerBackend, "batch_get_secret_value", batch_get_secret_value)
+    monkeypatch.setattr(models.SecretsManagerBackend, "batch_get_secret_value", moto_fidelity.ORIGINAL)
 
 
 def secret(tag: str) -> Secret:
@@ -259,7 +256,7 @@ def test_a_pending_value_that_cannot_be_read_leaves_only_that_target_out(make, f
     assert reader.read(grace) == make(url=fault_proxy.url).read(grace)   # read() succeeds later
 
 
-def test_an_entry_not_labelled_awscurrent_is_left_out(make, moto_server, calls):
+def test_an_entry_not_labelled_awscurrent_is_left_out(make, plain_moto, calls):
     """moto as it is answers with a primary's first head, no longer AWSCURRENT: never use it."""
     backend = make()
     primary = backend.target({"secret_id": "batch/primary"})

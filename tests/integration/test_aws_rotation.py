@@ -205,3 +205,31 @@ def test_a_replica_region_is_verified_in_its_own_region(world, aws, emulator, cl
     assert stage_of(aws, "AWSCURRENT", region="eu-west-1") == stage_of(aws, "AWSCURRENT") != first
     assert stage_of(aws, "AWSPREVIOUS", region="eu-west-1") == first
     world.assert_i1("web")
+
+
+def test_a_run_reads_aws_primaries_twenty_per_request(world, aws, emulator, clock):
+    """The start-of-run read of every primary is batched (BatchGetSecretValue, 20 secrets per
+    request), in a rotation run and in an idle one, with several workers; nothing else changes."""
+    world.defaults["workers"] = 4
+    for i in range(45):
+        world.add_secret(f"fleet-{i:02d}", targets=[{"backend": "aws", "secret_id": f"fleet/{i:02d}"},
+                                                   {"backend": "app", "path": f"fleet-{i:02d}.json"}])
+        world.seed(f"fleet-{i:02d}", age=timedelta(days=10))
+    aws_calls(world)
+    first = world.rotate()                                      # adopts all 45
+    assert first.exit_code == 0 and {o.status for o in first.outcomes} == {"changed"}
+    calls = aws_calls(world)
+    assert calls["BatchGetSecretValue"] == 3
+    assert calls["GetSecretValue"] == 0, calls                 # adoption writes against the cached head
+
+    idle = world.rotate()                                       # nothing due: one request per 20 secrets
+    assert {o.status for o in idle.outcomes} == {"ok"}
+    assert aws_calls(world) == Counter({"BatchGetSecretValue": 3})
+
+    clock.advance(timedelta(days=70))                           # all due: rotate in one run
+    world.defaults["grace"] = "0s"
+    done = world.rotate()
+    assert done.exit_code == 0 and {o.status for o in done.outcomes} == {"changed"}
+    assert aws_calls(world)["BatchGetSecretValue"] == 3
+    for i in range(45):
+        world.assert_i1(f"fleet-{i:02d}")

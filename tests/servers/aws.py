@@ -83,6 +83,10 @@ def server() -> MotoServer:
         if _server is None:
             from moto.server import ThreadedMotoServer
 
+            from tests.servers import moto_fidelity
+
+            moto_fidelity.apply()
+
             logging.getLogger("werkzeug").setLevel(logging.WARNING)   # one line per request otherwise
             handle = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             handle.start()
