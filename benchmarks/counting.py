@@ -21,7 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 KNOBS = "/_emulator/"
-BACKEND_METHODS = ("read", "write_record", "stage", "promote", "discard_pending", "deploy")
+# read_many (optional, BatchReads) counts once per request however many targets it reads
+BACKEND_METHODS = ("read", "read_many", "write_record", "stage", "promote", "discard_pending", "deploy")
 ISSUER_METHODS = ("issue", "list_keys", "verify", "revoke")
 
 
@@ -102,7 +103,9 @@ class ProtocolCounter:
 
     def _wrap(self, provider: Any, methods: tuple[str, ...]) -> None:
         for method in methods:
-            original = getattr(provider, method)
+            original = getattr(provider, method, None)
+            if original is None:
+                continue
 
             def wrapped(*args: Any, __original: Any = original, __key: tuple[str, str] = (provider.name, method),
                         **kwargs: Any) -> Any:

@@ -678,8 +678,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=50.0, help="emulator rate limit, requests/s")
     parser.add_argument("--idle-seconds", type=float, help="idle window (default 60; --quick 10)")
     parser.add_argument("--only", default="calls,fleet,rate,idle,cold,probes")
-    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    parser.add_argument("--out", type=Path, help="default: results.json for a full run, "
+                        "results-partial.json with --quick or --only (so they do not replace the full run's)")
     args = parser.parse_args(argv)
+    full = not args.quick and set(args.only.split(",")) >= set(parser.get_default("only").split(","))
+    args.out = args.out or HERE / ("results.json" if full else "results-partial.json")
     quick = args.quick
     fleet_size = args.fleet or (120 if quick else 1000)
     latency_size = min(fleet_size, args.latency_fleet if args.latency_fleet is not None else fleet_size)
