@@ -17,7 +17,6 @@ import logging
 import os
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -59,9 +58,17 @@ def aws_batch(moto_url: str, moto_pid: int, count: int = 100) -> dict[str, Any]:
     return result
 
 
+def _rotators_vault_session(vault_url: str, workers: int) -> Any:
+    """The requests session rotator's Vault backend builds (providers/vault/connection.py)."""
+    from providers.vault.connection import Connection
+    from providers.vault.settings import VaultSettings
+    from rotator.testing import provider_context
+
+    return Connection("probe", VaultSettings(url=vault_url), provider_context(workers=workers))._new_session()
+
+
 def hvac_env(vault_url: str, token: str, bao_pid: int, count: int = 300) -> dict[str, Any]:
     import hvac
-    import requests
 
     writer = hvac.Client(url=vault_url, token=token)
     writer.secrets.kv.v2.create_or_update_secret(path="probe/env", secret={"api_key": "ms-probe"})
@@ -74,14 +81,12 @@ def hvac_env(vault_url: str, token: str, bao_pid: int, count: int = 300) -> dict
         return run
 
     default = hvac.Client(url=vault_url, token=token)
-    session = requests.Session()
-    session.trust_env = False
-    session.proxies = urllib.request.getproxies()              # the environment, read once
-    resolved = hvac.Client(url=vault_url, token=token, session=session)
+    resolved = hvac.Client(url=vault_url, token=token, session=_rotators_vault_session(vault_url, 1))
     for client in (default, resolved):
         reads(client)()                                         # warm-up
-    result = {"reads": count, "trust_env (today)": _timed(reads(default), bao_pid),
-              "proxies resolved once": _timed(reads(resolved), bao_pid), "environment_variables": len(os.environ)}
+    result = {"reads": count, "requests defaults (trust_env)": _timed(reads(default), bao_pid),
+              "rotator's session (environment read once)": _timed(reads(resolved), bao_pid),
+              "environment_variables": len(os.environ)}
     default.adapter.close()
     resolved.adapter.close()
     return result
@@ -118,9 +123,12 @@ class _Clock:
 
 def pool(moto_url: str, vault_url: str, token: str, workers: int = 16) -> dict[str, Any]:
     """Count urllib3's "Connection pool is full, discarding connection" warnings with ``workers``
-    threads sharing one boto3 client and one hvac client (both pools hold 10 by default)."""
+    threads sharing one boto3 client and one hvac client: built with the libraries' defaults (both
+    pools hold 10) and built as rotator builds them (pools sized to its workers)."""
     import boto3
     import hvac
+
+    from providers.aws.session import AwsClients, AwsOptions
 
     class Count(logging.Handler):
         def __init__(self) -> None:
@@ -133,15 +141,7 @@ def pool(moto_url: str, vault_url: str, token: str, workers: int = 16) -> dict[s
                 with self._lock:
                     self.count += 1
 
-    sm = boto3.client("secretsmanager", region_name="us-east-1", endpoint_url=moto_url,
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    sm.create_secret(Name="probe/pool", SecretString="{}")
-    vault = hvac.Client(url=vault_url, token=token)
-    vault.secrets.kv.v2.create_or_update_secret(path="probe/pool", secret={"a": "b"})
-    result = {"workers": workers}
-    for label, call in (("boto3", lambda: sm.get_secret_value(SecretId="probe/pool")),
-                        ("hvac", lambda: vault.secrets.kv.v2.read_secret_version(path="probe/pool",
-                                                                              raise_on_deleted_version=True))):
+    def discarded(call: Any) -> int:
         handler = Count()
         logger = logging.getLogger("urllib3.connectionpool")
         logger.addHandler(handler)
@@ -152,7 +152,24 @@ def pool(moto_url: str, vault_url: str, token: str, workers: int = 16) -> dict[s
         finally:
             logger.removeHandler(handler)
             logger.propagate = propagate
-        result[f"{label}_connections_discarded"] = handler.count
-    sm.close()
-    vault.adapter.close()
+        return handler.count
+
+    keys = {"region_name": "us-east-1", "endpoint_url": moto_url,
+            "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    rotators_config = AwsClients("probe", AwsOptions(region="us-east-1", workers=workers),
+                                 sleep=time.sleep, on_call=lambda *_: None)._config("us-east-1")
+    result: dict[str, Any] = {"workers": workers}
+    for variant, sm, vault in (
+            ("defaults", boto3.client("secretsmanager", **keys), hvac.Client(url=vault_url, token=token)),
+            ("rotator", boto3.client("secretsmanager", config=rotators_config, **keys),
+             hvac.Client(url=vault_url, token=token, session=_rotators_vault_session(vault_url, workers)))):
+        sm.create_secret(Name=f"probe/pool-{variant}", SecretString="{}")
+        vault.secrets.kv.v2.create_or_update_secret(path=f"probe/pool-{variant}", secret={"a": "b"})
+        result[f"boto3_connections_discarded_{variant}"] = discarded(
+            lambda: sm.get_secret_value(SecretId=f"probe/pool-{variant}"))
+        result[f"hvac_connections_discarded_{variant}"] = discarded(
+            lambda: vault.secrets.kv.v2.read_secret_version(path=f"probe/pool-{variant}",
+                                                            raise_on_deleted_version=True))
+        sm.close()
+        vault.adapter.close()
     return result
