@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 AUTH_PATH = "/accounts/auth-with-api-key"
 REFRESH_PATH = "/accounts/refresh-token"
+# Session lifetimes are not documented. A session no answer has confirmed for this long may have
+# expired: the next call goes alone, and the others wait for its answer (and the one renewal a
+# 401 brings) instead of all drawing a 401 at once after an idle gap.
+CONFIRM_AFTER = 60.0
 
 
 class _HideQuery(logging.Filter):
@@ -117,6 +121,9 @@ class QuivaClient:
         self._http_lock = threading.Lock()
         self._session: _Session | None = None
         self._session_lock = threading.Lock()
+        self._probe_done = threading.Condition(self._session_lock)
+        self._probing = False          # a call is testing a session that may have expired
+        self._confirmed_at = 0.0       # clock time of the last answer other than 401
         _hide_httpx_queries()
 
     def drop_session(self) -> None:
@@ -132,17 +139,25 @@ class QuivaClient:
 
         A 401 refreshes the session once, then re-authenticates once, then raises IssuerAuthError.
         """
-        token = self._token()
-        for step in ("refresh", "auth", None):
-            answer = self.send(operation, method, path, json=json, params=params,
-                               headers={"Authorization": f"Bearer {token}"})
-            if answer.status != 401:
-                return self.check(operation, method, path, answer)
-            if step is None:
-                break
-            log.debug("%s: %s %s returned 401; renewing the session (%s)",
-                     self.provider, method, path, step)
-            token = self._renew(token, step)
+        token, probing = self._token()
+        try:
+            for step in ("refresh", "auth", None):
+                answer = self.send(operation, method, path, json=json, params=params,
+                                   headers={"Authorization": f"Bearer {token}"})
+                if answer.status != 401:
+                    self._confirmed_at = self._now()
+                    return self.check(operation, method, path, answer)
+                if step is None:
+                    break
+                log.debug("%s: %s %s returned 401; renewing the session (%s)",
+                          self.provider, method, path, step)
+                token = self._renew(token, step)
+                if probing:                    # the renewed session is good to share
+                    self._end_probe()
+                    probing = False
+        finally:
+            if probing:
+                self._end_probe()
         raise IssuerAuthError(f"{operation}: {method} {path} still returned 401 after"
                               " re-authenticating", provider=self.provider)
 
@@ -212,11 +227,25 @@ class QuivaClient:
 
     # ---- session ---------------------------------------------------------------------------
 
-    def _token(self) -> str:
+    def _token(self) -> tuple[str, bool]:
+        """The session token, and whether this call must test it alone (see CONFIRM_AFTER)."""
         with self._session_lock:
+            while self._probing:
+                self._probe_done.wait()
             if self._session is None:
                 self._session = self._authenticate()
-            return self._session.auth_token
+                self._confirmed_at = self._now()
+                return self._session.auth_token, False
+            self._probing = self._now() - self._confirmed_at > CONFIRM_AFTER
+            return self._session.auth_token, self._probing
+
+    def _end_probe(self) -> None:
+        with self._session_lock:
+            self._probing = False
+            self._probe_done.notify_all()
+
+    def _now(self) -> float:
+        return self._clock.now().timestamp()
 
     def _renew(self, failed: str, step: str) -> str:
         """Replace the session whose token ``failed``; once, however many threads saw it fail."""
@@ -229,6 +258,7 @@ class QuivaClient:
                 self._session = None               # a failed re-auth leaves no stale token
                 session = self._authenticate()
             self._session = session
+            self._confirmed_at = self._now()
             return session.auth_token
 
     def _authenticate(self) -> _Session:
