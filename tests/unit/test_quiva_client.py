@@ -350,6 +350,16 @@ def test_first_authentication_refused(api, make):
     assert api.count[ISSUE] == 0
 
 
+def _lister(issuer: QuivaIssuer, results: list[Any]) -> Callable[[], None]:
+    """A thread body: list the keys, record the count (or the error) in ``results``."""
+    def work() -> None:
+        try:
+            results.append(len(issuer.list_keys()))
+        except Exception as exc:  # noqa: BLE001 - reported through the callers' assertions
+            results.append(exc)
+    return work
+
+
 def test_concurrent_401s_cause_a_single_refresh(api, make):
     issuer = make()
     issuer.list_keys()
@@ -362,12 +372,7 @@ def test_concurrent_401s_cause_a_single_refresh(api, make):
     api.valid.discard("tok-1")
     api.queue(LIST, *[expired] * 8)
     results: list[Any] = []
-
-    def work() -> None:
-        try:
-            results.append(len(issuer.list_keys()))
-        except Exception as exc:  # noqa: BLE001 - reported through the assertion below
-            results.append(exc)
+    work = _lister(issuer, results)
 
     threads = [threading.Thread(target=work) for _ in range(8)]
     for t in threads:
@@ -397,12 +402,7 @@ def test_after_an_idle_gap_one_call_tests_the_session_and_the_others_wait(api, m
 
     api.queue(LIST, expired)
     results: list[Any] = []
-
-    def work() -> None:
-        try:
-            results.append(len(issuer.list_keys()))
-        except Exception as exc:  # noqa: BLE001 - reported through the assertion below
-            results.append(exc)
+    work = _lister(issuer, results)
 
     first = threading.Thread(target=work)
     first.start()
