@@ -5,7 +5,9 @@ providers do today with the alternative, on the same servers:
 * ``hvac_env``     — hvac reads with requests' per-request environment lookup (``trust_env``, the
   default) against a session whose proxies were resolved once;
 * ``listing``      — one QuivaWorks key listing as the account grows (what each extra listing costs);
-* ``pool``         — whether more workers than the HTTP pools hold makes boto3/hvac drop connections.
+* ``pool``         — whether more workers than the HTTP pools hold makes boto3/hvac drop connections;
+* ``boto_user_agent`` — boto3's client CPU per request with its default User-Agent (rebuilt twice
+  per request) against rotator's fixed one.
 
 Wall time (``perf_counter``) and CPU (this thread's ``thread_time`` plus the server process).
 """
@@ -119,6 +121,36 @@ class _Clock:
         from datetime import datetime, timezone
 
         return datetime.now(timezone.utc)
+
+
+def boto_user_agent(moto_url: str, rounds: int = 8, per_round: int = 60) -> dict[str, Any]:
+    """Client CPU per ``GetSecretValue``: botocore's default configuration against the one rotator
+    builds (``AwsClients._config``, a fixed ``user_agent``). Interleaved rounds, median and best."""
+    import statistics
+
+    import boto3
+    from botocore.config import Config
+
+    from providers.aws.session import AwsClients, AwsOptions
+
+    keys = {"region_name": "us-east-1", "endpoint_url": moto_url,
+            "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    rotators = AwsClients("probe", AwsOptions(region="us-east-1"), sleep=time.sleep,
+                          on_call=lambda *_: None)._config("us-east-1")
+    clients = {"defaults": boto3.client("secretsmanager", config=Config(retries={"total_max_attempts": 1}), **keys),
+               "rotator": boto3.client("secretsmanager", config=rotators, **keys)}
+    clients["defaults"].create_secret(Name="probe/user-agent", SecretString="{}")
+    samples: dict[str, list[float]] = {name: [] for name in clients}
+    for _ in range(rounds):
+        for name, client in clients.items():
+            cpu0 = time.thread_time()
+            for _ in range(per_round):
+                client.get_secret_value(SecretId="probe/user-agent")
+            samples[name].append((time.thread_time() - cpu0) / per_round * 1000)
+    for client in clients.values():
+        client.close()
+    return {name: {"median_client_cpu_ms": round(statistics.median(v), 2), "best_client_cpu_ms": round(min(v), 2)}
+            for name, v in samples.items()} | {"requests": rounds * per_round}
 
 
 def pool(moto_url: str, vault_url: str, token: str, workers: int = 16) -> dict[str, Any]:

@@ -430,6 +430,7 @@ def measure_probes(bench: Bench, quick: bool) -> dict[str, Any]:
     found: dict[str, Any] = {}
     if servers.moto:
         found["aws_batch"] = probes.aws_batch(servers.moto.url, servers.moto.pid, 40 if quick else 100)
+        found["boto_user_agent"] = probes.boto_user_agent(servers.moto.url, 4 if quick else 8)
     if servers.bao:
         found["hvac_env"] = probes.hvac_env(servers.bao.url, servers.bao.root_token, servers.bao.pid,
                                             100 if quick else 300)

@@ -67,6 +67,19 @@ def _shared_session(profile: str | None) -> Any:
     return session
 
 
+def user_agent() -> str:
+    """``rotator/<version> botocore/<version> Python/<version>``: what CloudTrail shows for rotator's
+    calls. A fixed string also spares botocore rebuilding its default one (platform, features,
+    config) twice per request; ``boto_user_agent`` in benchmarks/probes.py measures the saving."""
+    import platform
+
+    import botocore
+
+    from rotator import __version__
+
+    return f"rotator/{__version__} botocore/{botocore.__version__} Python/{platform.python_version()}"
+
+
 class AwsFailure(Exception):
     """One failed AWS call, after the retries. ``kind``: service | connection | credentials | client."""
 
@@ -189,7 +202,7 @@ class AwsClients:
 
         return Config(region_name=region, retries={"total_max_attempts": 1, "mode": "standard"},
                       connect_timeout=self.options.connect_timeout, read_timeout=self.options.read_timeout,
-                      max_pool_connections=max(10, self.options.workers), user_agent_extra="rotator")
+                      max_pool_connections=max(10, self.options.workers), user_agent=user_agent())
 
     def _session_locked(self) -> Any:
         if self._session is None:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from providers.aws_secrets_manager import SecretsManagerBackend
+from rotator import __version__
 from rotator.errors import BackendError, CorruptPayload
 from rotator.interfaces import BatchReads
 from rotator.models import KeyRef, Phase, RotationRecord, Secret, Snapshot
@@ -338,7 +339,7 @@ def test_a_failure_in_one_region_leaves_the_other_regions_batched(make, moto_ser
     assert batch_calls(calls) == ["ThrottlingException"] * 3 + ["ok"]
 
 
-# --- the connection pool -----------------------------------------------------------------------
+# --- the connection pool and the User-Agent ---------------------------------------------------
 
 @pytest.mark.parametrize("workers, pool", [(1, 10), (10, 10), (32, 32)])
 def test_the_connection_pool_is_sized_to_the_workers(make, workers, pool):
@@ -346,3 +347,14 @@ def test_the_connection_pool_is_sized_to_the_workers(make, workers, pool):
     backend.read(backend.target({"secret_id": "batch/pool"}))
     client = backend._aws._client("secretsmanager", "us-east-1")
     assert client.meta.config.max_pool_connections == pool
+
+
+def test_requests_carry_rotators_user_agent(make):
+    """CloudTrail names rotator as the caller; botocore's default string is not rebuilt per request."""
+    backend = make()
+    client = backend._aws._client("secretsmanager", "us-east-1")
+    sent: list[str] = []
+    client.meta.events.register("before-send", lambda request, **_: sent.append(request.headers["User-Agent"]))
+    backend.read(backend.target({"secret_id": "batch/user-agent"}))
+    agents = {agent.decode() if isinstance(agent, bytes) else agent for agent in sent}
+    assert len(agents) == 1 and agents.pop().startswith(f"rotator/{__version__} botocore/")
