@@ -20,43 +20,52 @@ _PREFIX = 8          # values shorter than this are not masked (they would mangl
 
 _lock = threading.Lock()
 # first 8 characters -> values starting with them, longest first. Replaced, never mutated, so
-# readers need no lock: a scan of the text costs one dict lookup per character, however many
-# values are remembered (an alternation regex of thousands of values costs seconds to compile).
+# readers need no lock: a scan of the text costs one dict lookup per character it looks at, however
+# many values are remembered (an alternation regex of thousands of values costs seconds to compile).
 _by_prefix: dict[str, tuple[str, ...]] = {}
+# Runs of 8 or more characters that occur in some remembered value: a remembered value lies
+# wholly inside one, so only they are scanned (in a log line, a few words, not every position).
+_chars: frozenset[str] = frozenset()
+_runs: re.Pattern[str] | None = None
 
 
 def remember(value: str) -> None:
     """Mask ``value`` from now on. Values under 8 characters are not masked."""
-    global _by_prefix
+    global _by_prefix, _chars, _runs
     if len(value) < _PREFIX:
         return
     head = value[:_PREFIX]
     with _lock:
         known = _by_prefix.get(head, ())
-        if value not in known:
-            updated = dict(_by_prefix)
-            updated[head] = tuple(sorted((*known, value), key=len, reverse=True))
-            _by_prefix = updated
+        if value in known:
+            return
+        if not _chars.issuperset(value):
+            _chars = _chars.union(value)
+            _runs = re.compile("[" + "".join(map(re.escape, sorted(_chars))) + "]{%d,}" % _PREFIX)
+        updated = dict(_by_prefix)
+        updated[head] = tuple(sorted((*known, value), key=len, reverse=True))
+        _by_prefix = updated
 
 
 def _mask_known(text: str) -> str:
-    table = _by_prefix
-    if not table:
+    table, runs = _by_prefix, _runs      # in this order: remember() publishes _runs before _by_prefix
+    if not table or runs is None:
         return text
     out: list[str] = []
-    start = i = 0
-    end = len(text) - _PREFIX
-    while i <= end:
-        candidates = table.get(text[i:i + _PREFIX])
-        if candidates:
-            match = next((v for v in candidates if text.startswith(v, i)), None)
-            if match is not None:
-                out.append(text[start:i])
-                out.append(MASK)
-                i += len(match)
-                start = i
-                continue
-        i += 1
+    start = 0
+    for run in runs.finditer(text):
+        i, stop = run.start(), run.end() - _PREFIX
+        while i <= stop:
+            candidates = table.get(text[i:i + _PREFIX])
+            if candidates:
+                match = next((v for v in candidates if text.startswith(v, i)), None)
+                if match is not None:
+                    out.append(text[start:i])
+                    out.append(MASK)
+                    i += len(match)
+                    start = i
+                    continue
+            i += 1
     if not out:
         return text
     out.append(text[start:])

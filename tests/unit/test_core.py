@@ -67,6 +67,18 @@ def test_redaction_masks_remembered_values_and_key_shapes():
     assert remembered not in masked and shaped not in masked and "ms_short" in masked
 
 
+@pytest.mark.parametrize("value", [
+    "a]b^c-d[e\\f^g", "with spaces inside it", "tab\there and\nnewline", "ünïcødé-välüé-1", "x" * 8,
+])
+def test_redaction_masks_values_of_any_characters_wherever_they_sit(value):
+    """Only runs of characters some remembered value contains are scanned: a value is found with
+    regex-special characters in it, glued to other text, at either end, or twice in a row."""
+    Secret(value).reveal()
+    for text in (value, f"pre{value}post", f"{value}{value}", f'{{"m": "{value}"}}', f"a {value}"):
+        masked = redact.redact(text)
+        assert value not in masked and redact.MASK in masked, text
+
+
 def test_redacting_filter_covers_args_and_tracebacks(caplog):
     raw = Secret("another-opaque-value-9876").reveal()
     logger = logging.getLogger("test.redact")
