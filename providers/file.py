@@ -10,12 +10,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
-import glob
 import hashlib
 import json
 import os
 import re
-import secrets
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -44,7 +42,6 @@ from providers.document import (
 )
 
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO})
-_TEMP_HEX = 12
 _MODE = re.compile(r"0?o?([0-7]{3})")
 
 
@@ -332,7 +329,7 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 def _replace_atomically(path: Path, data: bytes, mode: int) -> None:
     """Write a private temp file beside ``path``, fsync it, rename it over ``path``, fsync the dir."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(_TEMP_HEX // 2)}.tmp")
+    temp = _temp_of(path)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -355,11 +352,15 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _temp_of(path: Path) -> Path:
+    """The one temp file of ``path``: writes hold the lock, so one name is enough, and a crash's
+    leftover is found without listing the directory (which grows with the secrets in it)."""
+    return path.with_name(f".{path.name}.rotator.tmp")
+
+
 def _remove_stale_temps(path: Path) -> None:
-    """Temp files only live while the lock is held; any found under the lock are a crash's leftovers."""
-    pattern = glob.escape(str(path.with_name(f".{path.name}."))) + "[0-9a-f]" * _TEMP_HEX + ".tmp"
-    for stale in glob.glob(pattern):
-        _unlink_if_present(Path(stale))
+    """The temp file only lives while the lock is held; one found under the lock is a crash's leftover."""
+    _unlink_if_present(_temp_of(path))
 
 
 def _make_private_dirs(directory: Path) -> None:

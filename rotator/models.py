@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -101,9 +101,10 @@ class KeyRef:
         return f"…{self.last4}{ident}"
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["created_on"] = format_instant(self.created_on)
-        out["expires_on"] = format_instant(self.expires_on)
+        # by hand, not dataclasses.asdict (which deep-copies every field): written on every step
+        out = {"fingerprint": self.fingerprint, "last4": self.last4, "key_id": self.key_id, "name": self.name,
+               "created_on": format_instant(self.created_on), "expires_on": format_instant(self.expires_on),
+               "rotation_id": self.rotation_id}
         return {k: v for k, v in out.items() if v is not None}
 
     @classmethod

@@ -274,7 +274,7 @@ def test_a_failure_before_the_rename_leaves_the_old_file_and_no_temp_file(backen
 
 def test_a_temp_file_left_by_a_crash_is_removed_by_the_next_write(backend, target):
     put(backend, target, secret("a"))
-    leftover = target.path.with_name(f".{target.path.name}.0123456789ab.tmp")
+    leftover = target.path.with_name(f".{target.path.name}.rotator.tmp")
     leftover.write_text("half a payload")
 
     backend.deploy(target, secret("b"), None, ref(secret("b")))

@@ -3,6 +3,7 @@ configuration validation, credential references."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pickle
 from datetime import datetime, timedelta, timezone
@@ -103,6 +104,7 @@ def test_record_round_trip_and_newer_format_refused():
                             grace_until=datetime(2027, 1, 3, tzinfo=UTC), attempts=2, last_error="x",
                             rotations=4, adoption="matched")
     assert RotationRecord.from_dict(record.to_dict()) == record
+    assert set(ref.to_dict()) == {f.name for f in dataclasses.fields(KeyRef)}   # every field is written
     with pytest.raises(ValueError, match="newer"):
         RotationRecord.from_dict({**record.to_dict(), "format": 99})
 
