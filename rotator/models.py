@@ -32,12 +32,13 @@ class Secret:
     record, exception message and CLI line this process produces from then on.
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "_fingerprint")
 
     def __init__(self, value: str) -> None:
         if not isinstance(value, str) or not value:
             raise ValueError("a secret must be a non-empty string")
         self._value = value
+        self._fingerprint: str | None = None      # computed once: the machine compares them every step
         redact.remember(value)
 
     def reveal(self) -> str:
@@ -49,7 +50,9 @@ class Secret:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self._value)
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self._value)
+        return self._fingerprint
 
     def __repr__(self) -> str:
         return f"<secret …{self.last4} fp={self.fingerprint}>"
