@@ -85,7 +85,8 @@ class ListingCache:
     lookup that needs that key (``need=name``) fetches the listing again, once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, sweeps_at_end: bool = False) -> None:
+        self.sweeps_at_end = sweeps_at_end    # Engine.run sweeps the twins of the keys staged in the run
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._listings: dict[str, list[KeyInfo]] = {}
@@ -105,14 +106,21 @@ class ListingCache:
                     self._unseen[issuer.name] = self._unseen.get(issuer.name, set()) - unseen
             return self._listings[issuer.name]
 
+    def at_hand(self, issuer: Issuer) -> list[KeyInfo] | None:
+        """The listing fetched in this run, if any; never fetches."""
+        with self._lock:
+            return self._listings.get(issuer.name)
+
     def issued(self, issuer: Issuer, name: str) -> None:
         with self._lock:
             self._unseen.setdefault(issuer.name, set()).add(name)
 
-    def staged(self, secret: str, issuer: Issuer, ref: KeyRef) -> None:
-        """A key issued in this run now sits in its secret's primary: its twins get swept at the end."""
-        with self._lock:
-            self._staged.append((secret, issuer, ref))
+    def staged(self, secret: str, issuer: Issuer, ref: KeyRef, maybe_twinned: bool = True) -> None:
+        """A key issued in this run now sits in its secret's primary. If its issue was retried in a
+        way that may have minted a twin, the twin gets swept at the end of the run."""
+        if maybe_twinned:
+            with self._lock:
+                self._staged.append((secret, issuer, ref))
 
     def staged_keys(self) -> list[tuple[str, Issuer, KeyRef]]:
         with self._lock:
@@ -143,7 +151,7 @@ class Engine:
     def run(self, names: list[str] | None = None, *, force: bool = False) -> RunReport:
         """Do whatever is due for the named secrets (all by default)."""
         secrets = self.runtime.select(names)
-        cache = ListingCache()
+        cache = ListingCache(sweeps_at_end=True)
         ahead = ReadAhead(secrets, self.clock)
         workers = min(self.runtime.settings.rotator.workers, max(len(secrets), 1))
 
@@ -168,14 +176,15 @@ class Engine:
             return run.failed(exc)
 
     def _sweep_twins(self, cache: ListingCache) -> None:
-        """Revoke the twins of the keys this run staged: one listing per issuer that issued.
+        """Revoke the twins of the keys this run staged after a doubtful issue: one listing per
+        issuer that had one, none at all in a run whose issues all got their first reply.
 
         An issue whose reply was lost and was retried mints a second key under the same name (the
-        name carries the rotation id). A rotation that spans two runs sweeps them when it revokes
-        the old key; one that issued and finished in the same run (grace 0, bootstrap, a forced or
-        compromised-key rotation) never saw its new key listed, so it is swept here. Ours is told
-        apart by its last 4 characters (and creation time); when that is not conclusive nothing is
-        revoked and ``rotator audit`` reports the stray key.
+        name carries the rotation id). A key staged in this run is swept here, once every issue of
+        the run is done (a listing fetched earlier in the run may predate the twin); a rotation
+        whose second run revokes the old key sweeps again then (the first run may have stopped
+        before its end). Ours is told apart by its last 4 characters (and creation time); when
+        that is not conclusive nothing is revoked and ``rotator audit`` reports the stray key.
         """
         staged = cache.staged_keys()
         issuers = {issuer.name: issuer for _, issuer, _ in staged}
@@ -194,7 +203,7 @@ class Engine:
                 same = by_name.get(ref.name or "", [])
                 if not ref.name or len(same) < 2:
                     continue
-                ours = [k for k in same if k.key_id == ref.key_id] if ref.key_id else _matching(ref, same)
+                ours = _entries_of(ref, same)
                 if len(ours) != 1:
                     log.info("%s: %d keys named %r and none is surely ours; left for `rotator audit`",
                              secret, len(same), ref.name)
@@ -237,6 +246,7 @@ class _SecretRun:
         self.fresh: set[str] = set()
         self.obs = Observations(me=engine.me, record=None, force=force)
         self.minted: Secret | None = None     # a key issued by this run and not yet staged
+        self.staged_here: KeyRef | None = None  # the key this run issued and staged
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -441,7 +451,8 @@ class _SecretRun:
         bound = self.secret.primary
         version = bound.backend.stage(bound.target, issued.value, staged, expect=self.primary.version)
         self.minted = None
-        self.cache.staged(self.secret.name, self.secret.issuer, ref)
+        self.staged_here = ref
+        self.cache.staged(self.secret.name, self.secret.issuer, ref, issued.maybe_twinned)
         self._wrote_primary(version, staged, pending=issued.value)
         self._note("issued", f"{ref.label()} named {issued.name!r}, expires {_day(issued.expires_on)}", key=ref)
 
@@ -580,7 +591,10 @@ class _SecretRun:
         if old_value is not None and old_value.fingerprint != record.previous.fingerprint:
             old_value = None
         self._revoke_ref(record.previous, old_value)
-        self._sweep_duplicates(record.current)
+        staged_here = self.staged_here is not None and self.staged_here.fingerprint == record.current.fingerprint
+        swept_at_end = self.cache.sweeps_at_end and staged_here
+        if not swept_at_end:        # the key was staged by an earlier run (or nobody sweeps after this one)
+            self._sweep_duplicates(record.current)
         self.obs = replace(self.obs, old_revoked=True)
         self._note("revoked", f"old key {record.previous.label()}", key=record.previous)
 
@@ -600,21 +614,18 @@ class _SecretRun:
 
     # --- issuer helpers --------------------------------------------------------------------------
 
-    def _candidates(self, ref: KeyRef, refresh: bool = True) -> list[KeyInfo]:
-        """Listing entries that may be ``ref``: by id, else name + last 4 (+ creation time).
+    def _candidates(self, ref: KeyRef) -> list[KeyInfo]:
+        """Listing entries that may be ``ref``. If ``ref`` was issued after the run's listing was
+        fetched, the listing is fetched again: needed before concluding that a key is gone."""
+        return _entries_of(ref, self.cache.get(self.secret.issuer, need=ref.name))
 
-        ``refresh``: if ``ref`` was issued after the run's listing was fetched, fetch it again —
-        needed before concluding a key is gone, not for nice-to-haves (ids for the record, twin
-        sweeps), which would otherwise cost one listing per rotation in a fleet run.
-        """
-        listing = self.cache.get(self.secret.issuer, need=ref.name if refresh else None)
-        if ref.key_id:
-            return [k for k in listing if k.key_id == ref.key_id]
-        return _matching(ref, listing)
-
-    def _find(self, ref: KeyRef) -> KeyInfo | None:
-        """The one listing entry of ``ref`` in the listing at hand, if it is there."""
-        found = self._candidates(ref, refresh=False)
+    def _find(self, ref: KeyRef, fetch: bool = False) -> KeyInfo | None:
+        """The one listing entry of ``ref`` in the run's listing, if it is there. Without ``fetch``
+        only a listing already at hand is searched (for nice-to-haves such as the id in the record,
+        which would otherwise cost a listing per rotation in a run that issues and finishes)."""
+        issuer = self.secret.issuer
+        listing = self.cache.get(issuer) if fetch else self.cache.at_hand(issuer)
+        found = _entries_of(ref, listing or [])
         return found[0] if len(found) == 1 else None
 
     def _revoke_ref(self, ref: KeyRef, value: Secret | None) -> None:
@@ -640,13 +651,20 @@ class _SecretRun:
 
     def _sweep_duplicates(self, current: KeyRef) -> None:
         """A retried issue may have minted a twin under the same name: revoke all but ours."""
-        mine = self._find(current)
+        mine = self._find(current, fetch=True)
         if mine is None or not current.name:
             return
         for key in self.cache.get(self.secret.issuer):
             if key.name == current.name and key.key_id != mine.key_id:
                 self._revoke(key_id=key.key_id)
                 self._note("swept", f"twin key id {key.key_id} of {current.name!r}")
+
+
+def _entries_of(ref: KeyRef, listing: Iterable[KeyInfo]) -> list[KeyInfo]:
+    """Listing entries that may be ``ref``: by id when known, else by name + last 4 (+ creation time)."""
+    if ref.key_id:
+        return [k for k in listing if k.key_id == ref.key_id]
+    return _matching(ref, listing)
 
 
 def _matching(ref: KeyRef, listing: Iterable[KeyInfo]) -> list[KeyInfo]:

@@ -214,13 +214,19 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class IssuedKey:
-    """A key just minted. The issuer returns its value once; ``key_id`` is often unknown yet."""
+    """A key just minted. The issuer returns its value once; ``key_id`` is often unknown yet.
+
+    ``maybe_twinned``: an earlier attempt of this issue may also have minted a key (its reply was
+    lost, or a 5xx came back), so a twin may exist under the same name. An issuer that cannot tell
+    leaves it True; the engine then lists the keys at the end of the run to sweep the twin.
+    """
 
     value: Secret
     name: str
     created_on: datetime
     expires_on: datetime
     key_id: str | None = None
+    maybe_twinned: bool = True
 
     def ref(self, rotation_id: str | None = None) -> KeyRef:
         return KeyRef.of(

@@ -82,12 +82,20 @@ class _Session:
     refresh_token: str
 
 
+# Transport failures raised before the request can have reached the server: a retry after one of
+# them cannot duplicate an effect. Every other failure (a read timeout, a dropped connection, a
+# 5xx) may have come after the server acted.
+_NOT_SENT = ("ConnectError", "ConnectTimeout", "PoolTimeout")
+
+
 @dataclass(frozen=True)
 class Answer:
-    """A response the retry loop did not swallow: its status and parsed JSON body (or {})."""
+    """A response the retry loop did not swallow: its status and parsed JSON body (or {}).
+    ``doubt``: an earlier attempt failed in a way that may have followed the server's effect."""
 
     status: int
     body: Any
+    doubt: bool = False
 
     @property
     def error(self) -> str:
@@ -139,14 +147,22 @@ class QuivaClient:
 
         A 401 refreshes the session once, then re-authenticates once, then raises IssuerAuthError.
         """
+        return self.call_with_doubt(operation, method, path, json=json, params=params)[0]
+
+    def call_with_doubt(self, operation: str, method: str, path: str, *, json: Any = None,
+                        params: Mapping[str, str] | None = None) -> tuple[Any, bool]:
+        """:meth:`call`, plus whether an earlier attempt may have taken effect too (a 5xx, or a
+        reply lost after the request went out): for a call that is not idempotent, such as issuing."""
         token, probing = self._token()
+        doubt = False
         try:
             for step in ("refresh", "auth", None):
                 answer = self.send(operation, method, path, json=json, params=params,
                                    headers={"Authorization": f"Bearer {token}"})
+                doubt = doubt or answer.doubt
                 if answer.status != 401:
                     self._confirmed_at = self._now()
-                    return self.check(operation, method, path, answer)
+                    return self.check(operation, method, path, answer), doubt
                 if step is None:
                     break
                 log.debug("%s: %s %s returned 401; renewing the session (%s)",
@@ -172,6 +188,7 @@ class QuivaClient:
         import httpx
 
         backoff = Backoff(self._policy, self._sleep)
+        doubt = False
         while True:
             self.throttle.acquire()
             try:
@@ -182,6 +199,7 @@ class QuivaClient:
             else:
                 failure = None
             if failure is not None:            # outside ``except``: no chained httpx error
+                doubt = doubt or failure not in _NOT_SENT
                 self._on_call(self.provider, operation, "error")
                 log.debug("%s: %s %s failed: %s", self.provider, method, path, failure)
                 backoff.wait(IssuerUnavailable(
@@ -191,7 +209,7 @@ class QuivaClient:
             status = response.status_code
             self._on_call(self.provider, operation, str(status))
             log.debug("%s: %s %s -> %d", self.provider, method, path, status)
-            answer = Answer(status, _json(response))
+            answer = Answer(status, _json(response), doubt)
             if status == 429:
                 wait = self._retry_after(response, answer.body)
                 backoff.wait(RateLimited(
@@ -199,6 +217,7 @@ class QuivaClient:
                     f" {backoff.tries + 1} tries", provider=self.provider, retry_after=wait),
                     retry_after=wait, pause=self.throttle.pause)
             elif status >= 500:
+                doubt = True
                 backoff.wait(IssuerUnavailable(
                     f"{operation}: {method} {path} returned {status}{_paren(answer.error)} after"
                     f" {backoff.tries + 1} tries", provider=self.provider))

@@ -107,9 +107,10 @@ class QuivaIssuer:
 
     def issue(self, name: str) -> IssuedKey:
         """POST /accounts/api-key. Not idempotent: a retry after a lost response (5xx after the
-        effect, timeout) mints a second key with the same name; the engine sweeps it as an orphan.
+        effect, timeout) mints a second key with the same name; the engine sweeps it as a twin.
+        ``maybe_twinned`` says whether such a retry happened.
         """
-        body = self.client.call("issue", "POST", KEY_PATH, json={"key_name": name})
+        body, doubt = self.client.call_with_doubt("issue", "POST", KEY_PATH, json={"key_name": name})
         data = _data(body)
         if not isinstance(data, Mapping) or not isinstance(data.get("key"), str) or not data["key"]:
             raise IssuerError("issue: the response carried no key value", provider=self.name)
@@ -120,7 +121,7 @@ class QuivaIssuer:
                               " expires_on", provider=self.name)
         return IssuedKey(value=value, name=str(data.get("name") or name),
                          created_on=_instant(data.get("created_on")) or self._context.clock.now(),
-                         expires_on=expires_on, key_id=None)
+                         expires_on=expires_on, key_id=None, maybe_twinned=doubt)
 
     def list_keys(self) -> list[KeyInfo]:
         """GET /accounts/api-keys (``email=`` if configured), following a next/cursor if present."""

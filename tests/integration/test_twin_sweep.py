@@ -50,11 +50,45 @@ def test_bootstrap_revokes_the_twin_of_the_first_key(world, emulator):
     world.assert_i1("api")
 
 
-def test_the_sweep_costs_one_listing_per_run_and_none_when_nothing_was_issued(world, emulator):
+def test_the_sweep_lists_once_per_run_and_only_after_a_doubtful_issue(world, emulator):
+    """No listing when every issue got its first reply (a 429 or a 401 is a refusal, not an
+    effect), one per run when some issue was retried after a 5xx or a lost reply."""
+    lists = "GET /accounts/api-keys"
     world.defaults["grace"] = "0s"
     for name in ("a", "b", "c"):
         world.add_secret(name)
-    world.rotate()                                            # three bootstraps
-    assert emulator.counters().get("GET /accounts/api-keys", 0) == 1
+    emulator.faults.throttle_next(1, retry_after=0)
+    world.rotate()                                            # three bootstraps, one 429 on the way
+    assert emulator.counters().get(lists, 0) == 0
+    assert all(world.record(n).current.key_id is None for n in "abc")   # ids stay unknown: not needed
+
+    world.add_secret("d")
+    world.add_secret("e")
+    emulator.faults.fail_after_effect_next(1, 503, path=ISSUE)
+    emulator.reset_counters()
+    world.rotate()                                            # two more; one issue answered 503 after minting
+    assert emulator.counters().get(lists, 0) == 1
+    assert all(len(_live_named(emulator, world.record(n).current.name)) == 1 for n in "de")
+
+    emulator.reset_counters()
     world.rotate()                                            # nothing due: no issue, no sweep
-    assert emulator.counters().get("GET /accounts/api-keys", 0) == 1
+    assert emulator.counters().get(lists, 0) == 0
+
+
+def test_a_compromised_key_replacement_revokes_the_twin_of_its_new_key(world, emulator):
+    """`revoke --compromised` runs one secret without the end-of-run sweep: its revoke step
+    sweeps instead, with a listing fetched after the issue."""
+    from rotator.incident import revoke_compromised
+
+    world.add_secret("web")
+    compromised = world.seed("web", age=timedelta(days=10))
+    world.rotate()                                            # adopted; not due
+    emulator.faults.fail_after_effect_next(1, 503, path=ISSUE)
+    engine = world.engine("incident")
+    report = revoke_compromised(engine, world.secret("web", engine.runtime))
+
+    assert report.contained
+    assert not emulator.is_active(compromised)
+    name = world.record("web").current.name
+    assert len(_named(emulator, name)) == 2 and len(_live_named(emulator, name)) == 1
+    world.assert_i1("web")

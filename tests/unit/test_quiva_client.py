@@ -241,6 +241,28 @@ def test_transport_error_then_success(api, make, sleep):
     assert len(sleep.waits) == 1
 
 
+# ---- may a retried issue have minted a twin? ---------------------------------------------
+
+@pytest.mark.parametrize("first, twinned", [
+    (None, False),                                        # the first reply came back
+    (error(429, "Rate limit exceeded", retry_after=1), False),   # refused: nothing was done
+    (error(401, "Invalid API key"), False),               # refused; the session is renewed
+    (httpx.ConnectError("refused"), False),               # never reached the server
+    (httpx.ConnectTimeout("timed out"), False),
+    (error(503, "Unavailable"), True),                    # the server may have acted first
+    (httpx.ReadTimeout("timed out"), True),               # the reply was lost
+    (httpx.RemoteProtocolError("closed"), True),
+])
+def test_an_issue_says_whether_a_retry_may_have_minted_a_twin(api, make, first, twinned):
+    issuer = make()
+    issuer.list_keys()                                     # a session first, so a 401 is the issue's
+    if first is not None:
+        api.queue(ISSUE, first)
+    key = issuer.issue("prod-web r-1")
+    assert key.maybe_twinned is twinned
+    assert api.count[ISSUE] == (1 if first is None else 2)
+
+
 # ---- other statuses ---------------------------------------------------------------------
 
 def test_403_is_not_retried(api, make, sleep):
