@@ -240,7 +240,9 @@ class _SecretRun:
         self.engine = engine
         self.secret = secret
         self.cache = cache
-        self.ahead = ahead
+        self.ahead = ahead                    # batched reads: the first of the primary, secondaries unwritten
+        self.primary_read = False
+        self.written: set[str] = set()        # secondaries this run deployed to (read back alone)
         self.outcome = Outcome(secret.name)
         self.snapshots: dict[str, Snapshot] = {}
         self.fresh: set[str] = set()
@@ -289,8 +291,9 @@ class _SecretRun:
 
     def _read_primary(self, reset: bool = False) -> None:
         bound = self.secret.primary
-        ahead, self.ahead = self.ahead, None          # only the run's first read is read ahead
-        self.snapshots[bound.label] = ahead.read(self.secret) if ahead else bound.backend.read(bound.target)
+        first, self.primary_read = not self.primary_read, True    # only the run's first read is read ahead
+        self.snapshots[bound.label] = (self.ahead.read(self.secret) if first and self.ahead
+                                       else bound.backend.read(bound.target))
         self.fresh.add(bound.label)
         if reset:
             self.obs = Observations(me=self.engine.me, record=None, force=self.obs.force)
@@ -505,15 +508,20 @@ class _SecretRun:
         for label in labels:
             bound = self.secret.bound(label)
             bound.backend.deploy(bound.target, current, previous, ref)
+            self.written.add(label)
             self.snapshots.pop(label, None)
             self.fresh.discard(label)
             self.obs = replace(self.obs, deployed=self.obs.deployed | {label})
 
     def _do_ReadBack(self, step: machine.ReadBack, now: datetime) -> None:
+        primary = self.secret.policy.primary
         for label in step.targets:
             bound = self.secret.bound(label)
-            snap = bound.backend.read(bound.target)
-            if label == self.secret.policy.primary and snap.version != self.primary.version:
+            if self.ahead and label != primary and label not in self.written:    # I3's re-read: batched
+                snap = self.ahead.read_target(self.secret, bound)
+            else:                                                   # after our own write: now, alone
+                snap = bound.backend.read(bound.target)
+            if label == primary and snap.version != self.primary.version:
                 raise Conflict(f"{label} changed since this run wrote it")
             self.snapshots[label] = snap
             self.fresh.add(label)

@@ -162,7 +162,8 @@ class BatchReads(Protocol):
 
     The engine reads every primary at the start of each run (the daemon: each reconcile); a backend
     whose API can return many secrets per request (AWS ``BatchGetSecretValue``) implements this and
-    the engine reads the primaries of upcoming secrets in groups of ``read_batch``.
+    the engine reads the primaries of upcoming secrets in groups of ``read_batch``. Likewise the
+    secondaries a run re-reads before revoking an old key (never a read-back after its own write).
 
     ``read_many`` returns a snapshot, exactly as :meth:`Backend.read` would, for each target it
     could read. It never raises for one target's problem (missing, corrupt, denied): it leaves that

@@ -1,14 +1,23 @@
-"""Batched first reads of the primaries of a run, for backends that can read many at once.
+"""Batched reads of a run's targets, for backends that can read many at once.
 
 Every secret's run starts by reading its primary. On a backend with a batch read
 (:class:`rotator.interfaces.BatchReads`, e.g. AWS ``BatchGetSecretValue``) the first of those reads
 also fetches the primaries of the next secrets in run order on the same backend, up to the
 backend's ``read_batch``; each of them then finds its snapshot waiting instead of making a request.
 
+The same goes for the secondaries a run reads *before* writing them: the re-read that is I3's
+evidence before the old key is revoked (the second run of a rotation). A read-back that follows
+this run's own write never uses a snapshot read ahead (it would predate the write); it reads
+alone. Secondaries are read ahead only on demand, so a run that reads none pays nothing; one that
+reads some may fetch a few that are never used, at no extra request (a batch costs one request
+whatever its size).
+
 Reading just in time (not the whole fleet up front) keeps every snapshot only as old as the time a
-few secrets take to start, and an old snapshot is never a risk anyway: each primary write is a
+few secrets take to start. An old primary snapshot is never a risk anyway: each primary write is a
 compare-and-swap on the version read, so a snapshot that changed since loses the write and the
-engine reads again. Snapshots older than ``max_age`` by the engine's clock are not used.
+engine reads again. Snapshots older than ``max_age`` by the engine's clock are not used; for a
+secondary, whose read is evidence for a revoke rather than the base of a compare-and-swap, the
+limit is the shorter ``evidence_age``.
 """
 
 from __future__ import annotations
@@ -26,49 +35,66 @@ from rotator.runtime import Bound, ManagedSecret
 log = logging.getLogger("rotator.engine")
 
 MAX_AGE = timedelta(seconds=30)
+EVIDENCE_AGE = timedelta(seconds=10)
+
+Entry = tuple[str, str]          # (secret name, target label)
 
 
 class ReadAhead:
-    """The primaries of one run, in run order, and the snapshots read ahead for them."""
+    """The targets of one run on batch-reading backends, in run order, and the snapshots read
+    ahead for them. Primaries and secondaries queue apart: every primary is read once per run,
+    a secondary only when its secret needs it."""
 
-    def __init__(self, secrets: Sequence[ManagedSecret], clock: Clock, max_age: timedelta = MAX_AGE) -> None:
+    def __init__(self, secrets: Sequence[ManagedSecret], clock: Clock, max_age: timedelta = MAX_AGE,
+                 evidence_age: timedelta = EVIDENCE_AGE) -> None:
         self._clock = clock
-        self._max_age = max_age
         self._lock = threading.Lock()
-        self._queues: dict[str, list[str]] = {}            # backend name -> secret names, run order
-        self._position: dict[str, int] = {}                 # secret name -> index in its queue
-        self._bound: dict[str, Bound] = {}
-        self._claimed: set[str] = set()                     # read or being read (never twice)
-        self._ready: dict[str, tuple[Snapshot, datetime]] = {}
-        self._in_flight: dict[str, threading.Event] = {}   # secret name -> its batch's "done"
+        queues: dict[tuple[str, bool], list[Entry]] = {}    # (backend, primary?) -> entries, run order
+        self._slot: dict[Entry, tuple[list[Entry], int]] = {}   # entry -> its queue and place in it
+        self._bound: dict[Entry, Bound] = {}
+        self._max_age: dict[Entry, timedelta] = {}
+        self._claimed: set[Entry] = set()                   # read or being read (never twice)
+        self._ready: dict[Entry, tuple[Snapshot, datetime]] = {}
+        self._in_flight: dict[Entry, threading.Event] = {}  # entry -> its batch's "done"
         self.batches = 0
         for secret in secrets:
-            backend = secret.primary.backend
-            if isinstance(backend, BatchReads) and getattr(backend, "read_batch", 0) > 1:
-                queue = self._queues.setdefault(backend.name, [])
-                self._position[secret.name] = len(queue)
-                queue.append(secret.name)
-                self._bound[secret.name] = secret.primary
+            for bound in secret.targets:
+                backend = bound.backend
+                if not (isinstance(backend, BatchReads) and getattr(backend, "read_batch", 0) > 1):
+                    continue
+                primary = bound is secret.primary
+                entry = (secret.name, bound.label)
+                queue = queues.setdefault((backend.name, primary), [])
+                self._slot[entry] = (queue, len(queue))
+                queue.append(entry)
+                self._bound[entry] = bound
+                self._max_age[entry] = max_age if primary else evidence_age
 
     def read(self, secret: ManagedSecret) -> Snapshot:
         """The primary's snapshot for the first step of ``secret``'s run."""
-        bound = secret.primary
-        if secret.name not in self._bound:
+        return self.read_target(secret, secret.primary)
+
+    def read_target(self, secret: ManagedSecret, bound: Bound) -> Snapshot:
+        """``bound``'s snapshot, read ahead (or now, with the next ones of its queue) if it is on a
+        batch-reading backend. Call it once per target and run, and never for a read that must
+        follow a write of this run."""
+        entry = (secret.name, bound.label)
+        if entry not in self._bound:
             return bound.backend.read(bound.target)
         with self._lock:
-            snap = self._take_ready(secret.name)
+            snap = self._take_ready(entry)
             if snap is not None:
                 return snap
-            in_flight = self._in_flight.get(secret.name)
-            alone = in_flight is None and secret.name in self._claimed   # a batch left it out
+            in_flight = self._in_flight.get(entry)
+            alone = in_flight is None and entry in self._claimed   # a batch left it out, or read twice
             if in_flight is None and not alone:
-                batch = self._take_batch(secret.name, bound)
+                batch = self._take_batch(entry)
         if alone:
             return bound.backend.read(bound.target)
         if in_flight is not None:        # another worker's batch is reading it right now
             in_flight.wait()
             with self._lock:
-                snap = self._take_ready(secret.name)
+                snap = self._take_ready(entry)
             return snap if snap is not None else bound.backend.read(bound.target)
         snapshots: dict = {}
         try:
@@ -76,29 +102,29 @@ class ReadAhead:
         finally:
             now = self._clock.now()
             with self._lock:
-                for name in batch[1:]:
-                    found = snapshots.get(self._bound[name].target)
+                for other in batch[1:]:
+                    found = snapshots.get(self._bound[other].target)
                     if found is not None:
-                        self._ready[name] = (found, now)
-                done = self._in_flight.pop(secret.name)
-                for name in batch[1:]:
-                    self._in_flight.pop(name, None)
+                        self._ready[other] = (found, now)
+                done = self._in_flight.pop(entry)
+                for other in batch[1:]:
+                    self._in_flight.pop(other, None)
             done.set()
         mine = snapshots.get(bound.target)
         return mine if mine is not None else bound.backend.read(bound.target)
 
-    def _take_ready(self, name: str) -> Snapshot | None:
-        waiting = self._ready.pop(name, None)
-        if waiting is not None and self._clock.now() - waiting[1] <= self._max_age:
+    def _take_ready(self, entry: Entry) -> Snapshot | None:
+        waiting = self._ready.pop(entry, None)
+        if waiting is not None and self._clock.now() - waiting[1] <= self._max_age[entry]:
             return waiting[0]
         return None
 
-    def _take_batch(self, name: str, bound: Bound) -> list[str]:
-        """``name`` and the next secrets of its backend not yet read, marked as being read."""
-        size = getattr(bound.backend, "read_batch")
-        queue = self._queues[bound.backend.name]
-        batch = [name]
-        for other in queue[self._position[name] + 1:]:
+    def _take_batch(self, entry: Entry) -> list[Entry]:
+        """``entry`` and the next entries of its queue not yet read, marked as being read."""
+        size = getattr(self._bound[entry].backend, "read_batch")
+        queue, place = self._slot[entry]
+        batch = [entry]
+        for other in queue[place + 1:]:
             if len(batch) >= size:
                 break
             if other not in self._claimed:
@@ -109,13 +135,13 @@ class ReadAhead:
             self._in_flight[member] = event
         return batch
 
-    def _read_many(self, bound: Bound, batch: list[str]) -> dict:
+    def _read_many(self, bound: Bound, batch: list[Entry]) -> dict:
         if len(batch) == 1:
             return {}
         backend = bound.backend
         try:
-            found = backend.read_many([self._bound[name].target for name in batch])  # type: ignore[attr-defined]
-        except Exception as exc:  # noqa: BLE001 - a batch is an optimisation; each secret reads alone
+            found = backend.read_many([self._bound[entry].target for entry in batch])  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - a batch is an optimisation; each target reads alone
             log.debug("batched read on %s failed: %s", backend.name, redact(str(exc)))
             return {}
         self.batches += 1

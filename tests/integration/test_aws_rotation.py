@@ -233,3 +233,64 @@ def test_a_run_reads_aws_primaries_twenty_per_request(world, aws, emulator, cloc
     assert aws_calls(world)["BatchGetSecretValue"] == 3
     for i in range(45):
         world.assert_i1(f"fleet-{i:02d}")
+
+
+def test_the_second_run_rereads_aws_secondaries_twenty_per_request(world, aws, emulator, clock):
+    """I3's re-read of the secondaries before the old key is revoked is batched like the primaries;
+    the read-back right after the first run's deploy is not (it must follow the write). The old
+    key's version is read by id once per process (a daemon already holds it from its deploy)."""
+    world.defaults["workers"] = 4
+    names = [f"fleet-{i:02d}" for i in range(45)]
+    for name in names:
+        world.add_secret(name, targets=[{"backend": "app", "path": f"{name}.json"},
+                                        {"backend": "aws", "secret_id": f"fleet/{name}"}])
+        world.seed(name, age=timedelta(days=80))
+    daemon = world.engine()                                     # one process for both runs
+    aws_calls(world)
+    first = daemon.run()                                        # adopt, issue, deploy, read back
+    assert first.exit_code == 0 and all(world.record(n).phase is Phase.GRACE for n in names)
+    calls = aws_calls(world)
+    assert calls["BatchGetSecretValue"] == 0, calls            # nothing read before a write of this run
+    assert calls["GetSecretValue"] >= 45                        # each read-back alone, after its deploy
+
+    clock.advance(timedelta(hours=49))
+    done = daemon.run()                                         # re-read, revoke the old keys, finish
+    assert done.exit_code == 0 and all(world.record(n).phase is Phase.IDLE for n in names)
+    assert aws_calls(world) == Counter({"BatchGetSecretValue": 3}), "no single read, no write"
+    for name in names:
+        world.assert_i1(name)
+
+
+def test_a_cronjob_second_run_reads_the_old_keys_version_once_each(world, aws, emulator, clock):
+    """A fresh process (a CronJob) re-reads in batches too, plus each old key's version by id."""
+    for i in range(25):
+        world.add_secret(f"job-{i:02d}", targets=[{"backend": "app", "path": f"job-{i:02d}.json"},
+                                                  {"backend": "aws", "secret_id": f"job/{i:02d}"}])
+        world.seed(f"job-{i:02d}", age=timedelta(days=80))
+    assert world.rotate().exit_code == 0
+    clock.advance(timedelta(hours=49))
+    aws_calls(world)
+    assert world.rotate().exit_code == 0
+    assert aws_calls(world) == Counter({"BatchGetSecretValue": 2, "GetSecretValue": 25})
+
+
+def test_a_secondary_that_drifted_is_seen_by_the_batched_reread(world, aws, emulator, clock):
+    """The batched re-read is real evidence: a secondary that lost the new key during the grace
+    window is repaired before the old key is revoked."""
+    world.add_secret("web", targets=[{"backend": "app", "path": "web.json"},
+                                     {"backend": "aws", "secret_id": "drift/web"}])
+    world.add_secret("api", targets=[{"backend": "app", "path": "api.json"},
+                                     {"backend": "aws", "secret_id": "drift/api"}])
+    old = {name: world.seed(name, age=timedelta(days=80)) for name in ("web", "api")}
+    assert world.rotate().exit_code == 0
+    aws.client().put_secret_value(SecretId="drift/web", SecretString=json.dumps({"api_key": old["web"]}))
+    clock.advance(timedelta(hours=49))
+    aws_calls(world)
+    done = world.rotate()
+    assert done.exit_code == 0, [(o.secret, o.error) for o in done.outcomes]
+    assert aws_calls(world)["BatchGetSecretValue"] == 1
+    web = next(o for o in done.outcomes if o.secret == "web")
+    assert any(a.startswith("deployed") for a in web.actions), web.actions     # repaired first
+    for name in ("web", "api"):
+        assert not emulator.is_active(old[name])
+        world.assert_i1(name)

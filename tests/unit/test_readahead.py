@@ -54,8 +54,15 @@ class Plain(Store):
     read_many = None     # type: ignore[assignment]  # no batch reads
 
 
-def fleet(store: Store, n: int, prefix: str = "s") -> list[SimpleNamespace]:
-    return [SimpleNamespace(name=f"{prefix}{i}", primary=Bound(store, T(f"{prefix}{i}"))) for i in range(n)]
+def fleet(store: Store, n: int, prefix: str = "s", secondary: Store | None = None) -> list[SimpleNamespace]:
+    """``n`` secrets with their primary on ``store`` (and a secondary, ``2nd-<name>``, on ``secondary``)."""
+    made = []
+    for i in range(n):
+        primary = Bound(store, T(f"{prefix}{i}"))
+        others = (Bound(secondary, T(f"2nd-{prefix}{i}")),) if secondary is not None else ()
+        made.append(SimpleNamespace(name=f"{prefix}{i}", primary=primary, secondaries=others,
+                                    targets=(primary, *others)))
+    return made
 
 
 def test_reads_ahead_in_batches_in_run_order():
@@ -121,3 +128,52 @@ def test_many_workers_read_every_primary_exactly_once():
     reads = store.single + store.batched
     assert set(reads) == {s.name for s in secrets} and max(reads.values()) == 1, "no primary read twice"
     assert len(store.batches) <= 200 // 20 + 8 and not store.single
+
+
+# --- secondaries: read ahead only on demand, apart from the primaries -------------------------------
+
+def test_secondaries_are_batched_on_demand_and_apart_from_primaries():
+    """Reading every secret's primary reads no secondary; the first secondary read fetches the
+    next ones of the same backend, and never a primary."""
+    aws = Store("aws", batch=20)
+    secrets = fleet(aws, 45, secondary=aws)
+    ahead = ReadAhead(secrets, FakeClock())
+    for secret in secrets:
+        ahead.read(secret)
+    assert store_reads(aws) == Counter({s.name: 1 for s in secrets})
+    aws.batches.clear()
+    for secret in secrets:
+        bound = secret.secondaries[0]
+        assert ahead.read_target(secret, bound).version == f"v-2nd-{secret.name}"
+    assert aws.batches == [20, 20, 5] and not aws.single
+    assert all(n == 1 for n in store_reads(aws).values())
+
+
+def test_a_secondary_read_ahead_is_evidence_only_while_young():
+    """A secondary's snapshot is kept for ``evidence_age`` (shorter than a primary's max_age)."""
+    clock = FakeClock()
+    aws, files = Store("aws", batch=10), Plain("files")
+    secrets = fleet(files, 3, secondary=aws)
+    ahead = ReadAhead(secrets, clock, max_age=timedelta(seconds=30), evidence_age=timedelta(seconds=5))
+    ahead.read_target(secrets[0], secrets[0].secondaries[0])
+    clock.advance(timedelta(seconds=4))
+    ahead.read_target(secrets[1], secrets[1].secondaries[0])
+    clock.advance(timedelta(seconds=2))
+    ahead.read_target(secrets[2], secrets[2].secondaries[0])
+    assert aws.batches == [3] and aws.single == Counter({"2nd-s2": 1})
+    assert files.single == Counter()                     # primaries on a plain backend: not touched
+
+
+def test_a_second_read_of_the_same_target_goes_to_the_backend():
+    """The engine reads a target ahead at most once per run; any later read is a real one."""
+    aws = Store("aws", batch=10)
+    secrets = fleet(Plain("files"), 2, secondary=aws)
+    ahead = ReadAhead(secrets, FakeClock())
+    bound = secrets[0].secondaries[0]
+    ahead.read_target(secrets[0], bound)
+    ahead.read_target(secrets[0], bound)
+    assert aws.batches == [2] and aws.single == Counter({"2nd-s0": 1})
+
+
+def store_reads(store: Store) -> Counter:
+    return store.single + store.batched
