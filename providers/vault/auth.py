@@ -74,10 +74,10 @@ class TokenAuthenticator(Authenticator):
         return f"token from {'environment variable' if kind == 'env' else kind} {source}"
 
 
-class AppRoleAuthenticator(Authenticator):
-    method = "approle"
+class _MountedAuthenticator(Authenticator):
+    """An auth method mounted at ``settings.mount_point``, logged in at ``auth/<mount>/login``."""
 
-    def __init__(self, settings: AppRoleAuth, provider: str, where: str,
+    def __init__(self, settings: Any, provider: str, where: str,
                  resolve: Callable[[Any, str], Secret]) -> None:
         super().__init__(provider, where, resolve)
         self._settings = settings
@@ -85,6 +85,11 @@ class AppRoleAuthenticator(Authenticator):
     @property
     def login_path(self) -> str:
         return f"auth/{self._settings.mount_point}/login"
+
+
+class AppRoleAuthenticator(_MountedAuthenticator):
+    method = "approle"
+    _settings: AppRoleAuth
 
     def login(self, client: Any) -> Login:
         role_id = self._resolve(self._settings.role_id, f"{self.where}.role_id")
@@ -96,17 +101,9 @@ class AppRoleAuthenticator(Authenticator):
         return _login_from(response, self.provider, self.login_path)
 
 
-class KubernetesAuthenticator(Authenticator):
+class KubernetesAuthenticator(_MountedAuthenticator):
     method = "kubernetes"
-
-    def __init__(self, settings: KubernetesAuth, provider: str, where: str,
-                 resolve: Callable[[Any, str], Secret]) -> None:
-        super().__init__(provider, where, resolve)
-        self._settings = settings
-
-    @property
-    def login_path(self) -> str:
-        return f"auth/{self._settings.mount_point}/login"
+    _settings: KubernetesAuth
 
     def login(self, client: Any) -> Login:
         path = Path(self._settings.jwt_file)
