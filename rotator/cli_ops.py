@@ -51,14 +51,17 @@ def _runtime(args: argparse.Namespace):
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from rotator import drift
+    from rotator.readahead import ReadAhead
     from rotator.cli import print_json, table
 
     runtime = _runtime(args)
     rows, bad = [], 0
     try:
-        for secret in runtime.select(args.secrets or None):
+        secrets = runtime.select(args.secrets or None)
+        ahead = ReadAhead(secrets, runtime.clock)
+        for secret in secrets:
             try:
-                primary, report = drift.check(secret)
+                primary, report = drift.check(secret, ahead)
                 if args.repair or runtime.settings.rotator.repair_drift:
                     drift.repair(secret, primary, report)
             except RotatorError as exc:
@@ -85,17 +88,20 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from rotator import drift
+    from rotator.readahead import ReadAhead
     from rotator.cli import print_json, table
 
     runtime = _runtime(args)
     rows, bad = [], 0
     now = runtime.clock.now()
     try:
-        for secret in runtime.select(args.secrets or None):
+        secrets = runtime.select(args.secrets or None)
+        ahead = ReadAhead(secrets, runtime.clock)
+        for secret in secrets:
             problems: list[str] = []
             key = expires = None
             try:
-                primary, report = drift.check(secret)
+                primary, report = drift.check(secret, ahead)
                 problems += [f"{t.target}: {t.state}" for t in report.drifted]
                 if report.primary_state != "ok":
                     problems.append(f"{secret.primary.label}: primary {report.primary_state}")

@@ -35,6 +35,7 @@ from rotator.engine import Engine, Event, Outcome, RunReport
 from rotator.errors import BackendPermissionError, BackendUnavailable, ConfigError, RotatorError
 from rotator.machine import view_of
 from rotator.notify import DRIFTED, UNROTATED, Alerts
+from rotator.readahead import ReadAhead
 from rotator.redact import redact
 from rotator.runtime import ManagedSecret, Runtime
 from rotator.scheduler import WakePlan, effective_jitter, escalation_instants
@@ -140,8 +141,10 @@ class Reconciler:
         if self.engine.stopping:
             return report
         problems: dict[str, tuple[str, str | None]] = {}
-        for secret in self.runtime.select(names):
-            self._observe(secret, now, full, problems)
+        observed = self.runtime.select(names)
+        ahead = ReadAhead(observed, self.clock)       # fresh reads, batched where the backend can
+        for secret in observed:
+            self._observe(secret, now, full, problems, ahead)
         if full:
             self._probe_issuers(problems)
             self.providers = problems
@@ -165,20 +168,20 @@ class Reconciler:
         return report
 
     def _observe(self, secret: ManagedSecret, now: datetime, full: bool,
-                 problems: dict[str, tuple[str, str | None]]) -> None:
+                 problems: dict[str, tuple[str, str | None]], ahead: ReadAhead) -> None:
         """Assess one secret after a run (gauges, escalation), and on a reconcile its drift."""
         primary_backend = secret.primary.backend.name
         try:
             if full:
                 from rotator import drift
 
-                primary, report = drift.check(secret)
+                primary, report = drift.check(secret, ahead)
                 if self.runtime.settings.rotator.repair_drift:
                     drift.repair(secret, primary, report)
                     for label in report.repaired:
                         log.warning("%s: repaired drift on %s", secret.name, label)
             else:
-                primary, report = secret.primary.backend.read(secret.primary.target), None
+                primary, report = ahead.read(secret), None
         except RotatorError as exc:
             # Unreachable (or refusing us) is the backend's problem; a bad target is the secret's.
             down = isinstance(exc, (BackendUnavailable, BackendPermissionError))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from rotator.errors import BackendUnavailable, CorruptPayload, RotatorError
 from rotator.models import Phase, Snapshot
+from rotator.readahead import ReadAhead
 from rotator.redact import redact
 from rotator.runtime import Bound, ManagedSecret
 
@@ -84,13 +85,19 @@ def _classify(label: str, primary: Snapshot, read: Snapshot | Exception, grace: 
     return TargetDrift(label, "ok")
 
 
-def check(secret: ManagedSecret) -> tuple[Snapshot, DriftReport]:
-    """Read every target of ``secret`` and compare. The primary must be readable."""
-    primary = secret.primary.backend.read(secret.primary.target)
+def check(secret: ManagedSecret, ahead: ReadAhead | None = None) -> tuple[Snapshot, DriftReport]:
+    """Read every target of ``secret`` and compare. The primary must be readable.
+
+    ``ahead``: a pass over many secrets (the daemon's reconcile, ``sync``, ``verify``) reads through
+    one :class:`ReadAhead`, so targets on a batch-reading backend cost one request per 20."""
+    def read(bound: Bound) -> Snapshot:
+        return ahead.read_target(secret, bound) if ahead else bound.backend.read(bound.target)
+
+    primary = read(secret.primary)
     others: dict[str, Snapshot | Exception] = {}
     for bound in secret.secondaries:
         try:
-            others[bound.label] = bound.backend.read(bound.target)
+            others[bound.label] = read(bound)
         except RotatorError as exc:
             others[bound.label] = exc
     return primary, compare(secret, primary, others)

@@ -294,3 +294,32 @@ def test_a_secondary_that_drifted_is_seen_by_the_batched_reread(world, aws, emul
     for name in ("web", "api"):
         assert not emulator.is_active(old[name])
         world.assert_i1(name)
+
+
+def test_the_daemons_drift_pass_reads_aws_targets_twenty_per_request(world, aws, emulator, clock):
+    """Each reconcile reads every target for drift; on AWS 45 secondaries cost 3 requests, and a
+    target changed by hand is still seen as drifted."""
+    from rotator.daemon import Reconciler
+
+    class Gauges:
+        def __init__(self) -> None:
+            self.drift: dict[str, bool] = {}
+
+        def set_drift(self, secret: str, backend: str, target: str, drifted: bool) -> None:
+            self.drift[secret] = drifted
+
+        def __getattr__(self, name: str):
+            return lambda *args, **kwargs: None
+
+    for i in range(45):
+        world.add_secret(f"d-{i:02d}", targets=[{"backend": "app", "path": f"d-{i:02d}.json"},
+                                                {"backend": "aws", "secret_id": f"drift/{i:02d}"}])
+        world.seed(f"d-{i:02d}", age=timedelta(days=10))
+    gauges = Gauges()
+    reconciler = Reconciler(world.runtime(), metrics=gauges)
+    reconciler.reconcile()                                      # adopts every secret
+    aws.client().put_secret_value(SecretId="drift/07", SecretString=json.dumps({"api_key": "ms-by-hand-0000000000"}))
+    aws_calls(world)
+    reconciler.reconcile()                                      # nothing due: the drift pass only
+    assert aws_calls(world) == Counter({"BatchGetSecretValue": 3})
+    assert len(gauges.drift) == 45 and [name for name, drifted in gauges.drift.items() if drifted] == ["d-07"]
