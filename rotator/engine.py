@@ -91,7 +91,7 @@ class ListingCache:
         self._locks: dict[str, threading.Lock] = {}
         self._listings: dict[str, list[KeyInfo]] = {}
         self._unseen: dict[str, set[str]] = {}
-        self._staged: list[tuple[str, Issuer, KeyRef]] = []
+        self._suspects: list[tuple[str, Issuer, KeyRef]] = []
 
     def get(self, issuer: Issuer, need: str | None = None) -> list[KeyInfo]:
         with self._lock:
@@ -115,16 +115,15 @@ class ListingCache:
         with self._lock:
             self._unseen.setdefault(issuer.name, set()).add(name)
 
-    def staged(self, secret: str, issuer: Issuer, ref: KeyRef, maybe_twinned: bool = True) -> None:
-        """A key issued in this run now sits in its secret's primary. If its issue was retried in a
-        way that may have minted a twin, the twin gets swept at the end of the run."""
-        if maybe_twinned:
-            with self._lock:
-                self._staged.append((secret, issuer, ref))
-
-    def staged_keys(self) -> list[tuple[str, Issuer, KeyRef]]:
+    def may_have_twin(self, secret: str, issuer: Issuer, ref: KeyRef) -> None:
+        """A key issued and staged in this run whose issue was retried in a way that may have
+        minted a twin: the twin gets swept at the end of the run."""
         with self._lock:
-            return list(self._staged)
+            self._suspects.append((secret, issuer, ref))
+
+    def twin_suspects(self) -> list[tuple[str, Issuer, KeyRef]]:
+        with self._lock:
+            return list(self._suspects)
 
     def forget(self, issuer: Issuer) -> None:
         with self._lock:
@@ -186,8 +185,8 @@ class Engine:
         before its end). Ours is told apart by its last 4 characters (and creation time); when
         that is not conclusive nothing is revoked and ``rotator audit`` reports the stray key.
         """
-        staged = cache.staged_keys()
-        issuers = {issuer.name: issuer for _, issuer, _ in staged}
+        suspects = cache.twin_suspects()
+        issuers = {issuer.name: issuer for _, issuer, _ in suspects}
         for issuer in issuers.values():
             if self.stopping:
                 return
@@ -199,7 +198,7 @@ class Engine:
             by_name: dict[str, list[KeyInfo]] = {}
             for key in listing:
                 by_name.setdefault(key.name or "", []).append(key)
-            for secret, _, ref in (entry for entry in staged if entry[1] is issuer):
+            for secret, _, ref in (entry for entry in suspects if entry[1] is issuer):
                 same = by_name.get(ref.name or "", [])
                 if not ref.name or len(same) < 2:
                     continue
@@ -455,7 +454,8 @@ class _SecretRun:
         version = bound.backend.stage(bound.target, issued.value, staged, expect=self.primary.version)
         self.minted = None
         self.staged_here = ref
-        self.cache.staged(self.secret.name, self.secret.issuer, ref, issued.maybe_twinned)
+        if issued.maybe_twinned:
+            self.cache.may_have_twin(self.secret.name, self.secret.issuer, ref)
         self._wrote_primary(version, staged, pending=issued.value)
         self._note("issued", f"{ref.label()} named {issued.name!r}, expires {_day(issued.expires_on)}", key=ref)
 
@@ -599,8 +599,8 @@ class _SecretRun:
         if old_value is not None and old_value.fingerprint != record.previous.fingerprint:
             old_value = None
         self._revoke_ref(record.previous, old_value)
-        staged_here = self.staged_here is not None and self.staged_here.fingerprint == record.current.fingerprint
-        swept_at_end = self.cache.sweeps_at_end and staged_here
+        swept_at_end = (self.cache.sweeps_at_end and self.staged_here is not None
+                        and self.staged_here.fingerprint == record.current.fingerprint)
         if not swept_at_end:        # the key was staged by an earlier run (or nobody sweeps after this one)
             self._sweep_duplicates(record.current)
         self.obs = replace(self.obs, old_revoked=True)
