@@ -404,6 +404,9 @@ class _SecretRun:
             ref = KeyRef.of(value, expires_on=now)
             adoption = "refused by the issuer (expired or deleted): replacing it now"
         elif not matches:
+            bound = self.secret.primary   # another runner may have adopted, rotated and revoked it meanwhile
+            if bound.backend.read(bound.target).version != self.primary.version:
+                raise Conflict("changed while its key was being looked up at the issuer")
             raise AdoptionError(
                 f"the key in {self.secret.primary.label} (…{value.last4}) is valid but is not among the"
                 f" keys of issuer {issuer.name!r} (user {issuer.owner or 'unknown'}); it belongs to another"

@@ -93,3 +93,28 @@ def test_two_processes_rotate_a_due_secret_once(world, emulator, clock, admin_ke
     live = [r for r in emulator.keys() if r["name"].startswith("web") and r["deleted_on"] is None]
     assert len(live) == 1
     world.assert_i1("web")
+
+
+def test_a_runner_whose_key_was_revoked_mid_adoption_rereads_instead_of_failing(world, emulator):
+    """B verifies the unmanaged key, then A adopts, rotates and revokes it before B's listing:
+    B finds the key missing from the listing because the primary changed, not because the key
+    belongs to another user. It re-reads and sees A's finished rotation."""
+    world.defaults["grace"] = "0s"
+    world.add_secret("web")
+    old = world.seed("web", age=timedelta(days=80))
+    b = world.engine("B")
+    issuer = world.secret("web", b.runtime).issuer
+    list_keys = issuer.list_keys
+
+    def list_after_a_rotated():
+        assert world.rotate(identity="A").exit_code == 0
+        return list_keys()
+
+    issuer.list_keys = list_after_a_rotated
+    report = b.run()
+
+    assert report.exit_code == 0, [(o.secret, o.error) for o in report.outcomes]
+    assert not emulator.is_active(old)
+    assert emulator.counters().get("POST /accounts/api-key", 0) == 1
+    assert world.record("web").phase is Phase.IDLE
+    world.assert_i1("web")
