@@ -63,7 +63,26 @@ class IssuerPermissionError(IssuerError):
 
 
 class KeyNotFound(IssuerError):
-    """The key is not (or no longer) known to the issuer. For a revoke this means: already gone."""
+    """The issuer answered 404 for the key. For a revoke this is a claim, not proof: the engine
+    confirms with a fresh listing that the key is gone before it counts it as revoked."""
+
+
+class UntrustedAnswer(IssuerError):
+    """An answer that is not the documented shape (an HTML page from a proxy, a 200 carrying an
+    error, a missing or mistyped field, a listing that contradicts itself or never ends). Nothing
+    is decided on it; the next run asks again."""
+
+    transient = True
+
+
+class UnusableKey(IssuerError):
+    """The issuer minted a key rotator must not deploy (a value that cannot travel in an HTTP
+    header, or absurdly long). ``name`` is the name it was issued under: the engine finds it in a
+    listing by that name and revokes it."""
+
+    def __init__(self, message: str, *, provider: str = "", name: str = "") -> None:
+        super().__init__(message, provider=provider)
+        self.name = name
 
 
 # --- backends --------------------------------------------------------------------------------
@@ -94,6 +113,11 @@ class Conflict(BackendError):
     """A compare-and-swap lost: someone else wrote the target since it was read."""
 
     transient = True
+
+
+class LeaseLost(Conflict):
+    """Renewing this runner's lease failed: another runner has moved the record. The run stops
+    before any further effect on that secret, re-reads the record and decides again."""
 
 
 # --- engine ----------------------------------------------------------------------------------

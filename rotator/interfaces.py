@@ -39,6 +39,7 @@ from rotator.models import (
     IssuerCapabilities,
     KeyInfo,
     KeyRef,
+    Listing,
     RotationRecord,
     Secret,
     Snapshot,
@@ -198,24 +199,42 @@ class Issuer(Protocol):
         """Mint a key called ``name``. The value is returned this once; ``key_id`` may be None.
 
         Not idempotent: a retried request may mint twice. ``name`` carries the rotation id so
-        any extra key is recognisable as an orphan and revoked later.
+        any extra key is recognisable as an orphan and revoked later. The answer is checked before
+        it is returned: a value that cannot be used raises :class:`rotator.errors.UnusableKey`
+        (carrying ``name``, so the caller can find and revoke the minted key); dates that cannot
+        be trusted are replaced by what the issuer's documented key lifetime allows and explained
+        in ``IssuedKey.note``.
         """
         ...
 
-    def list_keys(self) -> list[KeyInfo]:
-        """Every live key of the issuer's user (metadata only; follows paging if the API pages)."""
+    def list_keys(self) -> Listing:
+        """Every live key of the issuer's user (metadata only; follows paging if the API pages).
+
+        Each entry is validated; contradictions (an entry without a usable id, duplicate ids, a
+        page that repeats) are reported in ``Listing.problems`` rather than dropped silently, so
+        the caller never revokes on a listing it cannot trust. A listing that cannot be read as a
+        whole (pages that never end, a body that is not the documented shape) raises
+        :class:`rotator.errors.UntrustedAnswer`.
+        """
         ...
 
     def verify(self, value: Secret) -> bool:
-        """Authenticate with ``value``: True if the issuer accepts it, False if it refuses it.
+        """Authenticate with ``value``: True only on the documented success answer, False when
+        the issuer refuses the key (401).
 
-        Raises a transient error when the answer is unknown (5xx, timeouts, rate limits).
+        Raises a transient error when the answer is unknown (5xx, timeouts, rate limits) or is not
+        the documented shape (:class:`rotator.errors.UntrustedAnswer`): "not verified" is never
+        read as "verified", and one refusal is never read as "the key is dead" (the caller
+        retries, and only the issuer's listing proves a key gone).
         """
         ...
 
     def revoke(self, *, key_id: str | None = None, value: Secret | None = None) -> None:
-        """Delete a key by id (preferred) or by value. Raises :class:`KeyNotFound` when it is
-        already gone, which callers treat as success."""
+        """Delete a key by id (preferred) or by value. Raises :class:`KeyNotFound` on a 404.
+
+        Neither a 2xx nor a 404 proves the key is gone: the engine calls this only through its
+        revoke gate and confirms every revoke with a fresh listing.
+        """
         ...
 
     def credential_changed(self) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from rotator import redact
 from rotator.timeutil import format_instant, parse_instant
@@ -227,6 +227,7 @@ class IssuedKey:
     expires_on: datetime
     key_id: str | None = None
     maybe_twinned: bool = True
+    note: str | None = None         # why the reported dates were not taken as they came
 
     def ref(self, rotation_id: str | None = None) -> KeyRef:
         return KeyRef.of(
@@ -241,7 +242,14 @@ class IssuedKey:
 
 @dataclass(frozen=True)
 class KeyInfo:
-    """One entry of an issuer's key listing: metadata, never the value."""
+    """One entry of an issuer's key listing: metadata, never the value. Validated at the
+    provider edge: ``key_id`` is a non-empty string and ``last4`` four characters.
+
+    ``expires_on`` is the expiry to plan with: the earlier of what the issuer reported and what
+    its documented key lifetime allows (``created_on`` + lifetime). None when the dates could not
+    be trusted (unparseable, implausible): such a key is treated as due, never as dead. ``note``
+    says why the reported dates were not taken as they came.
+    """
 
     key_id: str
     name: str
@@ -250,6 +258,61 @@ class KeyInfo:
     expires_on: datetime | None
     account: str | None = None
     last_used_on: datetime | None = None
+    note: str | None = None
+
+
+class Listing(Sequence[KeyInfo]):
+    """One complete listing of an issuer user's live keys, validated entry by entry.
+
+    ``problems`` names every contradiction found while validating it (an entry without a usable
+    id, two entries with one id, a page that repeats): a listing with problems is never used to
+    decide a revoke. It still serves as a read-only view (adoption, review) where the entries that
+    passed validation are enough.
+    """
+
+    __slots__ = ("keys", "problems")
+
+    def __init__(self, keys: Iterable[KeyInfo] = (), problems: Iterable[str] = ()) -> None:
+        self.keys: tuple[KeyInfo, ...] = tuple(keys)
+        self.problems: tuple[str, ...] = tuple(problems)
+
+    @property
+    def usable(self) -> bool:
+        """True when nothing in it contradicts itself: only then may it justify a revoke."""
+        return not self.problems
+
+    def by_id(self, key_id: str | None) -> KeyInfo | None:
+        if not key_id:
+            return None
+        for key in self.keys:
+            if key.key_id == key_id:
+                return key
+        return None
+
+    def named(self, name: str) -> list[KeyInfo]:
+        return [k for k in self.keys if k.name == name]
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.keys[index]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self) -> Iterator[KeyInfo]:
+        return iter(self.keys)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Listing):
+            return self.keys == other.keys and self.problems == other.problems
+        if isinstance(other, (list, tuple)):
+            return list(self.keys) == list(other) and not self.problems
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        extra = f", problems={list(self.problems)!r}" if self.problems else ""
+        return f"Listing({len(self.keys)} keys{extra})"
 
 
 @dataclass(frozen=True)
