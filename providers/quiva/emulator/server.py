@@ -3,13 +3,18 @@
 The API endpoints follow ``shared/reference/quivaworks-api.md``; the model behind them lives in
 ``state.py``. Knob endpoints under ``/_emulator/`` drive the same model over HTTP (for a rotator
 running in a subprocess, and for the standalone CLI); they take no auth, see no faults and are
-not counted.
+not counted. ``POST /_emulator/faults`` arms the fault knobs of ``state.Faults`` by name
+(``_FAULT_KNOBS``): besides failures and slowness, a misbehaving server whose answers a client
+must check: replies altered after the effect (``mangle_next``), bodies written slowly
+(``trickle_next``), listings that never end (``endless_pages``), deletes that lie
+(``lying_deletes``) and one-off latency before the effect (``latency_next``).
 
 Nothing here logs: request lines carry ``key=`` values in their query strings.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 import threading
@@ -22,8 +27,8 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from providers.quiva.emulator.state import (
-    ApiError, BadRequest, Forbidden, Injected, InvalidCredentials, NotFound, SettableClock, State,
-    iso, parse_iso,
+    WHOLE_REPLY_MODES, ApiError, BadRequest, Forbidden, Injected, InvalidCredentials, Mangle, NotFound,
+    SettableClock, State, iso, parse_iso,
 )
 
 KNOB_PREFIX = "/_emulator/"
@@ -43,9 +48,14 @@ _STATUS_OF: dict[type[ApiError], int] = {
 
 @dataclass
 class Reply:
+    """A response. ``body`` is JSON-encoded, unless it is ``bytes`` (sent as is, as
+    ``content_type``); ``trickle`` writes the body at that many bytes per second."""
+
     status: int
     body: Any
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+    trickle: float | None = None
 
 
 def error_reply(status: int, message: str, retry_after: int | None = None,
@@ -201,6 +211,11 @@ _FAULT_KNOBS: dict[str, tuple[str, set[str]]] = {
     "throttle_next": ("throttle_next", {"n", "retry_after", "header"}),
     "rate_limit": ("rate_limit", {"per_second", "burst", "retry_after"}),
     "latency": ("set_latency", {"seconds", "path"}),
+    "latency_next": ("latency_next", {"n", "seconds", "path"}),
+    "trickle_next": ("trickle_next", {"n", "bytes_per_second", "path"}),
+    "mangle_next": ("mangle_next", {"n", "mode", "path", "field", "value", "index"}),
+    "endless_pages": ("endless_pages", {"mode", "path"}),
+    "lying_deletes": ("lying_deletes", {"n", "mode"}),
 }
 
 
@@ -285,21 +300,133 @@ def _route(emu: Emulator, req: Request, routes: dict[tuple[str, str], Route]) ->
 def serve_api(emu: Emulator, req: Request) -> Reply:
     """Answer an API request: count it, apply faults around the real handler, count the status."""
     emu.state.count_request(req.method, req.path)
+    trickle = emu.faults.take_trickle(req.method, req.path)
     reply = _faulted(emu, req)
+    reply.trickle = trickle
     emu.state.count_status(reply.status)
     return reply
 
 
 def _faulted(emu: Emulator, req: Request) -> Reply:
-    delay = emu.faults.latency_for(req.method, req.path)
+    delay = emu.faults.latency_for(req.method, req.path) + \
+        emu.faults.take_latency_next(req.method, req.path)
     if delay:
         time.sleep(delay)  # outside the state lock: other requests proceed meanwhile
     injected = emu.faults.before_effect(req.method, req.path)
     if injected is not None:
         return _injected_reply(injected)
-    reply = _route(emu, req, _API_ROUTES)
+    reply = _lying_delete(emu, req) or _route(emu, req, _API_ROUTES)
     injected = emu.faults.after_effect(req.method, req.path)
-    return _injected_reply(injected) if injected is not None else reply
+    if injected is not None:
+        return _injected_reply(injected)
+    return _misbehaved(emu, req, reply)
+
+
+# --------------------------------------------------------------------------- misbehaviour
+
+_HTML_PAGE = (b"<html><head><title>Proxy Authentication Required</title></head><body>"
+              b"<h1>Corporate web proxy</h1><p>Please sign in to the proxy to continue.</p>"
+              b"</body></html>")
+_GARBAGE = b'upstream said: ok?? \x1b[0m <<<garbage>>> {"data": [{"id": '  # cut off mid-JSON
+
+
+def _lying_delete(emu: Emulator, req: Request) -> Reply | None:
+    """A ``lying_deletes`` answer for a delete that would succeed, nothing deleted; else None."""
+    if (req.method, req.path) != ("DELETE", "/accounts/api-key"):
+        return None
+    found: list[Any] = []
+
+    def would_succeed() -> bool:
+        try:
+            user = emu.state.session_user(req.bearer())
+            found.append(emu.state.find_deletable(user, key_id=req.param("id"), value=req.param("key")))
+        except ApiError:
+            return False  # the real handler gives the same refusal
+        return True
+
+    mode = emu.faults.take_lie(would_succeed)
+    if mode is None:
+        return None
+    if mode == "not_found":
+        return error_reply(404, "API key not found")
+    return Reply(200, {"data": found[0].listing_view(emu.report_last_used)})
+
+
+def _misbehaved(emu: Emulator, req: Request, reply: Reply) -> Reply:
+    """A successful JSON reply with an endless ``next`` cursor and/or one ``mangle_next`` rule
+    applied; any other reply as it is."""
+    if not 200 <= reply.status < 300 or not isinstance(reply.body, dict):
+        return reply
+    cursor = emu.faults.next_cursor(req.method, req.path)
+    if cursor is not None:
+        reply = Reply(reply.status, {**reply.body, "next": cursor}, reply.headers)
+    body = reply.body
+    rule = emu.faults.take_mangle(req.method, req.path, lambda r: _fits(r, body))
+    return reply if rule is None else _mangled(emu, reply, rule)
+
+
+def _entry_index(rule: Mangle) -> int | None:
+    """The listing entry a rule alters; None means every entry (``set``/``drop`` only)."""
+    if rule.index is None and rule.mode in ("duplicate_entry", "foreign_id"):
+        return 0
+    return rule.index
+
+
+def _fits(rule: Mangle, body: dict[str, Any]) -> bool:
+    """Whether ``rule`` can alter this successful reply (a rule that cannot is not used up)."""
+    if rule.mode in WHOLE_REPLY_MODES:
+        return True
+    data = body.get("data")
+    if rule.mode == "swap_value":
+        return isinstance(data, dict) and isinstance(data.get("key"), str)
+    if isinstance(data, dict):
+        return rule.mode in ("set", "drop")
+    if not isinstance(data, list) or not data or not all(isinstance(e, dict) for e in data):
+        return False
+    index = _entry_index(rule)
+    if index is None:
+        return True
+    if index >= len(data):
+        return False
+    return rule.mode != "foreign_id" or rule.value is not None or len(data) >= 2
+
+
+def _mangled(emu: Emulator, reply: Reply, rule: Mangle) -> Reply:
+    """``reply`` altered by ``rule`` (which fits it). The action has been performed already."""
+    mode = rule.mode
+    if mode == "html":
+        return Reply(200, _HTML_PAGE, content_type="text/html")
+    if mode == "not_json":
+        return Reply(200, _GARBAGE, content_type="text/plain")
+    if mode == "error_200":
+        return Reply(200, {"error": "Invalid API key", "message": "The API key is invalid, deleted or expired"})
+    if mode == "empty":
+        return Reply(200, {})
+    if mode == "data_type":
+        return Reply(200, {"data": "unexpected"})
+    body = copy.deepcopy(reply.body)
+    data = body["data"]
+    if mode == "swap_value":
+        data["key"] = rule.value if rule.value is not None else emu.state.decoy_value(unlike=data["key"])
+    elif isinstance(data, dict):
+        _set_or_drop(data, rule)
+    else:
+        index = _entry_index(rule)
+        if mode == "duplicate_entry":
+            data.append(copy.deepcopy(data[index]))
+        elif mode == "foreign_id":
+            data[index]["id"] = rule.value if rule.value is not None else data[(index + 1) % len(data)].get("id")
+        else:
+            for entry in data if index is None else [data[index]]:
+                _set_or_drop(entry, rule)
+    return Reply(reply.status, body, dict(reply.headers))
+
+
+def _set_or_drop(obj: dict[str, Any], rule: Mangle) -> None:
+    if rule.mode == "set":
+        obj[rule.field_name] = copy.deepcopy(rule.value)
+    else:
+        obj.pop(rule.field_name, None)
 
 
 def serve_knob(emu: Emulator, req: Request) -> Reply:
@@ -396,17 +523,39 @@ class _Handler(BaseHTTPRequestHandler):
         return bytes(body)
 
     def _send(self, reply: Reply) -> None:
-        data = json.dumps(reply.body).encode("utf-8")
+        """Write ``reply``. A client that has gone (it timed out while a slow request slept, or
+        gave up on a trickle) only closes the connection: nothing is raised, nothing printed."""
+        data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode("utf-8")
         self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in reply.headers.items():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        try:
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            if reply.trickle:
+                self._write_slowly(data, reply.trickle)
+            else:
+                self.wfile.write(data)
+        except OSError:
+            self.close_connection = True
+
+    def _write_slowly(self, data: bytes, bytes_per_second: float) -> None:
+        """Write ``data`` in small pieces about 20 times a second, at ``bytes_per_second`` overall.
+        Runs in this request's thread, holding no lock."""
+        piece = max(1, int(bytes_per_second / 20))
+        start, sent = time.monotonic(), 0
+        while sent < len(data):
+            chunk = data[sent:sent + piece]
+            wait = start + (sent + len(chunk)) / bytes_per_second - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self.wfile.write(chunk)
+            sent += len(chunk)
 
 
 class _Server(ThreadingHTTPServer):

@@ -6,19 +6,26 @@ emulator: they are never put in exception text, ``repr`` output or fault snapsho
 
 Thread safety: :class:`State` owns one re-entrant lock; every public method takes it, and the
 :class:`Faults` object shares it. Nothing in this module sleeps while holding it.
+
+Fault knobs (:class:`Faults`): failures without effect (``fail_next``, ``throttle_next``,
+``rate_limit``), failures after the effect (``fail_after_effect_next``), slowness before the
+effect (``latency``, ``latency_next``) or while the reply is written (``trickle_next``), and
+misbehaviour of a server that answers wrongly (``mangle_next``, ``endless_pages``,
+``lying_deletes``). ``server.py`` applies them; this module only holds and hands them out.
 """
 
 from __future__ import annotations
 
 import calendar
 import hashlib
+import json
 import secrets
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 UTC = timezone.utc
 ROLES = ("admin", "member", "viewer")
@@ -196,6 +203,54 @@ class _Countdown:
     path: str | None
 
 
+MANGLE_MODES = ("html", "not_json", "error_200", "empty", "data_type", "set", "drop",
+                "duplicate_entry", "foreign_id", "swap_value")
+WHOLE_REPLY_MODES = frozenset({"html", "not_json", "error_200", "empty", "data_type"})
+_FIELD_MODES = frozenset({"set", "drop"})
+_INDEXED_MODES = frozenset({"set", "drop", "duplicate_entry", "foreign_id"})
+_SECRET_FIELDS = frozenset({"key", "creds", "api_key", "auth_token", "refresh_token"})
+ENDLESS_MODES = ("new", "repeat")
+LIE_MODES = ("ok", "not_found")
+
+
+@dataclass
+class Mangle:
+    """``remaining`` more successful replies to ``path`` that this rule fits are altered.
+
+    ``value`` may be a key value (``swap_value``), so it is kept out of ``repr``.
+    """
+
+    remaining: int
+    mode: str
+    path: str | None
+    field_name: str | None = None
+    value: Any = field(default=None, repr=False)
+    index: int | None = None
+
+    def shown_value(self) -> Any:
+        """``value`` for a snapshot: hidden where it may be a key or another secret."""
+        if self.value is not None and (self.mode == "swap_value" or self.field_name in _SECRET_FIELDS):
+            return "<hidden>"
+        return self.value
+
+
+@dataclass
+class _Paced:
+    """``remaining`` more requests matching ``path`` are slowed by ``amount`` (seconds or bytes/s)."""
+
+    remaining: int
+    amount: float
+    path: str | None
+
+
+@dataclass
+class _Lie:
+    """``remaining`` more deletes that would succeed are answered ``mode`` without deleting."""
+
+    remaining: int
+    mode: str
+
+
 class _TokenBucket:
     """Classic token bucket in real monotonic time: ``burst`` tokens, refilled at ``rate``/s."""
 
@@ -247,12 +302,50 @@ def _path_filter(path: Any) -> str | None:
     return path.strip() if path else None
 
 
+def _choice(value: Any, allowed: tuple[str, ...], what: str) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}")
+    return value
+
+
+def _mangle_rule(n: Any, mode: Any, path: Any, field_name: Any, value: Any, index: Any) -> Mangle:
+    """A validated :class:`Mangle`; messages name the argument, never its value."""
+    mode = _choice(mode, MANGLE_MODES, "mode")
+    if mode in _FIELD_MODES:
+        if not isinstance(field_name, str) or not field_name.strip():
+            raise ValueError(f"mode {mode!r} needs field, a non-empty string")
+    elif field_name is not None:
+        raise ValueError(f"mode {mode!r} takes no field")
+    if mode == "set":
+        try:  # a private copy, and proof that it is JSON
+            value = json.loads(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError):
+            raise ValueError("value must be a JSON value (null, bool, number, string, list, object)") from None
+    elif mode in ("foreign_id", "swap_value"):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ValueError(f"mode {mode!r} takes value as a non-empty string (or none)")
+    elif value is not None:
+        raise ValueError(f"mode {mode!r} takes no value")
+    if index is not None:
+        if mode not in _INDEXED_MODES:
+            raise ValueError(f"mode {mode!r} takes no index")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise ValueError("index must be a non-negative integer")
+    return Mangle(_count(n), mode, _path_filter(path), field_name, value, index)
+
+
 class Faults:
     """Fault injection and knobs. Shares the state lock; never sleeps itself.
 
-    Per request the server asks, in this order: :meth:`latency_for` (then sleeps outside the
-    lock), :meth:`before_effect` (rate limit, then throttle, then fail-without-effect), and after
-    performing the action :meth:`after_effect` (lost response).
+    Per request the server asks, in this order: :meth:`take_trickle` (how to write the reply),
+    :meth:`latency_for` and :meth:`take_latency_next` (then sleeps outside the lock),
+    :meth:`before_effect` (rate limit, then throttle, then fail-without-effect), the lying-delete
+    rules (instead of a delete that would succeed), and after performing the action
+    :meth:`after_effect` (lost response); a successful reply then gets :meth:`next_cursor`
+    (endless pages) and :meth:`take_mangle` (one altered answer).
+
+    Every ``*_next`` knob and ``lying_deletes`` queue: each call adds a rule, a request uses the
+    first armed rule that matches it.
     """
 
     def __init__(self, lock: threading.RLock) -> None:
@@ -300,6 +393,68 @@ class Faults:
             else:
                 self._latency.pop(key, None)
 
+    def latency_next(self, n: int, seconds: float, path: str | None = None) -> None:
+        """The next ``n`` matching requests sleep ``seconds`` (real time) BEFORE their effect.
+
+        Added to any ``set_latency`` delay. The sleep holds no lock, so a client that times out
+        and retries is served first and the slow request's effect lands later (a late twin).
+        """
+        with self._lock:
+            self._latency_next.append(_Paced(_count(n), _seconds(seconds, "seconds"), _path_filter(path)))
+
+    def trickle_next(self, n: int, bytes_per_second: float, path: str | None = None) -> None:
+        """The next ``n`` matching requests get their real reply with the body written slowly.
+
+        About 20 writes a second at ``bytes_per_second`` after the headers (which carry the true
+        Content-Length): a client whose timeout applies per read never times out.
+        """
+        with self._lock:
+            rate = _seconds(bytes_per_second, "bytes_per_second")
+            if rate <= 0:
+                raise ValueError("bytes_per_second must be positive")
+            self._trickle.append(_Paced(_count(n), rate, _path_filter(path)))
+
+    def mangle_next(self, n: int, mode: str, path: str | None = None, field: str | None = None,
+                    value: Any = None, index: int | None = None) -> None:
+        """The next ``n`` matching successful replies are altered AFTER the action was performed.
+
+        Whole-reply modes (any successful reply, status stays 200): ``html`` (a proxy's HTML
+        page), ``not_json`` (text/plain garbage), ``error_200`` (an error body), ``empty``
+        (``{}``), ``data_type`` (``{"data": "unexpected"}``). Modes on ``data``: ``set`` (``field``
+        to the JSON ``value``; None is null), ``drop`` (remove ``field``); on an object reply
+        the object, on a listing the entry at ``index`` or every entry if None.
+        Listing only: ``duplicate_entry`` (append a copy of entry ``index``, default 0),
+        ``foreign_id`` (entry ``index``, default 0, gets the id ``value``, or the next entry's).
+        Issue only: ``swap_value`` (the reply's ``key`` becomes ``value``, or a random value that
+        is no key and whose last 4 characters differ; the created key keeps its real value).
+
+        A reply a rule cannot alter (an error, a listing for ``swap_value``, an index past the
+        end, ``foreign_id`` without value on a one-entry listing) does not use the rule up.
+        """
+        with self._lock:
+            self._mangle.append(_mangle_rule(n, mode, path, field, value, index))
+
+    def endless_pages(self, mode: str | None, path: str | None = "/accounts/api-keys") -> None:
+        """Until cleared, every successful reply to ``path`` carries a ``next`` cursor.
+
+        ``new``: a fresh cursor each time; ``repeat``: always the same one; None: off. The API
+        ignores ``cursor=``, so every page repeats the first one's data.
+        """
+        with self._lock:
+            if mode is None:
+                self._endless = None
+                return
+            mode = _choice(mode, ENDLESS_MODES, "mode")
+            self._endless = (mode, _path_filter(path))
+            self._endless_cursor = "page-" + secrets.token_hex(8)
+
+    def lying_deletes(self, n: int, mode: str) -> None:
+        """The next ``n`` DELETE /accounts/api-key that would succeed do NOT delete and answer
+        ``ok`` (200, the key's listing view) or ``not_found`` (404). A delete that would be
+        refused anyway gets its real answer and does not use the rule up."""
+        with self._lock:
+            self._lies.append(_Lie(_count(n), _choice(mode, LIE_MODES, "mode")))
+
     def clear(self) -> None:
         """Remove every fault, limit and latency."""
         with self._lock:
@@ -311,6 +466,12 @@ class Faults:
             self._bucket: _TokenBucket | None = None
             self._bucket_retry_after = 1
             self._latency: dict[str | None, float] = {}
+            self._latency_next: list[_Paced] = []
+            self._trickle: list[_Paced] = []
+            self._mangle: list[Mangle] = []
+            self._endless: tuple[str, str | None] | None = None
+            self._endless_cursor = ""
+            self._lies: list[_Lie] = []
 
     def snapshot(self) -> dict[str, Any]:
         """What is currently armed, for the knob endpoint."""
@@ -324,6 +485,16 @@ class Faults:
                     "per_second": self._bucket.rate, "burst": self._bucket.burst,
                     "retry_after": self._bucket_retry_after},
                 "latency": [{"path": p, "seconds": s} for p, s in self._latency.items()],
+                "latency_next": [{"n": r.remaining, "seconds": r.amount, "path": r.path}
+                                 for r in self._latency_next if r.remaining],
+                "trickle_next": [{"n": r.remaining, "bytes_per_second": r.amount, "path": r.path}
+                                 for r in self._trickle if r.remaining],
+                "mangle_next": [{"n": r.remaining, "mode": r.mode, "path": r.path,
+                                 "field": r.field_name, "value": r.shown_value(), "index": r.index}
+                                for r in self._mangle if r.remaining],
+                "endless_pages": None if self._endless is None else {
+                    "mode": self._endless[0], "path": self._endless[1]},
+                "lying_deletes": [{"n": r.remaining, "mode": r.mode} for r in self._lies if r.remaining],
             }
 
     # ---- used by the server for each API request
@@ -334,6 +505,48 @@ class Faults:
                 if key in self._latency:
                     return self._latency[key]
             return 0.0
+
+    def take_latency_next(self, method: str, path: str) -> float:
+        """Seconds of one-off latency for this request (uses up one ``latency_next``); 0 if none."""
+        with self._lock:
+            rule = self._take(self._latency_next, method, path)
+            return rule.amount if rule is not None else 0.0
+
+    def take_trickle(self, method: str, path: str) -> float | None:
+        """Bytes per second to write this request's reply at (uses up one rule); None: at once."""
+        with self._lock:
+            rule = self._take(self._trickle, method, path)
+            return rule.amount if rule is not None else None
+
+    def take_mangle(self, method: str, path: str, fits: Callable[[Mangle], bool]) -> Mangle | None:
+        """The first armed rule matching the request that ``fits`` the reply, used up; or None."""
+        with self._lock:
+            for rule in self._mangle:
+                if rule.remaining and _path_matches(rule.path, method, path) and fits(rule):
+                    rule.remaining -= 1
+                    return rule
+            return None
+
+    def next_cursor(self, method: str, path: str) -> str | None:
+        """The ``next`` cursor an endless listing carries on this reply, or None."""
+        with self._lock:
+            if self._endless is None or not _path_matches(self._endless[1], method, path):
+                return None
+            if self._endless[0] == "new":
+                return "page-" + secrets.token_hex(8)
+            return self._endless_cursor
+
+    def take_lie(self, would_succeed: Callable[[], bool]) -> str | None:
+        """For a delete: the armed lying mode, used up only if ``would_succeed()``; else None.
+
+        ``would_succeed`` runs under the shared lock, so the check and the lie are one step.
+        """
+        with self._lock:
+            rule = next((r for r in self._lies if r.remaining), None)
+            if rule is None or not would_succeed():
+                return None
+            rule.remaining -= 1
+            return rule.mode
 
     def before_effect(self, method: str, path: str) -> Injected | None:
         """A response that replaces the real one, the action not performed; None to proceed."""
@@ -364,6 +577,14 @@ class Faults:
 
     @staticmethod
     def _consume(rules: list[_Countdown], method: str, path: str) -> _Countdown | None:
+        for rule in rules:
+            if rule.remaining and _path_matches(rule.path, method, path):
+                rule.remaining -= 1
+                return rule
+        return None
+
+    @staticmethod
+    def _take(rules: list[_Paced], method: str, path: str) -> _Paced | None:
         for rule in rules:
             if rule.remaining and _path_matches(rule.path, method, path):
                 rule.remaining -= 1
@@ -539,6 +760,14 @@ class State:
         An already deleted key is 404 as well, so a retried delete can never count twice.
         """
         with self.lock:
+            found = self.find_deletable(user, key_id=key_id, value=value)
+            found.deleted_on = to_millis(self.now())
+            found.delete_count += 1
+            return found
+
+    def find_deletable(self, user: User, key_id: str | None = None, value: str | None = None) -> KeyRecord:
+        """The key :meth:`delete_key` would revoke, or the refusal it would raise; changes nothing."""
+        with self.lock:
             if user.role not in _KEY_WRITERS:
                 raise Forbidden(f"Role '{user.role}' cannot delete API keys")
             if (key_id is None) == (value is None):
@@ -548,9 +777,15 @@ class State:
             if found is None or found.deleted_on is not None or \
                     (found.account != user.email and user.role != "admin"):
                 raise NotFound("API key not found")
-            found.deleted_on = to_millis(self.now())
-            found.delete_count += 1
             return found
+
+    def decoy_value(self, unlike: str) -> str:
+        """A key-shaped value that is no key (minted or registered) and does not end like ``unlike``."""
+        with self.lock:
+            while True:
+                value = _KEY_PREFIX + secrets.token_hex(16)
+                if value not in self._key_ids_by_value and value[-4:] != unlike[-4:]:
+                    return value
 
     # ---- internals
     def _live_key(self, api_key: Any) -> KeyRecord:
