@@ -14,13 +14,18 @@ import sys
 import threading
 from typing import Sequence
 
-from providers.quiva.emulator.server import Emulator
+from providers.quiva.emulator.server import _FAULT_KNOBS, KNOB_PREFIX, Emulator
 from providers.quiva.emulator.state import ROLES
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m providers.quiva.emulator",
-                                     description="Serve an emulated QuivaWorks API.")
+    knobs = ", ".join(_FAULT_KNOBS)
+    parser = argparse.ArgumentParser(
+        prog="python -m providers.quiva.emulator", description="Serve an emulated QuivaWorks API.",
+        epilog=f"Knobs (no auth): {KNOB_PREFIX}users, keys, clock, counters, reset, faults. "
+               f"POST {KNOB_PREFIX}faults arms faults by name: {knobs}; "
+               "e.g. {\"mangle_next\": {\"n\": 1, \"mode\": \"html\", \"path\": \"GET /accounts/api-keys\"}} "
+               "or {\"clear\": true}.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
     parser.add_argument("--user", default="admin@example.com", help="email of the user to create")
