@@ -231,7 +231,7 @@ class Mangle:
         """``value`` for a snapshot: hidden where it may be a key or another secret."""
         if self.value is not None and (self.mode == "swap_value" or self.field_name in _SECRET_FIELDS):
             return "<hidden>"
-        return self.value
+        return json.loads(json.dumps(self.value))  # a copy: the armed rule stays as armed
 
 
 @dataclass
@@ -344,8 +344,10 @@ class Faults:
     :meth:`after_effect` (lost response); a successful reply then gets :meth:`next_cursor`
     (endless pages) and :meth:`take_mangle` (one altered answer).
 
-    Every ``*_next`` knob and ``lying_deletes`` queue: each call adds a rule, a request uses the
-    first armed rule that matches it.
+    ``fail_next``, ``fail_after_effect_next``, ``latency_next``, ``trickle_next``, ``mangle_next``
+    and ``lying_deletes`` queue: each call adds a rule, and a request uses the first armed rule
+    that matches it (one rule of each kind per request). ``throttle_next``, ``rate_limit``,
+    ``set_latency`` and ``endless_pages`` replace their previous setting.
     """
 
     def __init__(self, lock: threading.RLock) -> None:
