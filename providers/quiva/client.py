@@ -3,6 +3,17 @@
 Errors leave this module as classes of :mod:`rotator.errors`. Their messages (and every log line)
 are built from the method, the path without its query, the status and the body's ``error`` field
 only: never a request body, a query string, a header or a token.
+
+Every wait is bounded. One attempt — connecting, sending, the status line, the headers and the
+whole body — ends by a monotonic deadline ``timeout`` seconds after it starts (the exchange runs
+on a helper thread and the caller stops waiting at the deadline, so a server that trickles its
+headers or its body cannot stretch it); a missed deadline counts as a read timeout: transient,
+and the server may have acted. Worst case of one :meth:`QuivaClient.send` with ``retries``
+attempts: ``retries x timeout`` in requests, plus ``retries - 1`` waits between them, each at most
+``max_retry_wait`` when the server asked for it (429) and at most 30 s otherwise (jittered
+back-off), plus the pacing of a configured or learnt rate limit. A management call
+(:meth:`QuivaClient.call`) may make up to ten such requests: the call itself up to three times, one
+refresh, and up to three sign-ins of up to two requests each.
 """
 
 from __future__ import annotations
@@ -11,12 +22,13 @@ import logging
 import ssl
 import sys
 import threading
-from dataclasses import dataclass
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from rotator import redact
 from rotator.errors import (
     IssuerAuthError,
     IssuerError,
@@ -24,10 +36,13 @@ from rotator.errors import (
     IssuerUnavailable,
     KeyNotFound,
     RateLimited,
+    UntrustedAnswer,
 )
 from rotator.interfaces import Clock
 from rotator.models import Secret
 from rotator.retry import Backoff, RetryPolicy, Throttle
+
+from providers.quiva import answers
 
 if TYPE_CHECKING:        # httpx is imported on the first request: `plan` and `status` never pay for it
     import httpx
@@ -40,6 +55,8 @@ REFRESH_PATH = "/accounts/refresh-token"
 # expired: the next call goes alone, and the others wait for its answer (and the one renewal a
 # 401 brings) instead of all drawing a 401 at once after an idle gap.
 CONFIRM_AFTER = 60.0
+#: A body longer than this (bytes) is not read further and counts as "not JSON".
+MAX_BODY = 16 * 1024 * 1024
 
 
 class _HideQuery(logging.Filter):
@@ -76,32 +93,44 @@ def _shared_ssl_context() -> ssl.SSLContext:
         return _ssl_context
 
 
-@dataclass
-class _Session:
-    auth_token: str
-    refresh_token: str
-
-
 # Transport failures raised before the request can have reached the server: a retry after one of
 # them cannot duplicate an effect. Every other failure (a read timeout, a dropped connection, a
 # 5xx) may have come after the server acted.
 _NOT_SENT = ("ConnectError", "ConnectTimeout", "PoolTimeout")
 
 
+class _Late(Exception):
+    """An attempt's deadline passed before its whole answer had arrived."""
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """What one attempt brought back, read in full (``content`` None: over MAX_BODY)."""
+
+    status: int
+    content: bytes | None
+    retry_after: str | None
+
+
 @dataclass(frozen=True)
 class Answer:
-    """A response the retry loop did not swallow: its status and parsed JSON body (or {}).
-    ``doubt``: an earlier attempt failed in a way that may have followed the server's effect."""
+    """A response the retry loop did not swallow: its status and decoded JSON body
+    (:data:`answers.NOT_JSON` when empty or not JSON). ``doubt``: an earlier attempt failed in a
+    way that may have followed the server's effect. ``retry_after``: the Retry-After header."""
 
     status: int
     body: Any
     doubt: bool = False
+    retry_after: str | None = None
 
     @property
     def error(self) -> str:
         """The body's ``error`` string, masked and shortened: the only body text put in messages."""
-        text = self.body.get("error") if isinstance(self.body, Mapping) else None
-        return redact.redact(str(text))[:200] if text else ""
+        return answers.error_text(self.body)
+
+    def where(self, operation: str, method: str, path: str) -> str:
+        """'verify: POST /accounts/auth-with-api-key returned 200', for messages."""
+        return f"{operation}: {method} {path} returned {self.status}"
 
 
 class QuivaClient:
@@ -127,7 +156,7 @@ class QuivaClient:
         self.throttle = throttle or Throttle(None, 1, lambda: clock.now().timestamp(), sleep)
         self._http: httpx.Client | None = None
         self._http_lock = threading.Lock()
-        self._session: _Session | None = None
+        self._session: answers.Session | None = None
         self._session_lock = threading.Lock()
         self._probe_done = threading.Condition(self._session_lock)
         self._probing = False          # a call is testing a session that may have expired
@@ -142,17 +171,14 @@ class QuivaClient:
     # ---- public calls --------------------------------------------------------------------
 
     def call(self, operation: str, method: str, path: str, *, json: Any = None,
-             params: Mapping[str, str] | None = None) -> Any:
-        """A management call under the admin session; returns the body (a dict) on 2xx.
+             params: Mapping[str, str] | None = None) -> Answer:
+        """A management call under the admin session; returns the 2xx answer, its body unchecked
+        (the caller parses it). ``doubt`` on the answer says whether an earlier attempt may have
+        taken effect too (a 5xx, or a reply lost after the request went out): for a call that is
+        not idempotent, such as issuing.
 
         A 401 refreshes the session once, then re-authenticates once, then raises IssuerAuthError.
         """
-        return self.call_with_doubt(operation, method, path, json=json, params=params)[0]
-
-    def call_with_doubt(self, operation: str, method: str, path: str, *, json: Any = None,
-                        params: Mapping[str, str] | None = None) -> tuple[Any, bool]:
-        """:meth:`call`, plus whether an earlier attempt may have taken effect too (a 5xx, or a
-        reply lost after the request went out): for a call that is not idempotent, such as issuing."""
         token, probing = self._token()
         doubt = False
         try:
@@ -162,7 +188,8 @@ class QuivaClient:
                 doubt = doubt or answer.doubt
                 if answer.status != 401:
                     self._confirmed_at = self._now()
-                    return self.check(operation, method, path, answer), doubt
+                    self.check(operation, method, path, answer)
+                    return replace(answer, doubt=doubt)
                 if step is None:
                     break
                 log.debug("%s: %s %s returned 401; renewing the session (%s)",
@@ -182,36 +209,31 @@ class QuivaClient:
              headers: Mapping[str, str] | None = None) -> Answer:
         """One logical request with bounded retries on 429, 5xx, timeouts and connection errors.
 
+        Each attempt ends by its deadline (``timeout`` after it starts, see the module docstring).
         Returns the first other answer (2xx, 401, 403, 404, other 4xx) unchecked. Raises
         RateLimited or IssuerUnavailable (both transient) when the tries run out.
         """
-        import httpx
-
         backoff = Backoff(self._policy, self._sleep)
         doubt = False
         while True:
             self.throttle.acquire()
-            try:
-                response = self._client().request(method, path, json=json, params=params,
-                                                  headers=headers)
-            except httpx.TransportError as exc:
-                failure = type(exc).__name__   # only the type: its text may quote the URL
-            else:
-                failure = None
-            if failure is not None:            # outside ``except``: no chained httpx error
-                doubt = doubt or failure not in _NOT_SENT
+            reply, failure, sent = self._attempt(method, path, json=json, params=params,
+                                                 headers=headers)
+            if reply is None:
+                doubt = doubt or sent
                 self._on_call(self.provider, operation, "error")
                 log.debug("%s: %s %s failed: %s", self.provider, method, path, failure)
                 backoff.wait(IssuerUnavailable(
                     f"{operation}: {method} {path} failed ({failure}) after"
                     f" {backoff.tries + 1} tries", provider=self.provider))
                 continue
-            status = response.status_code
+            status = reply.status
             self._on_call(self.provider, operation, str(status))
             log.debug("%s: %s %s -> %d", self.provider, method, path, status)
-            answer = Answer(status, _json(response), doubt)
+            body = answers.NOT_JSON if reply.content is None else answers.decode(reply.content)
+            answer = Answer(status, body, doubt, reply.retry_after)
             if status == 429:
-                wait = self._retry_after(response, answer.body)
+                wait = self._retry_after(answer)
                 backoff.wait(RateLimited(
                     f"{operation}: {method} {path} still rate limited (429) after"
                     f" {backoff.tries + 1} tries", provider=self.provider, retry_after=wait),
@@ -224,11 +246,60 @@ class QuivaClient:
             else:
                 return answer
 
-    def check(self, operation: str, method: str, path: str, answer: Answer) -> Any:
-        """Return the body of a 2xx answer; translate any other status into the error tree."""
+    def _attempt(self, method: str, path: str, **request: Any) -> tuple[_Reply | None, str, bool]:
+        """One attempt, over by its deadline: (reply, "", False) or (None, what failed, whether
+        the request may have reached the server)."""
+        import httpx
+
+        deadline = time.monotonic() + self._timeout
+        box: Future[_Reply] = Future()
+        threading.Thread(target=self._exchange, args=(box, deadline, method, path, request),
+                         name=f"{self.provider}-http", daemon=True).start()
+        try:
+            return box.result(timeout=max(0.0, deadline - time.monotonic())), "", False
+        except (TimeoutError, _Late):
+            return None, f"no complete answer within {self._timeout:g}s", True
+        except httpx.HTTPError as exc:
+            name = type(exc).__name__   # only the type: its text may quote the URL
+        return None, name, name not in _NOT_SENT
+
+    def _exchange(self, box: Future[_Reply], deadline: float, method: str, path: str,
+                  request: Mapping[str, Any]) -> None:
+        """The helper thread's part: send, then read the whole body by the deadline. The caller
+        may have stopped waiting; the thread then ends at the next chunk or read timeout."""
+        try:
+            box.set_result(self._fetch(deadline, method, path, request))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller, if still there
+            box.set_exception(exc)
+
+    def _fetch(self, deadline: float, method: str, path: str, request: Mapping[str, Any]) -> _Reply:
+        import httpx
+
+        client = self._client()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Late()
+        built = client.build_request(method, path, timeout=httpx.Timeout(remaining), **request)
+        response = client.send(built, stream=True)
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                if time.monotonic() > deadline:
+                    raise _Late()
+                size += len(chunk)
+                if size > MAX_BODY:
+                    return _Reply(response.status_code, None, response.headers.get("Retry-After"))
+                chunks.append(chunk)
+            return _Reply(response.status_code, b"".join(chunks), response.headers.get("Retry-After"))
+        finally:
+            response.close()
+
+    def check(self, operation: str, method: str, path: str, answer: Answer) -> Answer:
+        """Return a 2xx answer as it is; translate any other status into the error tree."""
         if 200 <= answer.status < 300:
-            return answer.body
-        where = f"{operation}: {method} {path} returned {answer.status}{_paren(answer.error)}"
+            return answer
+        where = answer.where(operation, method, path) + _paren(answer.error)
         if answer.status == 401:
             raise IssuerAuthError(where, provider=self.provider)
         if answer.status == 403:
@@ -280,29 +351,38 @@ class QuivaClient:
             self._confirmed_at = self._now()
             return session.auth_token
 
-    def _authenticate(self) -> _Session:
-        key = self._admin_key()
-        answer = self.send("auth", "POST", AUTH_PATH, json={"api_key": key.reveal()})
-        if answer.status == 401:
-            raise IssuerAuthError(f"the admin key was refused: POST {AUTH_PATH} returned 401"
-                                  f"{_paren(answer.error)}", provider=self.provider)
-        return self._session_from(self.check("auth", "POST", AUTH_PATH, answer), "auth")
+    def _authenticate(self) -> answers.Session:
+        """Sign in with the admin key. One 401 is tried again after a jittered back-off (the key
+        may have just been rotated, and not every server knows it yet); a second is final."""
+        backoff = Backoff(replace(self._policy, attempts=2), self._sleep)
+        while True:
+            answer = self.send("auth", "POST", AUTH_PATH,
+                               json={"api_key": self._admin_key().reveal()})
+            if answer.status != 401:
+                break
+            backoff.wait(IssuerAuthError(
+                f"the admin key was refused: POST {AUTH_PATH} returned 401 twice"
+                f"{_paren(answer.error)}", provider=self.provider))
+            log.info("%s: POST %s returned 401; signing in once more", self.provider, AUTH_PATH)
+        self.check("auth", "POST", AUTH_PATH, answer)
+        return answers.session(answer.body, where=answer.where("auth", "POST", AUTH_PATH),
+                               provider=self.provider)
 
-    def _refresh(self, session: _Session) -> _Session | None:
+    def _refresh(self, session: answers.Session) -> answers.Session | None:
+        """A renewed pair, or None when the refresh was refused or its answer is not the
+        documented shape (the caller then signs in again)."""
         answer = self.send("refresh", "POST", REFRESH_PATH, json={
             "auth_token": session.auth_token, "refresh_token": session.refresh_token})
         if not 200 <= answer.status < 300:
             log.info("%s: POST %s returned %d; re-authenticating", self.provider, REFRESH_PATH,
                      answer.status)
             return None
-        return self._session_from(answer.body, "refresh")
-
-    def _session_from(self, body: Any, operation: str) -> _Session:
-        data = body.get("data") if isinstance(body, Mapping) else None
-        if not isinstance(data, Mapping) or not data.get("auth_token") or not data.get("refresh_token"):
-            raise IssuerError(f"{operation}: the response carried no token pair",
-                              provider=self.provider)
-        return _Session(str(data["auth_token"]), str(data["refresh_token"]))
+        try:
+            return answers.session(answer.body, where=answer.where("refresh", "POST", REFRESH_PATH),
+                                   provider=self.provider)
+        except UntrustedAnswer as exc:
+            log.info("%s; re-authenticating", exc)
+            return None
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -317,14 +397,12 @@ class QuivaClient:
                                           headers={"Accept": "application/json"})
             return self._http
 
-    def _retry_after(self, response: httpx.Response, body: Any) -> float | None:
+    def _retry_after(self, answer: Answer) -> float | None:
         """The longest wait the server asked for: body ``retry_after`` or a Retry-After header."""
-        waits = []
-        if isinstance(body, Mapping):
-            waits.append(_seconds(body.get("retry_after")))
-        header = response.headers.get("Retry-After")
+        waits = [answers.retry_after(answer.body)]
+        header = answer.retry_after
         if header:
-            waits.append(_seconds(header))
+            waits.append(answers.seconds(header))
             if waits[-1] is None:
                 waits.append(self._until(header))
         known = [w for w in waits if w is not None]
@@ -333,29 +411,12 @@ class QuivaClient:
     def _until(self, http_date: str) -> float | None:
         try:
             moment = parsedate_to_datetime(http_date)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=timezone.utc)
         now: datetime = self._clock.now()
         return max(0.0, (moment - now).total_seconds())
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return {}
-
-
-def _seconds(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if seconds >= 0 else None
 
 
 def _paren(text: str) -> str:

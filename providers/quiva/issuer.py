@@ -1,7 +1,8 @@
 """The QuivaWorks issuer: maps the :class:`rotator.interfaces.Issuer` Protocol onto the account API.
 
 One instance is one QuivaWorks user (the owner of its admin key); every key it issues belongs to
-that user and carries that user's permissions. See docs/issuers/quivaworks.md.
+that user and carries that user's permissions. Every answer is checked by
+:mod:`providers.quiva.answers` before it is returned. See docs/issuers/quivaworks.md.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 from pydantic import Field, field_validator
 
 from rotator import credentials
-from rotator.errors import IssuerError, IssuerPermissionError
+from rotator.errors import IssuerPermissionError, UntrustedAnswer
 from rotator.interfaces import ProviderContext
-from rotator.models import IssuedKey, IssuerCapabilities, KeyInfo, Secret
+from rotator.models import IssuedKey, IssuerCapabilities, KeyInfo, Listing, Secret
 from rotator.retry import RetryPolicy, Throttle
-from rotator.timeutil import parse_duration, parse_instant
+from rotator.timeutil import parse_duration
 from rotator.validation import StrictModel, parse
 
+from providers.quiva import answers
 from providers.quiva.client import AUTH_PATH, QuivaClient
 
 if TYPE_CHECKING:
@@ -32,7 +34,6 @@ LIST_PATH = "/accounts/api-keys"
 AGENTS_PATH = "/v1/agents"
 #: Clock skew tolerated between the rotator and QuivaWorks when matching ``created_on``.
 MATCH_SKEW = timedelta(seconds=10)
-_MAX_PAGES = 1000
 
 
 class QuivaSettings(StrictModel):
@@ -47,6 +48,8 @@ class QuivaSettings(StrictModel):
     list_email: str | None = None
     rate_limit: float | None = Field(default=None, gt=0)   # requests per second, all workers together
     rate_burst: int = Field(default=5, ge=1)
+    key_lifetime_months: int = Field(default=3, ge=1, le=120)   # the documented key lifetime
+    max_pages: int = Field(default=100, ge=1, le=100_000)       # a longer listing is not trusted
 
     @field_validator("base_url")
     @classmethod
@@ -108,42 +111,47 @@ class QuivaIssuer:
     def issue(self, name: str) -> IssuedKey:
         """POST /accounts/api-key. Not idempotent: a retry after a lost response (5xx after the
         effect, timeout) mints a second key with the same name; the engine sweeps it as a twin.
-        ``maybe_twinned`` says whether such a retry happened.
+        ``maybe_twinned`` says whether such a retry happened. The answer is checked by
+        :func:`answers.issued` (UnusableKey for a value that cannot be deployed).
         """
-        body, doubt = self.client.call_with_doubt("issue", "POST", KEY_PATH, json={"key_name": name})
-        data = _data(body)
-        if not isinstance(data, Mapping) or not isinstance(data.get("key"), str) or not data["key"]:
-            raise IssuerError("issue: the response carried no key value", provider=self.name)
-        value = Secret(data["key"])
-        expires_on = _instant(data.get("expires_on"))
-        if expires_on is None:
-            raise IssuerError(f"issue: the response for key …{value.last4} carried no valid"
-                              " expires_on", provider=self.name)
-        return IssuedKey(value=value, name=str(data.get("name") or name),
-                         created_on=_instant(data.get("created_on")) or self._context.clock.now(),
-                         expires_on=expires_on, key_id=None, maybe_twinned=doubt)
+        answer = self.client.call("issue", "POST", KEY_PATH, json={"key_name": name})
+        issued = answers.issued(answer.body, requested=name, now=self._context.clock.now(),
+                                lifetime_months=self.settings.key_lifetime_months,
+                                where=answer.where("issue", "POST", KEY_PATH), provider=self.name)
+        key = IssuedKey(value=Secret(issued.value), name=issued.name, created_on=issued.created_on,
+                        expires_on=issued.expires_on, key_id=None, maybe_twinned=answer.doubt,
+                        note=issued.note)
+        if key.note:
+            log.info("%s: issued key …%s named %r: %s", self.name, key.value.last4, key.name, key.note)
+        return key
 
-    def list_keys(self) -> list[KeyInfo]:
-        """GET /accounts/api-keys (``email=`` if configured), following a next/cursor if present."""
+    def list_keys(self) -> Listing:
+        """GET /accounts/api-keys (``email=`` if configured), following a next/cursor if present.
+
+        Each page is checked by :func:`answers.listing_page`; a cursor that repeats, or more than
+        ``max_pages`` pages, raises UntrustedAnswer instead of passing for a complete listing.
+        """
         params: dict[str, str] = {}
         if self.settings.list_email:
             params["email"] = self.settings.list_email
-        path, keys, seen = LIST_PATH, [], set()
-        for _ in range(_MAX_PAGES):
-            body = self.client.call("list", "GET", path, params=params or None)
-            data = _data(body)
-            if not isinstance(data, list):
-                raise IssuerError(f"list: GET {LIST_PATH} returned no array", provider=self.name)
-            keys.extend(self._key_info(entry) for entry in data if isinstance(entry, Mapping))
-            cursor = _next_page(body)
-            if cursor is None or cursor in seen:
-                break
-            seen.add(cursor)
-            if cursor.startswith(("/", "http://", "https://")):
-                path, params = _page_link(cursor, self.settings.base_url, self.name)
-            else:
-                params = {**params, "cursor": cursor}
-        return keys
+        path, pages, seen = LIST_PATH, [], set()
+        for number in range(1, self.settings.max_pages + 1):
+            answer = self.client.call("list", "GET", path, params=params or None)
+            page = answers.listing_page(
+                answer.body, now=self._context.clock.now(), page=number,
+                lifetime_months=self.settings.key_lifetime_months, provider=self.name,
+                where=answer.where("list", "GET", LIST_PATH) + (f" (page {number})" if number > 1 else ""))
+            pages.append(page)
+            if page.next is None:
+                return self._listed(answers.listing(pages))
+            if page.next in seen:
+                raise UntrustedAnswer(f"list: GET {LIST_PATH}: the listing's next cursor repeats"
+                                      f" (page {number}); the listing is not trusted", provider=self.name)
+            seen.add(page.next)
+            path, params = self._next_request(page.next, path, params)
+        raise UntrustedAnswer(f"list: GET {LIST_PATH}: the listing did not end after"
+                              f" {self.settings.max_pages} pages; the listing is not trusted",
+                              provider=self.name)
 
     def find(self, issued: IssuedKey, listing: Iterable[KeyInfo] | None = None) -> KeyInfo | None:
         """The listing entry of a key just issued (see :func:`match_issued`); lists if needed."""
@@ -151,21 +159,32 @@ class QuivaIssuer:
         return match_issued(keys, issued.name, issued.value.last4, issued.created_on)
 
     def verify(self, value: Secret) -> bool:
-        """Authenticate with ``value`` (``verify_with``); leaves the admin session alone."""
+        """Authenticate with ``value`` (``verify_with``); leaves the admin session alone.
+
+        True only on the documented success answer (checked by :mod:`answers`), False on a 401;
+        any other answer raises (UntrustedAnswer, transient, for one that is not documented).
+        """
         if self.settings.verify_with == "agents":
             method, path, request = "GET", AGENTS_PATH, {
                 "headers": {"Authorization": f"Bearer {value.reveal()}"}}
         else:
             method, path, request = "POST", AUTH_PATH, {"json": {"api_key": value.reveal()}}
         answer = self.client.send("verify", method, path, **request)
+        where = answer.where("verify", method, path)
         if answer.status == 401:
             return False
-        if answer.status == 403 and self.settings.verify_with == "agents":
-            raise IssuerPermissionError(
-                f"verify: {method} {path} returned 403 for key …{value.last4}: it authenticates"
-                " but its user may not call this; use verify_with = \"auth\"", provider=self.name)
-        self.client.check("verify", method, path, answer)
-        return True
+        if answer.status == 403:
+            if self.settings.verify_with == "agents":
+                raise IssuerPermissionError(
+                    f"{where} for key …{value.last4}: it authenticates but its user may not call"
+                    " this; use verify_with = \"auth\"", provider=self.name)
+            self.client.check("verify", method, path, answer)
+        if not 200 <= answer.status < 300:
+            raise UntrustedAnswer(f"{where}{_paren(answer.error)}: neither the documented success"
+                                  " nor a refusal; the key is not taken as verified", provider=self.name)
+        if self.settings.verify_with == "agents":
+            return answers.verified_by_agents(answer.body, where=where, provider=self.name)
+        return answers.verified_by_auth(answer.body, where=where, provider=self.name)
 
     def revoke(self, *, key_id: str | None = None, value: Secret | None = None) -> None:
         """DELETE /accounts/api-key by ``id=`` (preferred) or ``key=``; 404 raises KeyNotFound."""
@@ -175,7 +194,7 @@ class QuivaIssuer:
             params = {"key": value.reveal()}
         else:
             raise ValueError("revoke needs key_id or value")
-        self.client.call("revoke", "DELETE", KEY_PATH, params=params)
+        self.client.call("revoke", "DELETE", KEY_PATH, params=params)   # body not trusted: unread
 
     def credential_changed(self) -> None:
         self.client.drop_session()
@@ -188,19 +207,22 @@ class QuivaIssuer:
     def _resolve_admin_key(self) -> Secret:
         return self._context.resolve_credential(self._admin_ref, self._key_where)
 
-    def _key_info(self, entry: Mapping[str, Any]) -> KeyInfo:
-        account = entry.get("account")
-        if account:
-            self._owner = str(account)
-        return KeyInfo(
-            key_id=str(entry.get("id", "")),
-            name=str(entry.get("name", "")),
-            last4=str(entry.get("last_4_characters", "")),
-            created_on=_instant(entry.get("created_on")),
-            expires_on=_instant(entry.get("expires_on")),
-            account=str(account) if account else None,
-            last_used_on=_instant(entry.get("last_used_on")),
-        )
+    def _listed(self, listing: Listing) -> Listing:
+        """Note the owner (the account the entries name) and log what the checks found."""
+        for key in listing:
+            if key.account:
+                self._owner = key.account
+        if listing.problems:
+            log.warning("%s: the key listing has %d problem(s): %s", self.name,
+                        len(listing.problems), "; ".join(listing.problems[:5]))
+        return listing
+
+    def _next_request(self, cursor: str, path: str,
+                      params: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """Path and query of the next page: a link (same origin only) or ``cursor=``."""
+        if cursor.startswith(("/", "http://", "https://")):
+            return _page_link(cursor, self.settings.base_url, self.name)
+        return path, {**params, "cursor": cursor}
 
 
 def match_issued(listing: Iterable[KeyInfo], name: str, last4: str,
@@ -217,39 +239,24 @@ def match_issued(listing: Iterable[KeyInfo], name: str, last4: str,
     return candidates[0] if len(candidates) == 1 else None
 
 
-def _data(body: Any) -> Any:
-    return body.get("data") if isinstance(body, Mapping) else None
-
-
-def _instant(value: Any) -> datetime | None:
-    if value in (None, ""):
-        return None
-    try:
-        return parse_instant(value)
-    except (TypeError, ValueError, AttributeError):
-        log.debug("unparseable instant in a QuivaWorks response ignored")
-        return None
-
-
-def _next_page(body: Any) -> str | None:
-    if not isinstance(body, Mapping):
-        return None
-    for field in ("next", "next_cursor", "cursor"):
-        value = body.get(field)
-        if value not in (None, "", False):
-            return str(value)
-    return None
+def _paren(text: str) -> str:
+    return f" ({text})" if text else ""
 
 
 def _page_link(link: str, base_url: str, provider: str) -> tuple[str, dict[str, str]]:
     """A next-page link as (path relative to ``base_url``, query); another origin is refused."""
     import httpx
 
-    url, base = httpx.URL(link), httpx.URL(base_url)
+    try:
+        url, base = httpx.URL(link), httpx.URL(base_url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise UntrustedAnswer("list: the next-page link is not a URL; the listing is not trusted",
+                              provider=provider) from None
     path = url.path
     if url.is_absolute_url:
         if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
-            raise IssuerError("list: the next-page link points to another host", provider=provider)
+            raise UntrustedAnswer("list: the next-page link points to another host; the listing"
+                                  " is not trusted", provider=provider)
         prefix = base.path.rstrip("/")
         if prefix and path.startswith(prefix + "/"):
             path = path[len(prefix):]

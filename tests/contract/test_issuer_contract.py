@@ -14,8 +14,8 @@ import pytest
 
 from rotator.errors import KeyNotFound, RotatorError
 from rotator.interfaces import Issuer
-from rotator.models import IssuedKey, KeyInfo, Secret
-from rotator.testing import FakeClock, RecordingSleep, provider_context
+from rotator.models import IssuedKey, KeyInfo, Listing, Secret
+from rotator.testing import RecordingSleep, provider_context
 
 ISSUERS = ["quivaworks"]
 
@@ -37,7 +37,8 @@ def quivaworks_issuer(quiva_emulator):
 
     quiva_emulator.reset()
     admin_key = quiva_emulator.add_user("contract@example.com", role="admin")
-    context = provider_context(clock=FakeClock(), sleep=RecordingSleep(),
+    # The issuer checks the dates it is given against its clock: it must read the API's time.
+    context = provider_context(clock=quiva_emulator.clock, sleep=RecordingSleep(),
                                environ={"QUIVA_API_KEY": admin_key})
     issuer = QuivaIssuer("contract-quiva", {"base_url": quiva_emulator.url}, context)
     yield issuer
@@ -154,6 +155,28 @@ def test_no_value_in_any_error_message(issuer):
     assert len(errors) == len(attempts), "revoking a gone key must raise a RotatorError"
     for exc in errors:
         assert key.value.reveal() not in text_of(exc, *exc.args)
+
+
+def test_a_healthy_issuer_gives_a_usable_listing_of_checked_entries(issuer):
+    issuer.issue(fresh_name())
+    listing = issuer.list_keys()
+    assert isinstance(listing, Listing) and listing.usable and listing.problems == ()
+    ids = [k.key_id for k in listing]
+    assert len(ids) == len(set(ids))
+    for entry in listing:
+        assert isinstance(entry.key_id, str) and entry.key_id and len(entry.last4) == 4
+        assert entry.note is None                  # a truthful service needs no repair
+
+
+def test_an_issued_key_has_trusted_dates(issuer):
+    key = issuer.issue(fresh_name())
+    assert key.created_on.tzinfo is not None and key.expires_on.tzinfo is not None
+    assert key.created_on < key.expires_on <= key.created_on + timedelta(days=366)
+    assert key.note is None
+
+
+def test_verify_refuses_a_value_never_issued(issuer):
+    assert issuer.verify(Secret("ms-" + uuid.uuid4().hex)) is False
 
 
 def test_close_is_safe_twice(issuer):

@@ -1,6 +1,9 @@
-"""QuivaWorks client and issuer over ``httpx.MockTransport``: retries, session, settings, leaks.
+"""QuivaWorks client and issuer over ``httpx.MockTransport``: retries, session, settings, the
+checks on every answer, leaks.
 
-No sockets and no real waits: ``RecordingSleep`` captures every back-off.
+No sockets and no real waits: ``RecordingSleep`` captures every back-off. (The per-attempt
+deadline against a server that trickles is proven over real sockets in
+tests/integration/test_quiva_issuer.py.) The parsers themselves: tests/unit/test_quiva_answers.py.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from rotator.errors import (
     IssuerUnavailable,
     KeyNotFound,
     RateLimited,
+    RotatorError,
+    UnusableKey,
+    UntrustedAnswer,
 )
-from rotator.models import KeyInfo, Secret
+from rotator.models import KeyInfo, Listing, Secret
 from rotator.testing import FakeClock, RecordingSleep, provider_context
 
 ADMIN_KEY = "ms-0123456789abcdef0123456789admin"
@@ -43,6 +49,13 @@ Reply = httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
 
 def reply(status: int, body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.Response(status, json={} if body is None else body, headers=headers)
+
+
+def raw(status: int, content: str, content_type: str = "text/html") -> httpx.Response:
+    return httpx.Response(status, content=content.encode(), headers={"Content-Type": content_type})
+
+
+HTML = "<html><body><h1>Welcome to the proxy</h1></body></html>"
 
 
 def error(status: int, name: str, **extra: Any) -> httpx.Response:
@@ -342,12 +355,12 @@ def test_401_after_refresh_reauthenticates_once_more(api, make):
     assert (api.count[AUTH], api.count[REFRESH], api.count[LIST]) == (2, 1, 4)
 
 
-def test_reauthentication_refused_raises_issuer_auth_error(api, make):
+def test_reauthentication_refused_raises_issuer_auth_error(api, make, sleep):
     issuer = make()
     issuer.list_keys()
     api.valid.discard("tok-1")
     api.queue(REFRESH, error(401, "Invalid API key"))
-    api.queue(AUTH, error(401, "Invalid API key"))
+    api.queue(AUTH, error(401, "Invalid API key"), error(401, "Invalid API key"))
     with pytest.raises(IssuerAuthError) as info:
         issuer.list_keys()
     message = str(info.value)
@@ -364,12 +377,42 @@ def test_persistent_401_gives_up_after_refresh_and_reauth(api, make):
     assert (api.count[LIST], api.count[REFRESH], api.count[AUTH]) == (3, 1, 2)
 
 
-def test_first_authentication_refused(api, make):
-    api.queue(AUTH, error(401, "Invalid API key"))
+def test_first_authentication_refused(api, make, sleep):
+    api.queue(AUTH, error(401, "Invalid API key"), error(401, "Invalid API key"))
     with pytest.raises(IssuerAuthError) as info:
         make().issue("x")
-    assert "admin key was refused" in str(info.value)
-    assert api.count[ISSUE] == 0
+    assert "admin key was refused" in str(info.value) and "401 twice" in str(info.value)
+    assert api.count[ISSUE] == 0 and api.count[AUTH] == 2
+    assert len(sleep.waits) == 1 and 0 <= sleep.waits[0] <= 0.5
+
+
+def test_one_401_on_the_admin_sign_in_is_tried_again_after_a_back_off(api, make, sleep, environ):
+    """A just-rotated admin key may not be known to every server yet: one refusal is retried
+    (through the injected sleep, with the admin key resolved again), a second is final."""
+    api.queue(AUTH, error(401, "Invalid API key"))
+    key = make().issue("prod-web r-1")
+    assert key.name == "prod-web r-1"
+    assert api.count[AUTH] == 2 and len(sleep.waits) == 1
+
+
+def test_a_sign_in_answer_without_a_token_pair_is_untrusted(api, make):
+    api.queue(AUTH, reply(200, {"data": {"auth_token": "tok-x", "refresh_token": ""}}))
+    with pytest.raises(UntrustedAnswer) as info:
+        make().list_keys()
+    assert info.value.transient is True
+    assert "POST /accounts/auth-with-api-key returned 200" in str(info.value)
+    assert "data.refresh_token is an empty string" in str(info.value)
+    assert "tok-x" not in str(info.value)
+    assert api.count[LIST] == 0
+
+
+def test_a_refresh_answer_without_a_token_pair_leads_to_a_new_sign_in(api, make):
+    issuer = make()
+    issuer.list_keys()
+    api.valid.discard("tok-1")
+    api.queue(REFRESH, raw(200, HTML))
+    assert len(issuer.list_keys()) == 1
+    assert (api.count[AUTH], api.count[REFRESH]) == (2, 1)
 
 
 def _lister(issuer: QuivaIssuer, results: list[Any]) -> Callable[[], None]:
@@ -493,7 +536,8 @@ def test_unknown_setting_is_named(make):
 
 @pytest.mark.parametrize("field,value", [("timeout", "soon"), ("max_retry_wait", "5 parsecs"),
                                          ("retries", 0), ("verify_with", "magic"),
-                                         ("base_url", "ftp://x"), ("admin_key", {"env": "A", "file": "b"})])
+                                         ("base_url", "ftp://x"), ("admin_key", {"env": "A", "file": "b"}),
+                                         ("key_lifetime_months", 0), ("max_pages", 0)])
 def test_bad_settings_name_their_field(make, field, value):
     with pytest.raises(ConfigError, match=rf"issuers\.quiva-test\.{field}"):
         make(**{field: value})
@@ -505,6 +549,7 @@ def test_defaults_and_capabilities(make):
     assert settings.timeout == timedelta(seconds=10) and settings.retries == 6
     assert settings.max_retry_wait == timedelta(minutes=5) and settings.verify_with == "auth"
     assert settings.admin_key == {"env": "QUIVA_API_KEY"}
+    assert settings.key_lifetime_months == 3 and settings.max_pages == 100
     assert issuer.capabilities.revoke_by_value and not issuer.capabilities.reports_last_used
 
 
@@ -518,24 +563,144 @@ def test_issue_maps_the_response(api, make):
     assert key.expires_on == datetime(2026, 4, 1, tzinfo=timezone.utc)
 
 
-def test_issue_without_a_key_in_the_response_is_an_error(api, make):
-    api.queue(ISSUE, reply(200, {"data": {"name": "x"}}))
-    with pytest.raises(IssuerError, match="no key value"):
-        make().issue("x")
+def test_issue_without_a_key_in_the_response_is_an_unusable_key(api, make):
+    api.queue(ISSUE, reply(200, {"data": {"name": "x r-1"}}))
+    with pytest.raises(UnusableKey, match="the key value is missing") as info:
+        make().issue("x r-1")
+    assert info.value.name == "x r-1"
 
 
-def test_listing_parses_leniently_and_passes_last_used_through(api, make):
+def _issued_with(**data: Any) -> Callable[[httpx.Request], httpx.Response]:
+    """An issue reply whose data fields are overridden (None: the field is left out)."""
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = {"key": ISSUED_KEY, "name": json.loads(request.content)["key_name"],
+                "created_on": "2026-01-01T00:00:00.000Z", "expires_on": "2026-04-01T00:00:00.000Z",
+                "creds": "c", **data}
+        return reply(200, {"data": {k: v for k, v in body.items() if v is not None}})
+    return answer
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("short", "has 5 characters"),
+    ("ms-" + "a" * 600, "has 603 characters"),
+    ("ms-0123 456789abcdef", "has whitespace at position 7"),
+    ("ms-0123456789abcdef\n", "has whitespace at position 19"),
+    ("ms-0123456789\x00bcdef", "has a control character at position 13"),
+    ("ms-0123456789abcdéf", "has a non-ASCII character at position 17"),
+    (12345678901, "is a number, not a string"),
+    ("", "has 0 characters"),
+])
+def test_a_key_value_that_cannot_be_deployed_is_refused_at_issue(api, make, value, problem, caplog):
+    caplog.set_level(logging.DEBUG)
+    api.queue(ISSUE, _issued_with(key=value))
+    with pytest.raises(UnusableKey) as info:
+        make().issue("prod-web r-1")
+    message = str(info.value)
+    assert problem in message and "prod-web r-1" in message and "POST /accounts/api-key" in message
+    assert info.value.name == "prod-web r-1" and info.value.provider == "quiva-test"
+    if isinstance(value, str) and len(value) >= 8:
+        assert value not in message and value not in caplog.text
+        assert value[:-4] not in message
+
+
+def test_an_unusable_key_carries_the_name_the_reply_gave_it(api, make):
+    api.queue(ISSUE, _issued_with(key="ms-has a space-c0de", name="prod-web r-1 (renamed)"))
+    with pytest.raises(UnusableKey) as info:
+        make().issue("prod-web r-1")
+    assert info.value.name == "prod-web r-1 (renamed)"
+    assert "(…c0de)" in str(info.value)                 # the last 4 are printable: shown
+
+
+@pytest.mark.parametrize("reply_", [raw(200, HTML), reply(200, {"error": "Invalid API key"}),
+                                    reply(200, {"data": "unexpected"}), raw(200, "")])
+def test_an_issue_answer_that_is_not_the_documented_shape_is_an_unusable_key(api, make, reply_):
+    api.queue(ISSUE, reply_)
+    with pytest.raises(UnusableKey) as info:
+        make().issue("prod-web r-1")
+    assert info.value.name == "prod-web r-1"            # a key may exist under it: find, revoke
+    assert "POST /accounts/api-key returned 200" in str(info.value)
+
+
+def test_issue_uses_the_reply_name_and_notes_a_rename(api, make):
+    api.queue(ISSUE, _issued_with(name="prod-web r-1 (1)"))
+    key = make().issue("prod-web r-1")
+    assert key.name == "prod-web r-1 (1)"
+    assert "not the requested 'prod-web r-1'" in key.note
+
+
+def test_issue_without_a_name_keeps_the_requested_one(api, make):
+    api.queue(ISSUE, _issued_with(name=""))
+    key = make().issue("prod-web r-1")
+    assert key.name == "prod-web r-1" and "name is an empty string" in key.note
+
+
+@pytest.mark.parametrize("fields, created, expires, note", [
+    ({}, datetime(2026, 1, 1), datetime(2026, 4, 1), None),
+    ({"expires_on": "garbage"}, datetime(2026, 1, 1), datetime(2026, 4, 1), "'garbage' is not"),
+    ({"expires_on": "9999-12-31T23:59:59Z"}, datetime(2026, 1, 1), datetime(2026, 4, 1),
+     "implausible"),
+    ({"expires_on": "2025-12-31T00:00:00Z"}, datetime(2026, 1, 1), datetime(2026, 4, 1),
+     "not after created_on"),
+    ({"expires_on": 1767225600}, datetime(2026, 1, 1), datetime(2026, 4, 1), "is a number"),
+    ({"expires_on": "2027-01-01T00:00:00Z"}, datetime(2026, 1, 1), datetime(2026, 4, 1),
+     "reported expires_on 2027-01-01; planning with created_on + 3 months = 2026-04-01"),
+    ({"expires_on": "2026-02-01T00:00:00Z"}, datetime(2026, 1, 1), datetime(2026, 2, 1),
+     "reported expires_on 2026-02-01; planning with it"),
+    ({"created_on": "2020-06-01T00:00:00Z", "expires_on": "2020-09-01T00:00:00Z"},
+     datetime(2026, 1, 1), datetime(2026, 4, 1), "created_on 2020-06-01 is not within a day of now"),
+    ({"created_on": None, "expires_on": None}, datetime(2026, 1, 1), datetime(2026, 4, 1),
+     "created_on is missing"),
+    ({"created_on": "2026-01-01T05:30:00+05:30"}, datetime(2026, 1, 1), datetime(2026, 4, 1), None),
+])
+def test_issue_dates_are_checked_and_never_left_empty(api, make, clock, fields, created, expires, note):
+    api.queue(ISSUE, _issued_with(**fields))
+    key = make().issue("prod-web r-1")
+    assert key.created_on == created.replace(tzinfo=timezone.utc)
+    assert key.expires_on == expires.replace(tzinfo=timezone.utc)
+    assert key.note is None if note is None else note in key.note
+
+
+def test_issue_follows_the_key_lifetime_setting(api, make):
+    api.queue(ISSUE, _issued_with(expires_on=None))
+    key = make(key_lifetime_months=1).issue("prod-web r-1")
+    assert key.expires_on == datetime(2026, 2, 1, tzinfo=timezone.utc)
+
+
+def test_listing_is_checked_strictly_and_passes_last_used_through(api, make):
     api.queue(LIST, reply(200, {"data": [
         listing_entry(created_on="2026-01-01T02:00:00.123456+02:00", expires_on="garbage",
-                      last_used_on="2026-02-01T00:00:00Z")]}))
+                      last_used_on="2026-01-01T00:00:00Z")]}))
     issuer = make()
     assert issuer.owner is None
-    [info] = issuer.list_keys()
+    listing = issuer.list_keys()
+    assert isinstance(listing, Listing) and listing.usable
+    [info] = listing
     assert info.created_on == datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=timezone.utc)
-    assert info.expires_on is None
-    assert info.last_used_on == datetime(2026, 2, 1, tzinfo=timezone.utc)
+    assert info.expires_on is None and "'garbage' is not an ISO-8601 instant" in info.note
+    assert info.last_used_on == datetime(2026, 1, 1, tzinfo=timezone.utc)
     assert (info.key_id, info.last4, info.account) == ("k1", ISSUED_KEY[-4:], "svc@example.com")
     assert issuer.owner == "svc@example.com"
+
+
+def test_listing_keeps_bad_entries_out_and_names_them(api, make):
+    api.queue(LIST, reply(200, {"data": [
+        listing_entry(id="a"), listing_entry(id=None), listing_entry(id="b", last_4_characters="abc"),
+        listing_entry(id=7), listing_entry(id="d"), listing_entry(id="d"), "not an entry"]}))
+    listing = make().list_keys()
+    assert [k.key_id for k in listing] == ["a", "7"]
+    assert listing.problems == ("entry 1: id is null", "entry 2: last_4_characters has 3 characters, not 4",
+                                "entry 6: the entry is a string, not an object", "id 'd' appears twice")
+    assert not listing.usable
+
+
+@pytest.mark.parametrize("body", [HTML, "", '{"data": {"keys": []}}', '{"error": "Invalid API key"}',
+                                  '{"data": [], "error": "Invalid API key"}', "[]"])
+def test_a_listing_that_is_not_the_documented_shape_is_untrusted(api, make, body):
+    api.queue(LIST, raw(200, body, "application/json"))
+    with pytest.raises(UntrustedAnswer) as info:
+        make().list_keys()
+    assert info.value.transient is True
+    assert "list: GET /accounts/api-keys returned 200" in str(info.value)
 
 
 def test_listing_follows_next_links_and_cursors(api, make):
@@ -552,8 +717,38 @@ def test_listing_follows_next_links_and_cursors(api, make):
 
 def test_listing_refuses_a_next_link_to_another_host(api, make):
     api.queue(LIST, reply(200, {"data": [], "next": "https://evil.test/accounts/api-keys"}))
-    with pytest.raises(IssuerError, match="another host"):
+    with pytest.raises(UntrustedAnswer, match="another host"):
         make().list_keys()
+
+
+def test_a_listing_that_never_ends_is_untrusted(api, make):
+    pages = iter(range(1000))
+    api.queue(LIST, *[lambda request: reply(200, {"data": [listing_entry()], "cursor": f"c{next(pages)}"})] * 6)
+    with pytest.raises(UntrustedAnswer, match="the listing did not end after 5 pages"):
+        make(max_pages=5).list_keys()
+    assert api.count[LIST] == 5
+
+
+def test_a_listing_whose_next_cursor_repeats_is_untrusted(api, make):
+    api.queue(LIST, reply(200, {"data": [listing_entry(id="a")], "next_cursor": "c2"}),
+              reply(200, {"data": [listing_entry(id="b")], "next_cursor": "c2"}))
+    with pytest.raises(UntrustedAnswer, match="the listing's next cursor repeats"):
+        make().list_keys()
+
+
+def test_the_same_id_on_two_pages_is_a_problem(api, make):
+    api.queue(LIST, reply(200, {"data": [listing_entry(id="a")], "cursor": "c2"}),
+              reply(200, {"data": [listing_entry(id="a"), listing_entry(id="x", name=5)]}))
+    listing = make().list_keys()
+    assert [k.key_id for k in listing] == ["x"] and listing[0].name == ""
+    assert listing.problems == ("id 'a' appears twice",)
+    assert "name is a number" in listing[0].note
+
+
+def test_listing_page_problems_name_the_page(api, make):
+    api.queue(LIST, reply(200, {"data": [listing_entry(id="a")], "cursor": "c2"}),
+              reply(200, {"data": [listing_entry(id=" b")]}))
+    assert make().list_keys().problems == ("page 2 entry 0: id ' b' has surrounding whitespace",)
 
 
 def test_revoke_by_id_is_preferred_and_by_value_works(api, make):
@@ -592,6 +787,65 @@ def test_verify_raises_transient_errors_when_the_answer_is_unknown(api, make):
     with pytest.raises(IssuerUnavailable) as info:
         make(retries=3).verify(Secret(ISSUED_KEY))
     assert info.value.transient is True
+
+
+@pytest.mark.parametrize("answer, problem", [
+    (reply(200, {"error": "Invalid API key"}), "the body carries an error (Invalid API key)"),
+    (raw(200, HTML), "the body is not JSON"),
+    (raw(200, ""), "the body is not JSON"),
+    (raw(200, "not json at all", "text/plain"), "the body is not JSON"),
+    (reply(200, {}), "the body has no data member"),
+    (reply(200, {"data": {}}), "data.auth_token is missing"),
+    (reply(200, {"data": {"auth_token": ""}}), "data.auth_token is an empty string"),
+    (reply(200, {"data": {"auth_token": 1}}), "data.auth_token is a number"),
+    (reply(200, []), "the body is an array, not a JSON object"),
+    (httpx.Response(204), "the body is not JSON"),
+    (reply(404, {"error": "Not found"}), "neither the documented success nor a refusal"),
+    (reply(302), "neither the documented success nor a refusal"),
+])
+def test_verify_by_auth_is_true_only_on_the_documented_success(api, make, answer, problem):
+    api.queue(AUTH, answer)
+    with pytest.raises(UntrustedAnswer) as info:
+        make().verify(Secret(ISSUED_KEY))
+    message = str(info.value)
+    assert f"verify: POST /accounts/auth-with-api-key returned {answer.status_code}" in message
+    assert problem in message and info.value.transient is True
+    assert ISSUED_KEY not in message
+
+
+@pytest.mark.parametrize("answer, verified", [
+    (reply(200, {"data": []}), True),
+    (reply(200, []), True),
+    (reply(200, {"data": None}), True),
+    (reply(200, {"data": [], "error": "Invalid API key"}), None),
+    (reply(200, {"error": "Invalid API key"}), None),
+    (reply(200, {}), None),
+    (raw(200, HTML), None),
+    (raw(200, ""), None),
+    (reply(200, "data"), None),
+    (error(401, "Invalid API key"), False),
+])
+def test_verify_by_agents_is_true_only_on_the_documented_success(api, make, answer, verified):
+    api.queue("GET /v1/agents", answer)
+    issuer = make(verify_with="agents")
+    if verified is None:
+        with pytest.raises(UntrustedAnswer, match=r"verify: GET /v1/agents returned 200"):
+            issuer.verify(Secret(ISSUED_KEY))
+    else:
+        assert issuer.verify(Secret(ISSUED_KEY)) is verified
+
+
+def test_verify_by_agents_403_is_a_permission_error(api, make):
+    api.queue("GET /v1/agents", error(403, "Insufficient permissions"))
+    with pytest.raises(IssuerPermissionError, match='use verify_with = "auth"'):
+        make(verify_with="agents").verify(Secret(ISSUED_KEY))
+
+
+def test_revoke_does_not_read_its_answer(api, make):
+    issuer = make()
+    api.queue(DELETE, raw(200, HTML), reply(204))
+    assert issuer.revoke(key_id="k1") is None
+    assert issuer.revoke(key_id="k2") is None
 
 
 def test_every_call_is_reported(api, make, calls):
@@ -660,8 +914,10 @@ def test_no_key_value_in_errors_or_logs(api, make, caplog):
         (LIST, [error(401, "Invalid API key")] * 3, lambda: issuer.list_keys()),
         (LIST, error(401, "Invalid API key"), lambda: (
             api.queue(REFRESH, error(401, "Invalid API key")),
-            api.queue(AUTH, error(401, f"Invalid API key {ADMIN_KEY}")),
+            api.queue(AUTH, *[error(401, f"Invalid API key {ADMIN_KEY}")] * 2),
             issuer.list_keys())),
+        (AUTH, reply(200, {"error": f"bad key {ISSUED_KEY}"}), lambda: issuer.verify(issued.value)),
+        (ISSUE, _issued_with(key=ISSUED_KEY + " "), lambda: issuer.issue("prod-web r-2")),
     ]
     for route, replies, action in scenarios:
         api.queue(route, *(replies if isinstance(replies, list) else [replies]))
@@ -669,7 +925,8 @@ def test_no_key_value_in_errors_or_logs(api, make, caplog):
             action()
         except Exception as exc:  # noqa: BLE001 - every error is inspected below
             raised.append(exc)
-    assert len(raised) == 8
+    assert len(raised) == 10
+    assert all(isinstance(exc, RotatorError) for exc in raised)
     assert any("DELETE /accounts/api-key" in r.getMessage() for r in caplog.records)
     for secret in (ADMIN_KEY, ISSUED_KEY):
         for exc in raised:
