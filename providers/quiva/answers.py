@@ -309,7 +309,8 @@ def _token(data: Mapping[str, Any], name: str, *, where: str, provider: str) -> 
     return value
 
 
-def _header_safe(value: str) -> bool:
+def header_safe(value: str) -> bool:
+    """True when ``value`` is printable ASCII without spaces (0x21-0x7E): it fits in a header."""
     return all("\x21" <= c <= "\x7e" for c in value)
 
 
@@ -321,7 +322,7 @@ def session(body: Any, *, where: str, provider: str) -> Session:
         raise _fail(where, provider, f"data is {describe(data)}, not an object")
     auth = _token(data, "auth_token", where=where, provider=provider)
     refresh = _token(data, "refresh_token", where=where, provider=provider)
-    if not _header_safe(auth):
+    if not header_safe(auth):
         raise _fail(where, provider, "data.auth_token has characters an HTTP header cannot carry")
     return Session(auth, refresh)
 
@@ -378,7 +379,7 @@ def key_value_problem(value: Any) -> str | None:
 
 def _last4(value: Any) -> str:
     """' (…c0de)' when the last 4 characters of a long enough value are printable ASCII."""
-    if isinstance(value, str) and len(value) >= MIN_KEY_LENGTH and _header_safe(value[-4:]):
+    if isinstance(value, str) and len(value) >= MIN_KEY_LENGTH and header_safe(value[-4:]):
         return f" (…{value[-4:]})"
     return ""
 

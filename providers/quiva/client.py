@@ -255,12 +255,18 @@ class QuivaClient:
         box: Future[_Reply] = Future()
         threading.Thread(target=self._exchange, args=(box, deadline, method, path, request),
                          name=f"{self.provider}-http", daemon=True).start()
+        name = unsendable = ""
         try:
             return box.result(timeout=max(0.0, deadline - time.monotonic())), "", False
         except (TimeoutError, _Late):
             return None, f"no complete answer within {self._timeout:g}s", True
         except httpx.HTTPError as exc:
             name = type(exc).__name__   # only the type: its text may quote the URL
+        except (httpx.InvalidURL, ValueError) as exc:   # a request httpx cannot build or encode
+            unsendable = type(exc).__name__
+        if unsendable:                  # outside ``except``: no chained error that may quote it
+            raise IssuerError(f"{method} {path} could not be sent ({unsendable})",
+                              provider=self.provider)
         return None, name, name not in _NOT_SENT
 
     def _exchange(self, box: Future[_Reply], deadline: float, method: str, path: str,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 from pydantic import Field, field_validator
 
 from rotator import credentials
-from rotator.errors import IssuerPermissionError, UntrustedAnswer
+from rotator.errors import IssuerError, IssuerPermissionError, UntrustedAnswer
 from rotator.interfaces import ProviderContext
 from rotator.models import IssuedKey, IssuerCapabilities, KeyInfo, Listing, Secret
 from rotator.retry import RetryPolicy, Throttle
@@ -165,6 +165,9 @@ class QuivaIssuer:
         any other answer raises (UntrustedAnswer, transient, for one that is not documented).
         """
         if self.settings.verify_with == "agents":
+            if not answers.header_safe(value.reveal()):
+                raise IssuerError(f"verify: key …{value.last4} has characters an Authorization header"
+                                  " cannot carry; it cannot be verified as a bearer", provider=self.name)
             method, path, request = "GET", AGENTS_PATH, {
                 "headers": {"Authorization": f"Bearer {value.reveal()}"}}
         else:

@@ -835,6 +835,21 @@ def test_verify_by_agents_is_true_only_on_the_documented_success(api, make, answ
         assert issuer.verify(Secret(ISSUED_KEY)) is verified
 
 
+def test_verify_by_agents_refuses_a_value_no_header_can_carry(api, make):
+    with pytest.raises(IssuerError, match="cannot carry") as info:
+        make(verify_with="agents").verify(Secret("ms-0123 4567\u00e9abcdef"))
+    assert "0123" not in str(info.value) and api.requests == []
+
+
+def test_a_request_httpx_cannot_encode_is_an_issuer_error(api, make):
+    """A stored key with non-ASCII characters cannot go in a header: a rotator error, not a
+    UnicodeEncodeError from deep inside httpx, and nothing is retried."""
+    issuer = make()
+    with pytest.raises(IssuerError, match=r"could not be sent \(UnicodeEncodeError\)") as info:
+        issuer.client.send("verify", "GET", "/v1/agents", headers={"Authorization": "Bearer ms-é0123456789"})
+    assert "é0123" not in str(info.value) and api.requests == []
+
+
 def test_verify_by_agents_403_is_a_permission_error(api, make):
     api.queue("GET /v1/agents", error(403, "Insufficient permissions"))
     with pytest.raises(IssuerPermissionError, match='use verify_with = "auth"'):
