@@ -9,10 +9,16 @@ the record alone (I5).
 
 Phases (see ARCHITECTURE.md §4)::
 
-    IDLE ─due─▶ CLAIMED ─issue+stage─▶ STAGED ─deploy, read back, authenticate─▶ GRACE ─▶ IDLE
-                  │                      │                                  (revoke old, finish)
-                  └ runner died: sweep   └ new key refused: ROLLING_BACK ─restore, revoke new─▶ IDLE
-                    orphans, claim again
+    IDLE ─due─▶ CLAIMED ─issue+stage─▶ STAGED ─confirm, authenticate, deploy, read back─▶ GRACE ─▶ IDLE
+                  │                      │                               (revoke old or hold it, finish)
+                  └ runner died: take    └ new key refused: ROLLING_BACK ─restore, revoke new─▶ IDLE
+                    over (CAS), sweep
+                    its orphans, issue
+
+The new key is confirmed (found in the issuer's listing under this rotation's unique name, with
+the last 4 characters of the value the issuer returned) and authenticated live before it reaches
+any secondary: a key that does not work is never served. Every revoke passes the revoke gate
+(``rotator.gate``); the engine gathers its evidence.
 """
 
 from __future__ import annotations
@@ -66,11 +72,16 @@ class Observations:
     views: Mapping[str, View] = field(default_factory=dict)   # by target label; absent = not read
     force: bool = False
     deployed: frozenset[str] = frozenset()    # secondaries written by this run in this phase
-    new_key_accepted: bool | None = None      # live authentication of the pending key
+    took_over: bool = False                   # this run took the claim over from another runner
     orphans_swept: bool = False
-    old_revoked: bool = False
+    issue_confirmed: bool = False             # the pending key was found in the issuer's listing
+    issue_problem: str | None = None          # ... or what was wrong with it (roll back)
+    new_key_accepted: bool | None = None      # live authentication of the pending key
+    old_revoke: str | None = None             # revoked | gone | held: what the gate let happen to the old key
     new_revoked: bool = False
+    held_checked: bool = False                # the held revokes of this secret were tried in this run
     rolled_back: bool = False                 # this run rolled a rotation back: no new one now
+    rotated: bool = False                     # this run promoted a new key: no second rotation now
 
 
 # --- steps -------------------------------------------------------------------------------------
@@ -130,7 +141,8 @@ class Claim(Step):
 
 @dataclass(frozen=True)
 class SweepOrphans(Step):
-    """A runner died after claiming: revoke any key its rotation id minted."""
+    """After taking a claim over: revoke (through the gate) any key the previous owner minted
+    under this rotation's name."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +152,14 @@ class IssueAndStage(Step):
 
 @dataclass(frozen=True)
 class TakeOver(Step):
-    """The lease holder is gone (lease expired or released): take the lease to continue."""
+    """The lease holder is gone (lease expired or released): take the claim by compare-and-swap
+    before touching anything it owned."""
+
+
+@dataclass(frozen=True)
+class ConfirmIssued(Step):
+    """Find the pending key in a listing fetched after it was issued: learn its id, revoke its
+    twins, and make sure the value the issuer returned is the key it created."""
 
 
 @dataclass(frozen=True)
@@ -191,12 +210,18 @@ class FinishRollback(Step):
 
 @dataclass(frozen=True)
 class RevokeOld(Step):
-    """Grace is over and every target holds the new key: revoke the old one (I3)."""
+    """Grace is over and every target holds the new key: ask the revoke gate about the old key,
+    and revoke it or hold it (I3)."""
+
+
+@dataclass(frozen=True)
+class RevokeHeld(Step):
+    """Ask the gate again about old keys whose revoke an earlier run held."""
 
 
 @dataclass(frozen=True)
 class Finish(Step):
-    """Close the rotation: record back to IDLE."""
+    """Close the rotation: record back to IDLE (a held old key moves to the record's held list)."""
 
 
 # --- decisions ---------------------------------------------------------------------------------
@@ -218,7 +243,7 @@ def due_at(policy: Policy, record: RotationRecord) -> datetime | None:
     """When the current key must be replaced: its real expiry minus the lead time."""
     if record.current is None or record.current.expires_on is None:
         return None
-    return record.current.expires_on - policy.lead_time
+    return earlier(record.current.expires_on, policy.lead_time)
 
 
 def grace_ends(policy: Policy, record: RotationRecord) -> datetime | None:
@@ -226,9 +251,25 @@ def grace_ends(policy: Policy, record: RotationRecord) -> datetime | None:
     (a config change, or the incident procedure's zero grace)."""
     ends = record.grace_until
     if record.verified_at is not None:
-        by_policy = record.verified_at + policy.grace
+        by_policy = later(record.verified_at, policy.grace)
         ends = by_policy if ends is None else min(ends, by_policy)
     return ends
+
+
+def earlier(moment: datetime, delta: timedelta) -> datetime:
+    """``moment - delta``, clamped at the earliest instant: planning never raises on a date."""
+    try:
+        return moment - delta
+    except OverflowError:
+        return datetime.min.replace(tzinfo=moment.tzinfo)
+
+
+def later(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, clamped at the latest instant."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return datetime.max.replace(tzinfo=moment.tzinfo)
 
 
 def _unmanaged(policy: Policy, primary: View) -> Step:
@@ -247,9 +288,13 @@ def _idle(policy: Policy, obs: Observations, record: RotationRecord, primary: Vi
         if primary.current is None:
             return Claim("the primary lost its key: issuing a new one", bootstrap=True)
         return Adopt("the primary's key was changed outside rotator")
+    if record.held and not obs.held_checked:
+        return RevokeHeld()
     if obs.rolled_back:
         return Fail(record.last_error or "the new key was rolled back")
     due = due_at(policy, record)
+    if obs.rotated:       # at most one rotation per secret per run, whatever the dates say
+        return Rest("rotated in this run", next_at=due if due is not None and due > now else None)
     if obs.force:
         return Claim("forced")
     if due is None:
@@ -261,12 +306,11 @@ def _idle(policy: Policy, obs: Observations, record: RotationRecord, primary: Vi
 
 
 def _claimed(policy: Policy, obs: Observations, record: RotationRecord, primary: View, now: datetime) -> Step:
-    if record.owner == obs.me:
-        return IssueAndStage()
-    if not obs.orphans_swept:
+    if record.owner != obs.me:
+        return TakeOver()            # decide() already waited for a live lease
+    if obs.took_over and not obs.orphans_swept:
         return SweepOrphans()
-    return Claim(f"resuming rotation abandoned by {record.owner or 'a stopped runner'}",
-                 bootstrap=record.current is None)
+    return IssueAndStage()
 
 
 def _staged(policy: Policy, obs: Observations, record: RotationRecord, primary: View, now: datetime) -> Step:
@@ -274,6 +318,14 @@ def _staged(policy: Policy, obs: Observations, record: RotationRecord, primary: 
         return TakeOver()
     if record.pending is None or primary.pending != record.pending.fingerprint:
         return BeginRollback("the pending key is no longer in the primary")
+    if not obs.issue_confirmed and record.pending.key_id is None:
+        return ConfirmIssued()
+    if obs.issue_problem:
+        return BeginRollback(obs.issue_problem)
+    if obs.new_key_accepted is None:
+        return VerifyNewKey()
+    if not obs.new_key_accepted:
+        return BeginRollback("the issuer refused the new key")
     todo = tuple(t for t in policy.secondaries if t not in obs.deployed)
     if todo:
         return Deploy(todo)
@@ -286,19 +338,14 @@ def _staged(policy: Policy, obs: Observations, record: RotationRecord, primary: 
         wrong.insert(0, policy.primary)
     if wrong:
         return Fail(f"read-back does not show the new key on {', '.join(wrong)}")
-    if obs.new_key_accepted is None:
-        return VerifyNewKey()
-    if not obs.new_key_accepted:
-        return BeginRollback("the issuer refused the new key")
     return Promote()
 
 
 def _grace(policy: Policy, obs: Observations, record: RotationRecord, primary: View, now: datetime) -> Step:
     current = record.current.fingerprint if record.current else None
     old = record.previous
-    old_dead = old is not None and old.expires_on is not None and old.expires_on <= now
     ends = grace_ends(policy, record)
-    if ends and now < ends and not old_dead:
+    if ends and now < ends:       # never cut short by a date alone: the key counts as dead only by listing
         return Rest("grace window: both keys valid", next_at=ends)
     if primary.current != current:
         return Fail(f"{policy.primary} no longer holds the new key; not revoking the old one", retry=False)
@@ -311,7 +358,7 @@ def _grace(policy: Policy, obs: Observations, record: RotationRecord, primary: V
         if again:
             return Deploy(again)
         return Fail(f"{', '.join(drifted)} still not holding the new key; old key kept")
-    if old is not None and not obs.old_revoked:
+    if old is not None and obs.old_revoke is None:
         return RevokeOld()
     return Finish()
 

@@ -124,6 +124,25 @@ class KeyRef:
 
 
 @dataclass(frozen=True)
+class HeldKey:
+    """An old key whose revoke the gate held (another secret still serves it, a consumer has not
+    confirmed, the evidence was missing). Each run asks the gate again; the rotation that is the
+    last to move away from the key revokes it."""
+
+    key: KeyRef
+    reason: str
+    since: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key.to_dict(), "reason": self.reason, "since": format_instant(self.since)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HeldKey:
+        return cls(KeyRef.from_dict(data["key"]), str(data.get("reason", "")),
+                   _instant(data.get("since")) or parse_instant("1970-01-01T00:00:00Z"))
+
+
+@dataclass(frozen=True)
 class RotationRecord:
     """The journal of one managed secret, stored in its primary backend next to the value.
 
@@ -143,9 +162,11 @@ class RotationRecord:
     grace_until: datetime | None = None
     attempts: int = 0
     last_error: str | None = None
+    error_since: datetime | None = None     # the first failure of the current streak
     last_rotated_at: datetime | None = None
     rotations: int = 0
     adoption: str | None = None
+    held: tuple[HeldKey, ...] = ()
     format: int = RECORD_FORMAT
 
     def evolve(self, **changes: Any) -> RotationRecord:
@@ -157,7 +178,7 @@ class RotationRecord:
             ref = getattr(self, name)
             if ref is not None:
                 out[name] = ref.to_dict()
-        for name in ("started_at", "verified_at", "grace_until", "lease_until", "last_rotated_at"):
+        for name in ("started_at", "verified_at", "grace_until", "lease_until", "last_rotated_at", "error_since"):
             if getattr(self, name) is not None:
                 out[name] = format_instant(getattr(self, name))
         for name in ("rotation_id", "owner", "last_error", "adoption"):
@@ -165,6 +186,8 @@ class RotationRecord:
                 out[name] = getattr(self, name)
         out["attempts"] = self.attempts
         out["rotations"] = self.rotations
+        if self.held:
+            out["held"] = [h.to_dict() for h in self.held]
         return out
 
     @classmethod
@@ -186,9 +209,11 @@ class RotationRecord:
             grace_until=_instant(data.get("grace_until")),
             attempts=int(data.get("attempts", 0)),
             last_error=data.get("last_error"),
+            error_since=_instant(data.get("error_since")),
             last_rotated_at=_instant(data.get("last_rotated_at")),
             rotations=int(data.get("rotations", 0)),
             adoption=data.get("adoption"),
+            held=tuple(HeldKey.from_dict(h) for h in data.get("held") or ()),
             **refs,
         )
 

@@ -57,6 +57,7 @@ class ReadAhead:
         self._ready: dict[Entry, tuple[Snapshot, datetime]] = {}
         self._in_flight: dict[Entry, threading.Event] = {}  # entry -> its batch's "done"
         self.batches = 0
+        self._names = {secret.name for secret in secrets}
         for secret in secrets:
             for bound in secret.targets:
                 backend = bound.backend
@@ -69,6 +70,11 @@ class ReadAhead:
                 queue.append(entry)
                 self._bound[entry] = bound
                 self._max_age[entry] = max_age if primary else evidence_age
+
+    def knows(self, secret: ManagedSecret) -> bool:
+        """Is ``secret`` one of this read-ahead's (its targets read in its batches)?"""
+        return any((secret.name, bound.label) in self._bound for bound in secret.targets) \
+            or secret.name in self._names
 
     def read(self, secret: ManagedSecret) -> Snapshot:
         """The primary's snapshot for the first step of ``secret``'s run."""

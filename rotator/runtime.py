@@ -17,6 +17,7 @@ from rotator.clock import SystemClock
 from rotator.config import SecretSpec, Settings
 from rotator.errors import ConfigError, RotatorError
 from rotator.interfaces import Backend, Clock, Issuer, ProviderContext, Target
+from rotator.lease import keeping_sleep
 from rotator.machine import Policy
 from rotator.models import Secret
 
@@ -81,7 +82,8 @@ class Runtime:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.identity = identity or runner_identity(settings.rotator.runner_id)
-        self._sleep = sleep or SystemClock().sleep
+        # a wait a provider makes for a run that holds a claim renews the claim's lease (rotator.lease)
+        self._sleep = keeping_sleep(sleep or SystemClock().sleep)
         self.context = ProviderContext(
             clock=self.clock,
             sleep=self._sleep,

@@ -141,7 +141,9 @@ def test_a_fleet_rotates_concurrently_under_rate_limit_and_faults_exactly_once(f
     counters = emulator.counters()
     assert counters.get("status:429", 0) - 1 == 0, f"the client went over the rate limit: {counters}"
     assert counters.get(ISSUE, 0) == 0, "no second rotation"
-    assert counters.get("GET /accounts/api-keys", 0) == 1, "one key listing for the whole run"
+    # every revoke is confirmed by a listing requested after it; workers waiting at the same time
+    # share one request, so the run lists fewer times than it revokes
+    assert counters.get("GET /accounts/api-keys", 0) < len(names), counters
     assert issued_per_secret(emulator) == Counter({name: 1 for name in names})
     for name in names:
         record = look.record(name)

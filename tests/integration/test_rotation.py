@@ -113,15 +113,18 @@ def test_a_new_key_the_issuer_refuses_is_rolled_back(world, emulator, clock):
     armed = []
 
     def refuse_next_auth(number, provider, method):
-        if method == "deploy" and not armed:     # the next auth-with-api-key is the live check
-            armed.append(number)
-            emulator.faults.fail_next(1, status=401, path="/accounts/auth-with-api-key")
+        if method == "stage" and not armed:      # the live check comes next, before any deploy
+            armed.append(number)                 # a refusal is tried 4 times before it is believed
+            emulator.faults.fail_next(4, status=401, path="/accounts/auth-with-api-key")
 
     EffectCounter(on_effect=refuse_next_auth).instrument(engine.runtime)
     report = engine.run()
     outcome = report.outcomes[0]
     assert report.exit_code == 1 and "refused the new key" in outcome.error
-    assert [a.split()[0] for a in outcome.actions][-5:] == ["rollback", "restored", "revoked", "rolled-back", "failed"]
+    assert [a.split()[0] for a in outcome.actions][-5:] == ["verify-failed", "rollback", "restored", "rolled-back",
+                                                            "failed"]
+    revoked = [e for e in world.events if e.action == "revoked"]
+    assert len(revoked) == 1 and "rollback" in revoked[0].detail
     record = world.record("web")
     assert record.phase is Phase.IDLE and record.pending is None and record.attempts == 1
     assert all(s.current.reveal() == old for s in world.snapshots("web").values())

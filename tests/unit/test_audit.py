@@ -135,7 +135,12 @@ def test_rotate_and_the_daemon_write_the_same_records(world, emulator, clock, tm
 
     rotate = [json.loads(line) for line in one_shot.read_text().splitlines()]
     daemon = [json.loads(line) for line in daemon_trail.read_text().splitlines()]
-    assert [r["action"] for r in rotate] == ["adopted", "claimed", "issued", "deployed", "verified", "promoted"]
+    assert [(r["action"], r["result"]) for r in rotate] == [
+        ("adopt", "intent"), ("adopted", "ok"), ("claim", "intent"), ("claimed", "ok"),
+        ("issue", "intent"), ("issued", "ok"), ("stage", "intent"), ("staged", "ok"),
+        ("verified", "ok"),                                  # verified live before any secondary sees it
+        ("deploy", "intent"), ("deployed", "ok"), ("promote", "intent"), ("promoted", "ok"),
+    ]
     assert [(r["action"], r["result"]) for r in daemon] == [(r["action"], r["result"]) for r in rotate]
     assert all(list(r) == FIELDS for r in rotate + daemon)
     assert {r["secret"] for r in rotate} == {"web"} and {r["secret"] for r in daemon} == {"batch"}

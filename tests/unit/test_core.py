@@ -198,10 +198,15 @@ def test_redaction_stays_fast_with_thousands_of_values():
     assert time.perf_counter() - started < 2.0     # generous: ~20 ms here; the regex way took ~40 s
 
 
-def test_listing_cache_refetches_for_a_key_issued_while_the_listing_was_in_flight():
-    from rotator.engine import ListingCache
+def test_listings_after_a_ticket_reflect_the_effect_and_are_shared():
+    """A listing "after" a ticket is one whose request started after the ticket was taken: one
+    fetched while an issue was in flight does not count; threads waiting together share one."""
+    import threading
 
-    cache = ListingCache()
+    from rotator.listings import Listings
+
+    listings = Listings()
+    in_flight, release = threading.Event(), threading.Event()
 
     class Issuer:
         name = "quiva"
@@ -209,15 +214,32 @@ def test_listing_cache_refetches_for_a_key_issued_while_the_listing_was_in_fligh
 
         def list_keys(self):
             Issuer.calls += 1
-            if Issuer.calls == 1:
-                cache.issued(self, "web [r-1]")      # another worker issues during the fetch
-            return [f"listing {Issuer.calls}"]
+            number = Issuer.calls
+            if number == 1:
+                listings.ticket(self)            # another worker's issue completes during the fetch
+            if number == 3:
+                in_flight.set()
+                release.wait(5)                  # keep this fetch in flight while others ask
+            return [f"listing {number}"]
 
     issuer = Issuer()
-    assert cache.get(issuer) == ["listing 1"]
-    assert cache.get(issuer) == ["listing 1"]                      # amortised: no refetch
-    assert cache.get(issuer, need="web [r-1]") == ["listing 2"]    # the key may be missing: refetch once
-    assert cache.get(issuer, need="web [r-1]") == ["listing 2"]
+    assert listings.any(issuer) == ["listing 1"]
+    assert listings.any(issuer) == ["listing 1"]                  # amortised: no refetch
+    assert listings.after(issuer, 1) == ["listing 2"]             # listing 1 started before ticket 1
+    assert listings.after(issuer, 1) == ["listing 2"]
+    ticket = listings.ticket(issuer)
+    results: list = []
+    first = threading.Thread(target=lambda: results.append(listings.after(issuer, ticket)))
+    first.start()
+    assert in_flight.wait(5)
+    others = [threading.Thread(target=lambda: results.append(listings.after(issuer, ticket))) for _ in range(3)]
+    for worker in others:
+        worker.start()
+    release.set()
+    for worker in (first, *others):
+        worker.join(5)
+    assert results == [["listing 3"]] * 4 and Issuer.calls == 3   # four waiters, one request
+    assert listings.at_hand(issuer) == ["listing 3"]
 
 
 class _RateLimitedServer:

@@ -1,0 +1,69 @@
+"""What a run reports: events (for the timeline, the audit trail, metrics and alerts), each
+secret's outcome, and the run's report. Never a key value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened, for the timeline, the audit trail and metrics. Never a value.
+
+    ``result``: ``ok``, ``error``, ``alert``, or ``intent`` — written *before* an effect, so the
+    audit trail has a line for every effect even when the process dies right after it.
+    """
+
+    at: datetime
+    secret: str
+    action: str
+    detail: str = ""
+    rotation_id: str | None = None
+    key: str | None = None          # KeyRef.label(): last 4 characters and id, for people
+    fingerprint: str | None = None
+    key_id: str | None = None
+    last4: str | None = None
+    result: str = "ok"
+    runner: str | None = None
+
+
+@dataclass
+class Outcome:
+    """How one secret's run ended. ``error`` is the run's *first* error: cleanup after it (a
+    revoke of what the run minted, releasing the claim) never replaces it, and an outcome with
+    an error is ``failed`` whatever else happened."""
+
+    secret: str
+    status: str = "ok"              # ok | changed | waiting | failed
+    phase: str | None = None
+    detail: str = ""
+    next_at: datetime | None = None
+    actions: list[str] = field(default_factory=list)
+    error: str | None = None
+    retry: bool = True
+
+    def fail(self, error: str, *, retry: bool = True) -> None:
+        if self.error is None:
+            self.error, self.retry = error, retry
+            self.detail = error
+        self.status = "failed"
+
+    def did(self, action: str) -> None:
+        self.actions.append(action)
+        if self.status == "ok":
+            self.status = "changed"
+
+
+@dataclass
+class RunReport:
+    outcomes: list[Outcome]
+    problems: list[str] = field(default_factory=list)     # run-level: the stray sweep's failed revokes
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.problems else 0
