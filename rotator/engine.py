@@ -88,10 +88,12 @@ class Engine:
         return RunReport(outcomes, problems)
 
     def run_secret(self, secret: ManagedSecret, *, force: bool = False, shared: RunShared | None = None,
-                   ahead: ReadAhead | None = None) -> Outcome:
-        """One secret, isolated: any error becomes a failed Outcome, never an exception."""
+                   ahead: ReadAhead | None = None, compromised: str | None = None) -> Outcome:
+        """One secret, isolated: any error becomes a failed Outcome, never an exception.
+        ``compromised``: the fingerprint of a key reported compromised (the incident procedure):
+        when the rotation revokes it, the gate does not hold it for targets that still serve it."""
         shared = shared or RunShared(self)
-        run = SecretRun(self, secret, force, shared, ahead)
+        run = SecretRun(self, secret, force, shared, ahead, compromised=compromised)
         try:
             return run.drive()
         except Exception as exc:   # noqa: BLE001 - per-secret isolation (I6)

@@ -53,6 +53,7 @@ class Purpose(str, enum.Enum):
     TWIN = "twin"                # a second key minted by a retried issue of the requester's rotation
     ORPHAN = "orphan"            # a key minted by a runner whose claim was taken over
     STRAY = "stray"              # a rotation-named key nothing relies on, found by the run's sweep
+    REVIEW = "review"            # a person chose it in `rotator audit`: every protection but the age rule
     COMPROMISED = "compromised"  # revoke --compromised: the one revoke allowed to break I1
 
 

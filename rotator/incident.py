@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
-from rotator.engine import Engine, Event, Outcome
-from rotator.errors import KeyNotFound, RotationError, RotatorError
+from rotator.engine import Engine, Event, Outcome, RunShared
+from rotator.errors import RotationError, RotatorError
+from rotator.gate import Purpose, Request
 from rotator.models import KeyRef, Phase, Secret
 from rotator.redact import redact
 from rotator.runtime import ManagedSecret
@@ -48,13 +49,14 @@ def revoke_compromised(engine: Engine, secret: ManagedSecret, *, force: bool = F
 
     urgent = replace(secret, policy=replace(secret.policy, grace=timedelta(0)))
     in_flight = record is not None and record.phase in IN_FLIGHT
-    outcome = engine.run_secret(urgent, force=not in_flight)
+    shared = RunShared(engine)
+    outcome = engine.run_secret(urgent, force=not in_flight, shared=shared, compromised=bad.fingerprint)
 
     report = IncidentReport(secret.name, label, outcome, holdings=_holdings(secret, bad))
     report.revoked = not _accepted(secret, bad)
     if not report.revoked and force:
-        _revoke(secret, bad, record)
-        report.revoked, report.forced = True, True
+        report.revoked = _revoke(shared, secret, bad, ref)
+        report.forced = report.revoked
         _alert(engine, secret, "revoked-compromised",
                f"key {label} revoked by --force although some targets still hold it", ref)
     elif report.revoked:
@@ -90,12 +92,11 @@ def _accepted(secret: ManagedSecret, value: Secret) -> bool:
         return True       # unknown: assume it still works, so the report does not claim success
 
 
-def _revoke(secret: ManagedSecret, value: Secret, record) -> None:
-    key_id = record.current.key_id if record and record.current and record.current.fingerprint == value.fingerprint else None
-    try:
-        secret.issuer.revoke(key_id=key_id, value=None if key_id else value)
-    except KeyNotFound:
-        pass
+def _revoke(shared: RunShared, secret: ManagedSecret, value: Secret, ref: KeyRef) -> bool:
+    """``--force``: revoke the compromised key even though some target still holds it — through
+    the gate all the same (it still refuses the admin key and a listing it cannot trust)."""
+    verdict = shared.revoker.revoke(Request(secret.name, Purpose.COMPROMISED, key=ref), secret.issuer, value=value)
+    return verdict.revoke or verdict.gone
 
 
 def _alert(engine: Engine, secret: ManagedSecret, action: str, detail: str, key: KeyRef,

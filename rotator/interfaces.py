@@ -195,6 +195,10 @@ class Issuer(Protocol):
     @property
     def owner(self) -> str | None: ...
 
+    # Optional: ``in_flight_bound: timedelta`` — how long after it was sent an issue request may
+    # still mint a key (timeouts x retries). The run's sweep of stray keys leaves younger keys
+    # alone; without it the core assumes 10 minutes.
+
     def issue(self, name: str) -> IssuedKey:
         """Mint a key called ``name``. The value is returned this once; ``key_id`` may be None.
 

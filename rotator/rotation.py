@@ -22,7 +22,7 @@ from rotator import machine
 from rotator.errors import (
     AdoptionError, Conflict, IssuerError, LeaseLost, RotationError, RotatorError, UnusableKey,
 )
-from rotator.gate import Purpose, Request, matching
+from rotator.gate import Purpose, Request, matching, rotation_tag
 from rotator.lease import LeaseKeeper, keeping
 from rotator.machine import Observations
 from rotator.models import HeldKey, KeyInfo, KeyRef, Phase, RotationRecord, Secret, Snapshot
@@ -48,8 +48,9 @@ class SecretRun:
     """The state of one secret during one run: snapshots (with values), record, run facts."""
 
     def __init__(self, engine: Engine, secret: ManagedSecret, force: bool, shared: RunShared,
-                 ahead: ReadAhead | None = None) -> None:
+                 ahead: ReadAhead | None = None, *, compromised: str | None = None) -> None:
         self.engine = engine
+        self.compromised = compromised        # fingerprint of a key reported compromised (revoke --compromised)
         self.clock = engine.clock
         self.secret = secret
         self.shared = shared
@@ -382,7 +383,9 @@ class SecretRun:
         except UnusableKey as exc:
             self.issue_ticket = self.shared.listings.ticket(self.issuer)
             self._event("issue-refused", redact(str(exc)), result="error")
-            self._revoke_unusable(exc.name or name)
+            self._revoke_unusable(name)         # by the unique name asked for ...
+            if exc.name and exc.name != name and rotation_tag(exc.name) == record.rotation_id[:8]:
+                self._revoke_unusable(exc.name)     # ... or another carrying this rotation's tag
             raise
         self.issue_ticket = self.shared.listings.ticket(self.issuer)
         self.minted = issued.value
@@ -592,7 +595,8 @@ class SecretRun:
         if value is not None and value.fingerprint != old.fingerprint:
             value = None
         verdict = self.shared.revoker.revoke(
-            Request(self.secret.name, Purpose.OLD, key=old, own=frozenset({"previous"})),
+            Request(self.secret.name, Purpose.COMPROMISED if old.fingerprint == self.compromised else Purpose.OLD,
+                    key=old, own=frozenset({"previous"})),
             self.issuer, value=value, rotation_id=record.rotation_id)
         if verdict.hold and not verdict.about_use:
             raise RotationError(f"old key {old.label()} not revoked: {verdict.reason}", transient=True)

@@ -522,8 +522,20 @@ def _listed_expiry(entry: Mapping[str, Any], created_on: datetime | None, now: d
     try:
         reported = _expiry(member(entry, "expires_on"), created_on, now)
     except UntrustedAnswer as exc:
+        if created_on is not None and _far_ahead(member(entry, "expires_on"), now):
+            # the documented lifetime bounds it anyway: plan with that, never with "never"
+            lifetime = add_months(created_on, months)
+            return lifetime, f"{_message(exc)}; planning with created_on + {months} months = {_day(lifetime)}"
         return None, f"{_message(exc)}; the key is treated as due"
     return _planned(reported, created_on, months)
+
+
+def _far_ahead(value: Any, now: datetime) -> bool:
+    """A valid instant beyond the plausible horizon (e.g. 9999-12-31)."""
+    try:
+        return instant(value, "expires_on") > add_months(now, HORIZON_MONTHS)
+    except UntrustedAnswer:
+        return False
 
 
 def listing_entry(entry: Any, *, now: datetime, lifetime_months: int) -> KeyInfo:

@@ -104,6 +104,13 @@ class QuivaIssuer:
         )
 
     @property
+    def in_flight_bound(self) -> timedelta:
+        """How long after it was sent an issue request may still mint a key: every attempt's
+        deadline (``timeout`` x ``retries``), plus a minute of margin for the issuer's own lag.
+        The sweep leaves younger keys alone, so it never races an issue still in flight."""
+        return self.settings.timeout * self.settings.retries + timedelta(minutes=1)
+
+    @property
     def owner(self) -> str | None:
         """The QuivaWorks account (email) seen in a listing; None before the first listing."""
         return self._owner
