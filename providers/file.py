@@ -99,6 +99,14 @@ class FileTarget:
         return f"file:{self.path}"
 
     @property
+    def addresses(self) -> frozenset[tuple[str, ...]]:
+        """The file this target addresses (see :class:`rotator.interfaces.Target`): its path with
+        every symlink and ``..`` resolved, so ``a/../b.json``, ``./b.json``, a path through a
+        symlinked directory and the absolute path (from any backend's ``directory``) are one place.
+        Resolved when asked, so equality and hashing stay those of ``path`` and ``field``."""
+        return frozenset({("file", os.path.realpath(self.path))})
+
+    @property
     def lock_path(self) -> Path:
         return self.path.with_name(f".{self.path.name}.lock")
 

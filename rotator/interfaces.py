@@ -78,6 +78,17 @@ class Target(Protocol):
     Built by :meth:`Backend.target` from the ``targets`` entry of a managed secret; immutable.
     ``label`` is a short human-readable locator used in messages ("file:/etc/app/quiva.json").
     ``field`` is the name of the JSON field applications read the key from.
+
+    Optional: ``addresses: frozenset[tuple[str, ...]]``, what this target addresses, as comparable
+    keys: two targets sharing any key are the same place. A key says where the target is, not how
+    the config spelled it (a file's resolved path; the endpoint, account, region and name of a
+    cloud secret; the server and path of a KV secret), and starts with a word naming the kind of
+    store ("file", "aws-sm", "vault"), so keys of different stores never meet. Give a target
+    several keys when it has several names (an ARN and the name it ends in). The core refuses a
+    configuration in which two managed secrets (or one secret twice) use the same place, since
+    they would overwrite each other's key and rotation record. A target without ``addresses`` is
+    compared by its backend's name and its ``label``. Keep ``addresses`` out of equality and
+    hashing (a property, or a dataclass field with ``compare=False``): targets are dict keys.
     """
 
     @property
