@@ -39,6 +39,7 @@ from providers.aws.sm_config import (
     SecretsManagerSettings,
     SecretsManagerTarget,
     SecretsManagerTargetSpec,
+    place_of,
 )
 from providers.aws.sm_payload import Doc, Problem, Ref, describing, meta_of, token
 from rotator.errors import (
@@ -111,7 +112,17 @@ class SecretsManagerBackend:
             region = arn["region"]
         region = (region or self._settings.region or os.environ.get("AWS_REGION")
                   or os.environ.get("AWS_DEFAULT_REGION"))
-        return SecretsManagerTarget(parsed.secret_id, region, parsed.field, parsed.replica)
+        return SecretsManagerTarget(parsed.secret_id, region, parsed.field, parsed.replica, place=self._place)
+
+    @property
+    def _place(self) -> tuple[str, str]:
+        """The endpoint and account selector this backend's targets address (botocore's choice
+        when the settings leave them out: the endpoint and profile environment variables)."""
+        s = self._settings
+        env = os.environ
+        endpoint = s.endpoint_url or env.get("AWS_ENDPOINT_URL_SECRETS_MANAGER") or env.get("AWS_ENDPOINT_URL")
+        profile = s.profile or env.get("AWS_DEFAULT_PROFILE") or env.get("AWS_PROFILE")   # botocore's order
+        return place_of(endpoint, s.role_arn, profile)
 
     # --- the Protocol ------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -12,7 +13,8 @@ from rotator.validation import StrictModel
 
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 _NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
-ARN_PATTERN = re.compile(r"arn:aws[a-z-]*:secretsmanager:(?P<region>[a-z0-9-]+):\d{12}:secret:[A-Za-z0-9/_+=.@-]+")
+ARN_PATTERN = re.compile(r"arn:aws[a-z-]*:secretsmanager:(?P<region>[a-z0-9-]+):\d{12}:secret:(?P<name>[A-Za-z0-9/_+=.@-]+)")
+_ARN_SUFFIX = re.compile(r"(?P<name>.+)-[A-Za-z0-9]{6}")   # the "-AbCdEf" AWS appends to a name in an ARN
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 _URL = re.compile(r"https?://[^\s/]+(/\S*)?")
 
@@ -122,6 +124,9 @@ class SecretsManagerTarget:
     region: str | None
     field: str
     replica: bool = False
+    #: Where the backend sends its calls and whose account it acts in, set by the backend's
+    #: ``target()`` for :attr:`addresses`; not part of equality or hashing (see :func:`place_of`).
+    place: tuple[str, str] = dataclasses.field(default=("", ""), compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -132,3 +137,43 @@ class SecretsManagerTarget:
     @property
     def is_arn(self) -> bool:
         return bool(ARN_PATTERN.fullmatch(self.secret_id))
+
+    @property
+    def addresses(self) -> frozenset[tuple[str, ...]]:
+        """The secret this target addresses (see :class:`rotator.interfaces.Target`): endpoint,
+        account selector, region and name. An ARN addresses its resource name and, when that ends
+        in AWS's six-character suffix, the name without it, so it meets the plain name. A replica
+        target addresses the replica: the same name in its own region."""
+        arn = ARN_PATTERN.fullmatch(self.secret_id)
+        names = {self.secret_id}
+        if arn is not None:
+            names = {arn["name"]}
+            bare = _ARN_SUFFIX.fullmatch(arn["name"])
+            if bare is not None:
+                names.add(bare["name"])
+        endpoint, account = self.place
+        return frozenset(("aws-sm", endpoint, account, self.region or "", name) for name in names)
+
+
+def place_of(endpoint_url: str | None, role_arn: str | None, profile: str | None) -> tuple[str, str]:
+    """A backend's :attr:`SecretsManagerTarget.place`: its endpoint (scheme, host and port; ``""``
+    for AWS's own) and what selects its account (the role it assumes, else its profile, else
+    ``""``: the default credential chain). Backends that differ in either are different places,
+    even when they happen to reach the same account."""
+    endpoint = _normal_url(endpoint_url) if endpoint_url else ""
+    account = f"role:{role_arn}" if role_arn else f"profile:{profile}" if profile else ""
+    return endpoint, account
+
+
+def _normal_url(url: str) -> str:
+    """``scheme://host:port/path`` with the scheme and host in lower case, the default port
+    spelled out and no trailing slash."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:                      # a port that is not a number: compare it as written
+        return f"{scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+    host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host       # IPv6
+    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
