@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import threading
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from rotator.errors import BackendError, Conflict, CorruptPayload, SecretMissing
 from rotator.interfaces import ProviderContext
@@ -51,10 +52,24 @@ class VaultTarget:
     field: str
     namespace: str | None = None
     kv_version: int = 2
+    #: The server's address (the backend's ``url``), set by the backend's ``target()`` for
+    #: :attr:`addresses`; not part of equality or hashing.
+    url: str = dataclasses.field(default="", compare=False, repr=False)
 
     @property
     def label(self) -> str:
         return f"vault:{self._ns}{self.mount}/{self.path}"
+
+    @property
+    def addresses(self) -> frozenset[tuple[str, ...]]:
+        """The secret this target addresses (see :class:`rotator.interfaces.Target`): the server
+        (scheme, host and port; no trailing slash) and the path namespace/mount/path, slashes
+        trimmed. The KV version is left out (v1 and v2 at one mount and path are one secret), and
+        so is the boundary between namespace, mount and path: Vault reads ``/v1/team/secret/...``
+        without a namespace header as mount ``secret`` of namespace ``team``."""
+        where = "/".join(part.strip("/") for part in (self.namespace or "", self.mount, self.path)
+                         if part.strip("/"))
+        return frozenset({("vault", _server(self.url), where)})
 
     @property
     def data_path(self) -> str:
@@ -69,6 +84,20 @@ class VaultTarget:
     @property
     def _ns(self) -> str:
         return f"{self.namespace}/" if self.namespace else ""
+
+
+def _server(url: str) -> str:
+    """``scheme://host:port/path`` with the scheme and host in lower case, the default port
+    spelled out and no trailing slash: two spellings of one Vault server compare equal."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:                      # a port that is not a number: compare it as written
+        return f"{scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+    host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host       # IPv6
+    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +134,7 @@ class VaultKVBackend:
         parsed = parse(VaultTargetSpec, entry, f"backends.{self.name} target")
         return VaultTarget(mount=parsed.mount_point or self._settings.mount_point, path=parsed.path,
                            field=parsed.field, namespace=self._settings.namespace,
-                           kv_version=self._settings.kv_version)
+                           kv_version=self._settings.kv_version, url=self._settings.url)
 
     def read(self, target: VaultTarget) -> Snapshot:
         if target.kv_version == 1:
