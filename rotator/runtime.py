@@ -72,6 +72,43 @@ def runner_identity(configured: str | None = None) -> str:
     return f"{base}:{os.getpid()}:{_random.token_hex(2)}"
 
 
+def _refuse_shared_targets(secrets: list[ManagedSecret]) -> None:
+    """Raise ConfigError, listing every clash, when two targets address the same place.
+
+    Two managed secrets writing one place would overwrite each other's key and rotation record
+    (a copy-paste slip in ``[[secrets]]``), and so would one secret listing a place twice. Places
+    are compared by what targets address (:class:`rotator.interfaces.Target`'s ``addresses``), so
+    two spellings of one file, secret or KV path meet; a target without ``addresses`` is compared
+    by its backend's name and its label. An issuer's credential reference is not a target: it
+    may point at a managed secret's target (self-rotation).
+    """
+    owners: dict[tuple[str, ...], list[tuple[int, int]]] = {}
+    clashes: dict[tuple[int, int, int], int] = {}     # (secret, target, earlier secret) -> its target
+    for index, secret in enumerate(secrets):
+        for position, bound in enumerate(secret.targets):
+            keys = (getattr(bound.target, "addresses", None)
+                    or {("backend", bound.backend.name, bound.target.label)})
+            for key in keys:
+                for earlier, at in owners.get(key, ()):
+                    if (earlier, at) != (index, position):
+                        clashes.setdefault((index, position, earlier), at)
+                owners.setdefault(key, []).append((index, position))
+    lines = []
+    for (index, position, earlier), at in clashes.items():
+        secret, other = secrets[index], secrets[earlier]
+        here, there = secret.targets[position].label, other.targets[at].label
+        spelled = "" if there == here else f", written there as {there}"
+        if earlier == index:
+            lines.append(f"secrets[{index}] ({secret.name}) lists the target {here} twice"
+                         f" (targets[{position}] and targets[{at}]{spelled}); a target belongs to one secret")
+        else:
+            lines.append(f"secrets[{index}] ({secret.name}) and secrets[{earlier}] ({other.name}) both use the"
+                         f" target {here} (targets[{position}] and targets[{at}]{spelled});"
+                         " a target belongs to one secret")
+    if lines:
+        raise ConfigError("\n".join(lines))
+
+
 class Runtime:
     """Everything a run needs, built once from the settings."""
 
@@ -100,6 +137,7 @@ class Runtime:
             for name, section in settings.issuers.items()
         }
         self.secrets: list[ManagedSecret] = [self._manage(i, spec) for i, spec in enumerate(settings.secrets)]
+        _refuse_shared_targets(self.secrets)
 
     def _build(self, kind: str, name: str, type_name: str, options: Mapping[str, Any]) -> Any:
         where = f"{kind}s.{name}"
