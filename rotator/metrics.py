@@ -13,10 +13,13 @@ from typing import Any
 from rotator import __version__
 from rotator.engine import Event
 from rotator.models import Phase
-from rotator.planner import Assessment
+from rotator.planner import PRECEDENCE, Assessment, CredentialAssessment
 
 PHASES = tuple(p.value for p in Phase) + ("none",)
-HEALTHS = ("healthy", "due", "rotating", "grace", "failing", "expired", "unmanaged", "blocked", "unreadable")
+#: Every health a secret can have (rotator.planner.PRECEDENCE), in a stable order.
+HEALTHS = ("healthy", "due", "rotating", "grace", "failing", "expired", "unmanaged", "blocked", "unreadable",
+           "held", "stale-claim", "rejected", "expiring", "error")
+assert set(HEALTHS) == set(PRECEDENCE), "metrics.HEALTHS must list every planner health"
 #: Engine actions that end a rotation attempt, and the ``result`` label they count under.
 ROTATION_RESULTS = {"promoted": "completed", "rolled-back": "rolled_back", "failed": "failed"}
 
@@ -68,10 +71,16 @@ class Metrics:
                                  ["provider", "kind"], registry=r)
         self.alerts = Counter("rotator_alerts_total", "Alerts by kind and outcome (sent, failed, suppressed).",
                               ["kind", "outcome"], registry=r)
+        self.credential_expiry = Gauge(
+            "rotator_issuer_credential_expiry_timestamp_seconds",
+            "Unix time at which the admin key each issuer signs in with expires (from the issuer's listing);"
+            " absent while unknown.", ["issuer"], registry=r)
 
     # --- updates ----------------------------------------------------------------------------------
 
     def on_event(self, event: Event) -> None:
+        if event.result == "intent":          # audit-only, written before an effect: counted by its result
+            return
         self.events.labels(event.action, event.result).inc()
         result = ROTATION_RESULTS.get(event.action)
         if result is not None:
@@ -87,8 +96,13 @@ class Metrics:
         self._one_hot(self.phase, secret, PHASES, assessment.phase or "none")
         self._one_hot(self.health, secret, HEALTHS, assessment.health)
 
-    def unreadable(self, secret: str) -> None:
-        self._one_hot(self.health, secret, HEALTHS, "unreadable")
+    def unreadable(self, secret: str, health: str = "unreadable") -> None:
+        """A secret that could not be assessed (``unreadable`` or ``error``): no expiry is known."""
+        _remove(self.key_expiry, secret)
+        self._one_hot(self.health, secret, HEALTHS, health)
+
+    def credential(self, c: CredentialAssessment) -> None:
+        _set_or_drop(self.credential_expiry, c.issuer, c.expires_on)
 
     def set_drift(self, secret: str, backend: str, target: str, drifted: bool) -> None:
         self.drift.labels(secret, backend, target).set(1 if drifted else 0)
@@ -123,8 +137,13 @@ class Metrics:
 def _set_or_drop(gauge: Any, secret: str, moment: datetime | None) -> None:
     if moment is None:
         _remove(gauge, secret)
-    else:
-        gauge.labels(secret).set(moment.timestamp())
+        return
+    try:
+        value = moment.timestamp()
+    except (OverflowError, ValueError, OSError):     # a date no gauge can hold: say nothing rather than fail
+        _remove(gauge, secret)
+        return
+    gauge.labels(secret).set(value)
 
 
 def _remove(gauge: Any, *labels: str) -> None:

@@ -1,9 +1,12 @@
 """Alerts: what deserves a page (:class:`Alerts`) and how it is delivered (:class:`Notifier`).
 
-Kinds: ``failure`` (a run failed for a secret), ``rollback`` (a new key was refused and rolled
-back), ``drift`` (a secondary does not hold the primary's key), ``escalation`` (a due key is
-still not rotated at a configured lead time before expiry, or has expired) and ``incident``
-(events the incident procedure marks as alerts).
+Kinds: ``failure`` (a run failed for a secret: its first error), ``rollback`` (a new key was
+refused and rolled back), ``drift`` (a secondary does not hold the primary's key),
+``escalation`` (a due key is still not rotated at a configured lead time before expiry, or has
+expired), ``rejected`` (the issuer no longer lists a secret's current key), ``credential`` (an
+issuer's own admin key that rotator does not manage is within the lead time of its expiry, at
+each escalation lead time, or expired) and ``incident`` (events the incident procedure marks as
+alerts). *Intent* events (written before an effect, for the audit trail) never alert.
 
 De-duplication: an alert is *open* under the key (secret, kind, step) — step is the escalation
 lead time ("13d", ..., "expired"), the drifted target, or the incident action; failures and
@@ -28,14 +31,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 from rotator.engine import Event, Outcome
 from rotator.models import Secret
-from rotator.planner import Assessment
+from rotator.planner import Assessment, CredentialAssessment
 from rotator.redact import redact
 from rotator.timeutil import format_duration, format_instant
 
 log = logging.getLogger("rotator.notify")
 
 #: Health states in which the current key is due and not yet replaced.
-UNROTATED = ("due", "rotating", "failing", "expired", "blocked")
+UNROTATED = ("due", "rotating", "failing", "expired", "blocked", "expiring", "stale-claim", "rejected")
+#: Health states in which the current key has been replaced (escalations close).
+ROTATED = ("healthy", "grace", "held")
 #: Drift states (from rotator.drift) that raise a drift alert.
 DRIFTED = ("missing", "different", "stale-previous", "corrupt")
 ROLLBACK_ACTIONS = ("rollback", "rolled-back")
@@ -43,8 +48,8 @@ ROLLBACK_ACTIONS = ("rollback", "rolled-back")
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str                       # failure | rollback | drift | escalation | incident
-    secret: str
+    kind: str                       # failure | rollback | drift | escalation | rejected | credential | incident
+    secret: str                     # the secret; for a credential alert, "<issuer> (admin key)"
     severity: str                   # warning | critical
     summary: str
     at: datetime
@@ -55,6 +60,7 @@ class Alert:
     expires_on: datetime | None = None
     runner: str | None = None
     repeat: int = 0                 # 0 the first time; n for the n-th reminder
+    issuer: str | None = None       # credential alerts: the issuer whose admin key it is
 
 
 # --- bodies -------------------------------------------------------------------------------------
@@ -200,6 +206,8 @@ class Alerts:
 
     def on_events(self, events: Iterable[Event]) -> None:
         for e in events:
+            if e.result == "intent":          # audit-only: written before an effect
+                continue
             if e.action == "failed" and e.result == "error":
                 self.raise_(Alert("failure", e.secret, "warning", f"{e.secret}: run failed: {e.detail}", e.at,
                                   detail=e.detail, rotation_id=e.rotation_id, key=e.key, runner=e.runner))
@@ -212,6 +220,23 @@ class Alerts:
                                   detail=e.detail, step=e.action, rotation_id=e.rotation_id, key=e.key,
                                   runner=e.runner))
 
+    def on_run(self, events: Iterable[Event], outcomes: Iterable[Outcome], now: datetime) -> None:
+        """A whole run (the daemon's and ``rotate``'s): a failed secret pages with its outcome's
+        *first* error — not a later cleanup's —, rollbacks and incidents from the events, and a
+        secret that ran cleanly closes its failure and rollback alerts."""
+        events, outcomes = list(events), list(outcomes)
+        failed = {o.secret: o for o in outcomes if o.status == "failed"}
+        self.on_events(e for e in events if not (e.action == "failed" and e.secret in failed))
+        for name, outcome in failed.items():
+            event = next((e for e in events if e.secret == name and e.action == "failed" and e.result == "error"),
+                         None)
+            error = outcome.error or (event.detail if event else "") or outcome.detail or "failed"
+            self.raise_(Alert("failure", name, "warning", f"{name}: run failed: {error}",
+                              event.at if event else now, detail=error,
+                              rotation_id=event.rotation_id if event else None,
+                              key=event.key if event else None, runner=event.runner if event else None))
+        self.on_outcomes(outcomes)
+
     def on_outcomes(self, outcomes: Iterable[Outcome]) -> None:
         for o in outcomes:
             if o.status in ("ok", "changed"):
@@ -219,28 +244,65 @@ class Alerts:
                 self.resolve(o.secret, "rollback")
 
     def on_assessment(self, secret: str, a: Assessment, now: datetime) -> None:
-        """Escalate a due key that is still not rotated at the configured lead times."""
-        if a.health in ("healthy", "grace"):
+        """Escalate a due key that is still not rotated at the configured lead times; page once
+        when the issuer no longer lists the current key."""
+        if a.health == "rejected":
+            self.raise_(Alert("rejected", secret, "critical", f"{secret}: {a.reason}", now,
+                              detail=f"{a.reason}; applications reading it fail. Next: {a.action}",
+                              key=a.key, expires_on=a.expires_on))
+        else:
+            self.resolve(secret, "rejected")
+        if a.health in ROTATED:
             self.resolve(secret, "escalation")
             return
         if a.health not in UNROTATED or a.expires_on is None or not self.escalate_at:
             return
-        left = a.expires_on - now
-        if left <= timedelta(0):
-            step, severity = "expired", "critical"
+        step, severity, left = self._step(a.expires_on, now, self.escalate_at)
+        if step is None:
+            return
+        if step == "expired":
             summary = f"{secret}: key {a.key or '-'} has EXPIRED and is still not rotated"
         else:
-            reached = [t for t in self.escalate_at if left <= t]
-            if not reached:
-                return
-            mark = min(reached)
-            step = format_duration(mark)
-            severity = "critical" if mark == min(self.escalate_at) else "warning"
             summary = (f"{secret}: key {a.key or '-'} expires {format_instant(a.expires_on)}"
                        f" ({format_duration(left)} left) and is still not rotated")
         detail = f"{a.action}; last error: {a.last_error}" if a.last_error else a.action
         self.raise_(Alert("escalation", secret, severity, summary, now, detail=detail, step=step, key=a.key,
                           expires_on=a.expires_on))
+
+    def on_credential(self, c: CredentialAssessment, now: datetime, *, lead_time: timedelta) -> None:
+        """An issuer's own admin key that rotator does not manage: warn from ``lead_time`` before
+        it expires, escalate at the same lead times as a secret, and critically once expired. A
+        managed credential is covered by its secret's alerts."""
+        who = f"{c.issuer} (admin key)"
+        if c.managed_as or c.expires_on is None or c.health not in ("expiring", "expired"):
+            self.resolve(who, "credential")
+            return
+        marks = sorted(set(self.escalate_at) | {lead_time}, reverse=True)
+        step, severity, left = self._step(c.expires_on, now, marks)
+        if step is None:
+            return
+        key = c.key or "-"
+        if step == "expired":
+            summary = (f"issuer {c.issuer}: its admin key {key} has EXPIRED: every call to the issuer fails and"
+                       " no key can be rotated")
+        else:
+            summary = (f"issuer {c.issuer}: its admin key {key} expires {format_instant(c.expires_on)}"
+                       f" ({format_duration(left)} left) and rotator cannot rotate it")
+        self.raise_(Alert("credential", who, severity, summary, now, detail=c.reason, step=step, key=c.key,
+                          expires_on=c.expires_on, issuer=c.issuer))
+
+    @staticmethod
+    def _step(expires_on: datetime, now: datetime, marks: list[timedelta]) -> tuple[str | None, str, timedelta]:
+        """The escalation step reached: ('expired', critical), the smallest lead time reached
+        (critical for the last one), or None."""
+        left = expires_on - now
+        if left <= timedelta(0):
+            return "expired", "critical", left
+        reached = [t for t in marks if left <= t]
+        if not reached:
+            return None, "", left
+        mark = min(reached)
+        return format_duration(mark), "critical" if mark == min(marks) else "warning", left
 
     def on_drift(self, secret: str, target: str, state: str, detail: str, now: datetime) -> None:
         if state in DRIFTED:

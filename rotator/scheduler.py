@@ -55,10 +55,17 @@ def instant_for(outcome: Outcome, now: datetime, failures: int, retry_min: timed
 
 def escalation_instants(expires_on: datetime | None, thresholds: Iterable[timedelta],
                         now: datetime) -> list[datetime]:
-    """Future instants at which an unrotated key crosses an escalation lead time (and expiry)."""
+    """Future instants at which an unrotated key crosses an escalation lead time (and expiry).
+    Dates at the edge of the calendar (year 1, year 9999) never raise: marks that fall off it
+    are dropped."""
     if expires_on is None:
         return []
-    marks = [expires_on - t for t in thresholds] + [expires_on]
+    marks = [expires_on]
+    for t in thresholds:
+        try:
+            marks.append(expires_on - t)
+        except OverflowError:
+            continue
     return sorted(m for m in marks if m > now)
 
 
@@ -81,6 +88,7 @@ class WakePlan:
     due: dict[str, datetime | None] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
     extra: dict[str, list[datetime]] = field(default_factory=dict)
+    watches: dict[str, list[datetime]] = field(default_factory=dict)   # not secrets: e.g. issuer credentials
 
     def update(self, outcomes: Iterable[Outcome], now: datetime) -> None:
         """Record how the secrets of one run ended."""
@@ -96,6 +104,18 @@ class WakePlan:
         """Extra instants for ``secret`` (escalation lead times of a key still not rotated)."""
         self.extra[secret] = sorted(instants)
 
+    def watch(self, name: str, instants: Iterable[datetime]) -> None:
+        """Instants at which something other than a secret needs a look (an issuer credential
+        crossing an escalation lead time). They wake the daemon; :meth:`due_now` never returns them."""
+        self.watches[name] = sorted(instants)
+
+    def watches_due(self, now: datetime) -> list[str]:
+        """Watches whose instant has come; each is forgotten until :meth:`watch` sets it again."""
+        due = sorted(n for n, marks in self.watches.items() if marks and marks[0] <= now)
+        for name in due:
+            self.watches[name] = [m for m in self.watches[name] if m > now]
+        return due
+
     def instant(self, secret: str, now: datetime) -> datetime | None:
         """The next instant planned for one secret (None: only the periodic reconcile)."""
         extra = [i for i in self.extra.get(secret, ()) if i > now]
@@ -103,7 +123,8 @@ class WakePlan:
         return min(candidates) if candidates else None
 
     def next_wakeup(self, now: datetime) -> datetime | None:
-        return next_wakeup((self.instant(s, now) for s in set(self.due) | set(self.extra)), now,
+        watched = [marks[0] for marks in self.watches.values() if marks]
+        return next_wakeup([*(self.instant(s, now) for s in set(self.due) | set(self.extra)), *watched], now,
                            min_gap=self.min_gap)
 
     def due_now(self, now: datetime) -> list[str]:

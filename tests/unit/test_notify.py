@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -16,7 +17,7 @@ from rotator.engine import Event, Outcome
 from rotator.errors import ConfigError
 from rotator.models import Secret
 from rotator.notify import Alert, Alerts, Notifier, Webhook, encode, webhooks_from_settings
-from rotator.planner import Assessment
+from rotator.planner import Assessment, CredentialAssessment
 from rotator.redact import RedactingFilter
 
 T0 = datetime(2027, 3, 1, 9, 0, tzinfo=timezone.utc)
@@ -92,6 +93,53 @@ def test_incident_events_page_once_per_action():
         ("incident", "compromised", "critical"), ("incident", "revoked-compromised", "critical")]
 
 
+def test_intents_are_audit_only_and_never_page():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent)
+    alerts.on_events([Event(T0, "web", "rollback", "restoring the old key", result="intent"),
+                      Event(T0, "web", "revoke", "…c0de", result="intent"),
+                      Event(T0, "web", "revoke-held", "…c0de: still served by secret batch", result="held")])
+    assert sent == []
+
+
+def test_a_failed_run_pages_with_its_first_error_not_the_cleanups():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent)
+    outcome = Outcome("web")
+    outcome.fail("store: stage failed: Is a directory")
+    outcome.fail("store: write_record failed")                      # the cleanup failed too: not the story
+    events = [Event(T0, "web", "issue", "a key named 'web [r-1]'", result="intent"),
+              failed("web", T0, "r1", detail="store: write_record failed"),
+              Event(T0, "web", "rollback", "refused", rotation_id="r1", result="error")]
+    alerts.on_run(events, [outcome, Outcome("batch", status="changed")], T0)
+    assert [(a.kind, a.secret) for a in sent] == [("rollback", "web"), ("failure", "web")]
+    failure = sent[-1]
+    assert failure.summary == "web: run failed: store: stage failed: Is a directory"
+    assert failure.rotation_id == "r1" and failure.runner == "host:1:abcd"
+    alerts.on_run([], [Outcome("web", status="changed")], T0 + DAY)           # a clean run closes both
+    assert alerts.open_alerts() == []
+
+
+def test_a_failed_outcome_without_a_failed_event_still_pages():
+    sent: list[Alert] = []
+    outcome = Outcome("web")
+    outcome.fail("quiva: 503")
+    alerts_with(sent).on_run([], [outcome], T0)
+    assert [(a.kind, a.summary, a.at) for a in sent] == [("failure", "web: run failed: quiva: 503", T0)]
+
+
+def test_a_key_the_issuer_no_longer_lists_pages_once_until_it_is_listed_again():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent, repeat_after=timedelta(0))
+    rejected = replace(assessment("rejected", T0 + 60 * DAY), reason="the issuer no longer lists the current key …c0de")
+    alerts.on_assessment("web", rejected, T0)
+    alerts.on_assessment("web", rejected, T0 + DAY)
+    assert [(a.kind, a.severity) for a in sent] == [("rejected", "critical")]
+    assert "no longer lists" in sent[0].summary
+    alerts.on_assessment("web", assessment("healthy", T0 + 90 * DAY), T0 + 2 * DAY)
+    assert alerts.open_alerts() == []
+
+
 # --- escalation ---------------------------------------------------------------------------------
 
 def test_escalation_at_each_lead_time_once_then_expiry_then_cleared_by_the_rotation():
@@ -122,12 +170,49 @@ def test_a_daemon_started_late_sends_only_the_most_urgent_step():
     assert [a.step for a in sent] == ["7d"]
 
 
-@pytest.mark.parametrize("health", ["healthy", "grace", "unmanaged"])
+@pytest.mark.parametrize("health", ["expiring", "stale-claim"])
+def test_an_expiring_key_or_a_dead_runners_claim_escalates_like_a_due_key(health):
+    sent: list[Alert] = []
+    alerts_with(sent).on_assessment("web", assessment(health, T0 + 6 * DAY), T0)
+    assert [(a.kind, a.step) for a in sent] == [("escalation", "7d")]
+
+
+@pytest.mark.parametrize("health", ["healthy", "grace", "unmanaged", "held"])
 def test_no_escalation_for_a_key_that_is_not_due(health):
     sent: list[Alert] = []
     alerts = alerts_with(sent)
     # a 7d lead time: 12 days before expiry the key is healthy and must not page at "13d"
     alerts.on_assessment("web", assessment(health, T0 + 12 * DAY), T0)
+    assert sent == []
+
+
+def credential(health: str, expires_on: datetime | None, managed_as: str | None = None) -> CredentialAssessment:
+    return CredentialAssessment(issuer="quiva", health=health, reason="not managed: replace it by hand",
+                                last4="c0de", key_id="42", expires_on=expires_on, managed_as=managed_as)
+
+
+def test_an_unmanaged_admin_key_warns_from_the_lead_time_and_escalates_like_a_secret():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent, repeat_after=timedelta(0))
+    expires = T0 + 20 * DAY
+    for left, health in [(16, "healthy"), (14, "expiring"), (13.5, "expiring"), (13, "expiring"), (10, "expiring"),
+                         (8, "expiring"), (7, "expiring"), (1, "expiring"), (0, "expired"), (-1, "expired")]:
+        alerts.on_credential(credential(health, expires), expires - timedelta(days=left), lead_time=14 * DAY)
+    assert [(a.kind, a.step, a.severity) for a in sent] == [
+        ("credential", "14d", "warning"), ("credential", "13d", "warning"), ("credential", "10d", "warning"),
+        ("credential", "7d", "critical"), ("credential", "expired", "critical")]
+    first = sent[0]
+    assert first.secret == "quiva (admin key)" and first.issuer == "quiva" and first.key == "…c0de (id 42)"
+    assert "rotator cannot rotate it" in first.summary and first.expires_on == expires
+    assert "EXPIRED" in sent[-1].summary
+    alerts.on_credential(credential("healthy", expires + 90 * DAY), expires, lead_time=14 * DAY)   # replaced by hand
+    assert alerts.open_alerts() == []
+
+
+def test_a_managed_admin_key_is_left_to_its_secrets_alerts():
+    sent: list[Alert] = []
+    alerts_with(sent).on_credential(credential("managed", T0 + 2 * DAY, managed_as="rotator-admin"), T0,
+                                    lead_time=14 * DAY)
     assert sent == []
 
 

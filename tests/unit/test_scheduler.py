@@ -70,6 +70,27 @@ def test_escalation_instants_are_the_lead_times_before_expiry_still_ahead():
     assert escalation_instants(None, [timedelta(days=13)], T0) == []
 
 
+@pytest.mark.parametrize("year", [1, 9999])
+def test_escalation_instants_at_the_edges_of_the_calendar_never_raise(year):
+    expires = datetime(year, 1, 1, tzinfo=timezone.utc)
+    marks = escalation_instants(expires, [timedelta(days=13), timedelta(days=7)], T0)
+    assert marks == ([] if year == 1 else [expires - timedelta(days=13), expires - timedelta(days=7), expires])
+
+
+def test_watched_instants_wake_the_daemon_but_are_not_secrets():
+    plan = WakePlan(retry_min=MIN, retry_max=HOUR)
+    plan.update([Outcome("web", next_at=T0 + 30 * DAY)], T0)
+    plan.watch("credential:quiva", [T0 + 3 * DAY, T0 + 6 * DAY])
+    assert plan.next_wakeup(T0) == T0 + 3 * DAY
+    assert plan.due_now(T0 + 3 * DAY) == []                      # never run as a secret
+    assert plan.watches_due(T0 + 3 * DAY - MIN) == []
+    assert plan.watches_due(T0 + 3 * DAY) == ["credential:quiva"]
+    assert plan.watches_due(T0 + 3 * DAY) == []                  # each instant wakes once: no busy loop
+    assert plan.next_wakeup(T0 + 3 * DAY) == T0 + 6 * DAY
+    plan.watch("credential:quiva", [])
+    assert plan.next_wakeup(T0 + 3 * DAY) == T0 + 30 * DAY
+
+
 def test_wake_plan_tracks_each_secret_and_wakes_at_the_earliest():
     plan = WakePlan(retry_min=MIN, retry_max=HOUR)
     plan.update([Outcome("web", next_at=T0 + 30 * DAY), Outcome("batch", status="changed", next_at=T0 + 2 * DAY),
