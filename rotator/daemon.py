@@ -29,11 +29,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rotator import audit as auditing
-from rotator import planner
+from rotator import survey
 from rotator.config import Settings
 from rotator.engine import Engine, Event, Outcome, RunReport
 from rotator.errors import BackendPermissionError, BackendUnavailable, ConfigError, RotatorError
-from rotator.machine import view_of
+from rotator.models import Listing, Snapshot
 from rotator.notify import DRIFTED, UNROTATED, Alerts
 from rotator.readahead import ReadAhead
 from rotator.redact import redact
@@ -107,9 +107,16 @@ class Reconciler:
         return self._run(None, "reconcile")
 
     def wake(self) -> RunReport | None:
-        """The secrets whose planned instant has come (None when there are none)."""
-        names = self.plan.due_now(self.clock.now())
-        return self._run(names, "wake") if names else None
+        """The secrets whose planned instant has come (None when there are none), and the issuer
+        credentials that crossed an escalation lead time."""
+        now = self.clock.now()
+        names = self.plan.due_now(now)
+        watched = [name.split(":", 1)[1] for name in self.plan.watches_due(now) if name.startswith("credential:")]
+        if names:
+            return self._run(names, "wake")
+        if watched:
+            self._credentials(survey.list_issuers(self.runtime, watched), now)
+        return None
 
     def next_wakeup(self) -> datetime | None:
         return self.plan.next_wakeup(self.clock.now())
@@ -136,17 +143,25 @@ class Reconciler:
         self.plan.update(report.outcomes, now)
         events = self._drain()
         if self.alerts is not None:
-            self.alerts.on_events(events)
-            self.alerts.on_outcomes(report.outcomes)
+            self.alerts.on_run(events, report.outcomes, now)
         if self.engine.stopping:
             return report
         problems: dict[str, tuple[str, str | None]] = {}
         observed = self.runtime.select(names)
         ahead = ReadAhead(observed, self.clock)       # fresh reads, batched where the backend can
+        reads = {secret.name: self._read(secret, full, problems, ahead) for secret in observed}
+        # then one listing per issuer (after the reads: a key promoted before a read is in it), for
+        # the current keys' standing, the issuers' own credentials and, on a reconcile, reachability
+        wanted = list(self.runtime.issuers) if full else [s.issuer.name for s in observed]
+        listings = survey.list_issuers(self.runtime, wanted)
         for secret in observed:
-            self._observe(secret, now, full, problems, ahead)
+            view = listings.get(secret.issuer.name)
+            self._observe(secret, reads[secret.name], view.listing if view else None, now, problems)
+        self._credentials(listings, now)
         if full:
-            self._probe_issuers(problems)
+            for name, view in listings.items():
+                down = view.listing is None
+                _note(problems, name, "issuer", view.problem if down else None)
             self.providers = problems
             ok = not any(problem for _, problem in problems.values())
             self.last_error = None if ok else "; ".join(
@@ -167,9 +182,9 @@ class Reconciler:
             self.metrics.run_took(kind, time.monotonic() - started)
         return report
 
-    def _observe(self, secret: ManagedSecret, now: datetime, full: bool,
-                 problems: dict[str, tuple[str, str | None]], ahead: ReadAhead) -> None:
-        """Assess one secret after a run (gauges, escalation), and on a reconcile its drift."""
+    def _read(self, secret: ManagedSecret, full: bool, problems: dict[str, tuple[str, str | None]],
+              ahead: ReadAhead) -> tuple[Snapshot, Any] | Exception:
+        """Read one secret's primary (and on a reconcile check its drift); never raises."""
         primary_backend = secret.primary.backend.name
         try:
             if full:
@@ -182,16 +197,38 @@ class Reconciler:
                         log.warning("%s: repaired drift on %s", secret.name, label)
             else:
                 primary, report = ahead.read(secret), None
-        except RotatorError as exc:
+        except Exception as exc:  # noqa: BLE001 - one secret never stops the others (I6)
             # Unreachable (or refusing us) is the backend's problem; a bad target is the secret's.
             down = isinstance(exc, (BackendUnavailable, BackendPermissionError))
-            _note(problems, primary_backend, "backend", redact(str(exc)) if down else None)
-            log.warning("%s: cannot read the primary: %s", secret.name, redact(str(exc)))
+            _note(problems, primary_backend, "backend", survey.describe(exc) if down else None)
+            log.warning("%s: cannot read the primary: %s", secret.name, survey.describe(exc))
+            return exc
+        _note(problems, primary_backend, "backend", None)
+        return primary, report
+
+    def _observe(self, secret: ManagedSecret, read: tuple[Snapshot, Any] | Exception, listing: Listing | None,
+                 now: datetime, problems: dict[str, tuple[str, str | None]]) -> None:
+        """Assess one secret after a run (gauges, escalation, wake-ups), and on a reconcile its
+        drift. Any exception is this secret's ``error`` health; the others carry on (I6)."""
+        try:
+            self._observe_one(secret, read, listing, now, problems)
+        except Exception as exc:  # noqa: BLE001 - one secret never stops the others (I6)
+            log.error("%s: cannot assess: %s", secret.name, survey.describe(exc))
+            if self.metrics is not None:
+                self.metrics.unreadable(secret.name, "error")
+
+    def _observe_one(self, secret: ManagedSecret, read: tuple[Snapshot, Any] | Exception, listing: Listing | None,
+                     now: datetime, problems: dict[str, tuple[str, str | None]]) -> None:
+        if isinstance(read, Exception):
             if self.metrics is not None:
                 self.metrics.unreadable(secret.name)
             return
-        _note(problems, primary_backend, "backend", None)
-        a = planner.assess(secret.policy, primary.record, view_of(primary), now)
+        primary, report = read
+        a = survey.assess_secret(secret, primary, listing, now, self.check_interval)
+        if a.health == "error":
+            if self.metrics is not None:
+                self.metrics.unreadable(secret.name, "error")
+            return
         unrotated = a.health in UNROTATED
         self.plan.also_at(secret.name, escalation_instants(a.expires_on, self.escalate_at, now) if unrotated else [])
         if self.metrics is not None:
@@ -213,18 +250,21 @@ class Reconciler:
             if self.alerts is not None:
                 self.alerts.on_drift(secret.name, target.target, target.state, target.detail, now)
 
-    def _probe_issuers(self, problems: dict[str, tuple[str, str | None]]) -> None:
-        """An issuer that answered during this reconcile is reachable; ask the others once."""
-        answered = self.tracker.answered_since_reset()
-        for name, issuer in self.runtime.issuers.items():
-            if name in answered:
-                _note(problems, name, "issuer", None)
-                continue
+    def _credentials(self, listings: dict[str, survey.IssuerView], now: datetime) -> None:
+        """The issuers' own admin keys: the expiry gauge, the alerts for one rotator does not
+        manage, and a wake-up at each escalation lead time still ahead."""
+        lead_time = self.runtime.settings.rotator.lead_time
+        for c in survey.credentials(self.runtime, listings, now):
             try:
-                issuer.list_keys()
-                _note(problems, name, "issuer", None)
-            except Exception as exc:  # noqa: BLE001 - any failure means not reachable
-                _note(problems, name, "issuer", redact(str(exc)) or type(exc).__name__)
+                if self.metrics is not None:
+                    self.metrics.credential(c)
+                if self.alerts is not None:
+                    self.alerts.on_credential(c, now, lead_time=lead_time)
+                marks = [] if c.managed_as else escalation_instants(
+                    c.expires_on, [lead_time, *self.escalate_at], now)
+                self.plan.watch(f"credential:{c.issuer}", marks)
+            except Exception as exc:  # noqa: BLE001 - one issuer never stops the others
+                log.error("issuer %s: cannot assess its admin key: %s", c.issuer, survey.describe(exc))
 
     # --- events ------------------------------------------------------------------------------
 

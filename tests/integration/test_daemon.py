@@ -24,7 +24,7 @@ import pytest
 
 from rotator.models import Phase
 from rotator.timeutil import format_instant
-from tests.world import to_toml, wait_for
+from tests.world import ADMIN_EMAIL, to_toml, wait_for
 
 ISSUE = "POST /accounts/api-key"
 
@@ -132,9 +132,13 @@ class WebhookSink:
 
 
 @pytest.fixture
-def real_time(world, clock, admin_key, tmp_path):
-    """The world on the real clock (the daemons use it), and a config writer for subprocesses."""
+def real_time(world, clock, emulator, tmp_path, monkeypatch):
+    """The world on the real clock (the daemons use it), and a config writer for subprocesses.
+    The admin key is made now: the session's is as old as the fake clock's start, and the daemon
+    alerts on an admin key it does not manage once it comes within the lead time of expiry."""
     clock.set(datetime.now(timezone.utc))
+    admin_key = emulator.add_user(ADMIN_EMAIL, role="admin")
+    monkeypatch.setenv("QUIVA_API_KEY", admin_key)
     daemons: list[Daemon] = []
 
     def start(extra_toml: str = "", env: dict[str, str] | None = None) -> Daemon:
@@ -347,6 +351,40 @@ def test_alerts_reach_the_webhooks_once_and_nothing_leaks(world, emulator, real_
         leaked = [v[-4:] for v in values if v in text]
         assert not leaked, f"key values in {where} (last 4 shown): {leaked}"
         assert "sLaCkToKeN" not in text, f"the Slack webhook URL appears in {where}"
+
+
+def test_an_unmanaged_admin_key_close_to_expiry_is_exported_alerted_and_escalated(world, emulator, real_time):
+    sink = WebhookSink()
+    world.defaults.update(check_interval="1h")
+    world.add_secret("web")
+    world.seed("web", age=timedelta(days=5))
+    admin = emulator.create_key(ADMIN_EMAIL, name="rotator admin",      # given as { env = ... }: not managed
+                                created_on=datetime.now(timezone.utc) - timedelta(days=85))
+    expires = next(k for k in emulator.keys() if k["id"] == admin["id"])["expires_on"]
+    toml = f'\n[alerts]\nwebhooks = [{{ url = "{sink.url}/hook" }}]\nescalate_at = ["13d", "10d", "7d"]\n'
+    try:
+        daemon = real_time(toml, env={"QUIVA_API_KEY": admin["key"]})
+        alerts = wait_for(lambda: sink.bodies("/hook"), what=f"the credential alert\n{daemon_log(daemon)}")
+        exported = wait_for(lambda: daemon.metric("rotator_issuer_credential_expiry_timestamp_seconds",
+                                                  issuer="quiva"), what="the credential's expiry gauge")
+        health = daemon.metric("rotator_secret_health", secret="web", health="healthy")
+        log, metrics_page = daemon.log, daemon.get("/metrics")[1]
+        assert daemon.stop()[0] == 0
+    finally:
+        sink.close()
+    (alert,) = alerts
+    assert alert["kind"] == "credential" and alert["issuer"] == "quiva" and alert["secret"] == "quiva (admin key)"
+    assert alert["step"] == "7d" and alert["severity"] == "critical", alert      # ~5 days left: the last step
+    assert alert["key"] == f"…{admin['key'][-4:]} (id {admin['id']})"
+    assert "rotator cannot rotate it" in alert["summary"] and "replace it by hand before" in alert["detail"]
+    assert abs(exported - datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp()) < 1
+    assert health == 1, "the secrets themselves are healthy"
+    for text in (log, metrics_page, json.dumps(alerts)):
+        assert admin["key"] not in text
+
+
+def daemon_log(daemon: Daemon) -> str:
+    return daemon.log[-2000:]
 
 
 def test_one_shot_rotate_does_not_load_the_daemon_stack(world, clock, admin_key, tmp_path):
