@@ -15,9 +15,11 @@ from tests.world import to_toml
 
 
 @pytest.fixture
-def cli_world(world, clock, tmp_path, monkeypatch):
-    """A world whose config lives in a file, on the real clock (the CLI builds its own runtime)."""
+def cli_world(world, clock, tmp_path, monkeypatch, emulator):
+    """A world whose config lives in a file, on the real clock (the CLI builds its own runtime),
+    signing in with an admin key made now (status counts an admin key close to expiry)."""
     clock.set(datetime.now(timezone.utc))
+    monkeypatch.setenv("QUIVA_API_KEY", emulator.add_user("ops@example.com", role="admin"))
     world.add_secret("web")
     world.add_secret("batch")
     path = tmp_path / "rotator.toml"
@@ -57,6 +59,21 @@ def test_rotate_then_status_and_plan(cli_world, capsys):
 
     code, out, _ = run(capsys, "plan")
     assert code == 0 and "SECRET" in out and "HEALTH" in out
+
+
+def test_status_exits_1_until_every_secret_is_managed_and_says_so_in_its_help(cli_world, capsys):
+    code, out, _ = run(capsys, "--log-level", "error", "status")
+    assert code == 1 and "unmanaged" in out                             # nothing adopted yet
+    assert "2 secret(s): 2 not healthy" in out
+    assert run(capsys, "--log-level", "error", "rotate")[0] == 0
+    code, out, _ = run(capsys, "status")
+    assert code == 0 and "2 secret(s): 0 not healthy; 1 issuer credential(s): 0 not healthy" in out
+    with pytest.raises(SystemExit) as done:
+        main(["status", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "exit status:" in text and "0  every secret is healthy, due, rotating or in grace" in text
+    assert "2  usage or configuration error" in text
 
 
 def test_a_failing_secret_exits_1_and_others_still_run(cli_world, capsys, emulator):
