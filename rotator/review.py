@@ -2,34 +2,64 @@
 issuer's own key list.
 
 Every key the issuer lists is given a role — ``current`` / ``pending`` / ``previous`` of a managed
-secret, ``credential`` (the key rotator itself signs in with), ``orphan`` (named by rotator for a
-secret that no longer references it) or ``unmanaged`` — and flags: ``expired``, ``expiring``
-(within the lead time), ``unused-30d`` (when the issuer reports last use) and ``unclear-name``.
-:func:`classify` is pure; the CLI does the reads and the optional revocations.
+secret, ``held`` (an old key whose revoke the gate held; the record says why), ``credential`` (the
+key rotator itself signs in with), ``orphan`` (named by rotator for a managed secret, but no record
+names it) or ``unmanaged`` — and flags: ``expired``, ``expiring`` (within the lead time),
+``unused-30d`` (when the issuer reports last use), ``unclear-name``, ``shared`` (two or more
+managed secrets rely on it), ``served`` (a target serves a key no record of its secret names),
+and for orphans what the run's sweep would do with it: ``would-sweep`` (older than the issuer's
+in-flight bound, nothing relies on it: the next run revokes it) or ``in-flight`` (younger, or its
+rotation is still claimed: left alone).
+
+Whether a key could be revoked is not guessed here: :func:`classify` asks the revoke gate
+(:func:`rotator.gate.judge`) with the evidence the review read — the listing, every target's
+keys, the records, the live claims, the admin key — exactly as a revoke would. A key the gate
+would hold is never shown as revocable, and the reason is shown instead.
+
+:func:`classify` is pure; the CLI does the reads and the revocations (through the gate again,
+with fresh evidence).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Iterable, Sequence
 
-from rotator.models import KeyInfo, KeyRef, RotationRecord, Secret
+from rotator import gate
+from rotator.gate import Holder, LiveClaim, Purpose, Request
+from rotator.models import HeldKey, KeyInfo, KeyRef, Listing, Phase, RotationRecord, Secret
+from rotator.timeutil import format_instant
 
 UNUSED_AFTER = timedelta(days=30)
 _VAGUE_NAMES = {"", "default", "key", "api key", "apikey", "new key", "new api key", "my key", "test",
                 "untitled", "temp", "tmp"}
 MANAGED_ROLES = ("current", "pending", "previous", "credential")
+#: Roles a person may choose to revoke (``--fix`` / ``--revoke-unmanaged`` / ``--revoke-unused``).
+#: ``held`` is not one: the rotation that moves away from it last revokes it.
+REVOCABLE_ROLES = ("orphan", "unmanaged")
+_OWNED = (Phase.CLAIMED, Phase.STAGED, Phase.ROLLING_BACK)
+UNMANAGED = "(unmanaged)"       # the "secret" of a revoke of a key no managed secret relies on
 
 
 @dataclass(frozen=True)
 class Managed:
-    """What the review needs to know of one managed secret."""
+    """What the review needs to know of one managed secret (read by the caller; never a value).
+
+    ``primary``: the key the primary serves as current; ``served``: what every readable target
+    serves (role ``serves``) and the primary's pending slot (role ``pending``), as the gate's
+    holders; ``primary_error``: why the primary could not be read (then nothing can be proved
+    about this secret, as for the gate); ``unreadable``: other targets that could not be read."""
 
     name: str
     key_name: str           # the template, e.g. "{secret} [{rotation}]"
     lead_time: timedelta
     record: RotationRecord | None
+    primary: Holder | None = None
+    served: tuple[Holder, ...] = ()
+    primary_error: str | None = None
+    unreadable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,10 +75,45 @@ class Finding:
     role: str
     secret: str | None
     flags: tuple[str, ...]
+    shared_by: tuple[str, ...] = ()     # every managed secret relying on it, when two or more do
+    hold: str | None = None             # why the gate would not revoke it now (revocable roles, held)
+    held_since: datetime | None = None  # role "held": since when the record holds the revoke
 
     @property
     def revocable(self) -> bool:
-        return self.role not in MANAGED_ROLES
+        """Could a person's choice revoke it now? Only orphans and unmanaged keys the gate would
+        not hold on the review's evidence."""
+        return self.role in REVOCABLE_ROLES and self.hold is None
+
+    @property
+    def owners(self) -> str | None:
+        """The secret column: every secret that shares it, else its secret."""
+        return ", ".join(self.shared_by) if self.shared_by else self.secret
+
+    @property
+    def notes(self) -> list[str]:
+        notes = []
+        if self.shared_by:
+            notes.append("shared by " + ", ".join(self.shared_by))
+        if self.role == "held":
+            since = f" since {format_instant(self.held_since)}" if self.held_since else ""
+            notes.append(f"revoke held{since}: {self.hold}")
+        elif self.hold is not None and self.role in REVOCABLE_ROLES:
+            notes.append(f"not revocable: {self.hold}")
+        if "would-sweep" in self.flags:
+            notes.append("the next run's sweep revokes it")
+        return notes
+
+    def entry(self) -> KeyInfo:
+        """The listing entry this finding was made from (for a revoke request)."""
+        return KeyInfo(self.key_id, self.name, self.last4, self.created_on, self.expires_on, self.account,
+                       self.last_used_on)
+
+    @property
+    def purpose(self) -> Purpose:
+        """How a revoke of it is asked of the gate: an orphan as the sweep would (a stray, so
+        the in-flight age rule applies); any other key a person chose as a review revoke."""
+        return Purpose.STRAY if self.role == "orphan" else Purpose.REVIEW
 
 
 def name_pattern(template: str, secret: str) -> re.Pattern[str]:
@@ -57,43 +122,163 @@ def name_pattern(template: str, secret: str) -> re.Pattern[str]:
     return re.compile("^" + literal.replace(re.escape("{rotation}"), r"r-[0-9a-f]{8}") + "$")
 
 
-def classify(issuer: str, listing: list[KeyInfo], secrets: list[Managed], now: datetime,
-             credential: Secret | None = None) -> list[Finding]:
+def classify(issuer: str, listing: Sequence[KeyInfo], secrets: list[Managed], now: datetime,
+             credential: Secret | None = None, in_flight: timedelta | None = None) -> list[Finding]:
+    """A finding for every listed key. ``in_flight``: the issuer's in-flight bound (keys younger
+    than it may come from an issue request still in flight; the sweep leaves them alone)."""
+    if in_flight is None:
+        from rotator.revoker import DEFAULT_IN_FLIGHT
+
+        in_flight = DEFAULT_IN_FLIGHT
+    if not isinstance(listing, Listing):
+        listing = Listing(listing)
+    evidence = _evidence(issuer, listing, secrets, now, credential, in_flight)
+    default_lead = min((s.lead_time for s in secrets), default=timedelta(days=14))
     findings = []
     for key in listing:
-        role, owner, lead = "unmanaged", None, min((s.lead_time for s in secrets), default=timedelta(days=14))
-        for secret in secrets:
-            found = _role_in(secret, key)
-            if found:
-                role, owner, lead = found, secret.name, secret.lead_time
-                break
-        if role == "unmanaged":
-            if credential is not None and key.last4 == credential.last4:
-                role = "credential"
-            else:
-                for secret in secrets:
-                    if name_pattern(secret.key_name, secret.name).match(key.name):
-                        role, owner, lead = "orphan", secret.name, secret.lead_time
-                        break
+        role, owner, lead, held = "unmanaged", None, default_lead, None
+        named = _named_by(secrets, key)
+        holding = _held_by(secrets, key)
+        if holding is not None:        # a revoke held earlier: the record says why
+            owner_secret, held = holding
+            role, owner, lead = "held", owner_secret.name, owner_secret.lead_time
+        elif named:
+            secret, role = named[0]
+            owner, lead = secret.name, secret.lead_time
+        elif credential is not None and key.last4 == credential.last4:
+            role = "credential"
+        else:
+            for secret in secrets:
+                if name_pattern(secret.key_name, secret.name).match(key.name):
+                    role, owner, lead = "orphan", secret.name, secret.lead_time
+                    break
+        users = _shared_by(secrets, key, named, listing)
+        flags = list(_flags(key, now, lead))
+        if len(users) > 1:
+            flags.append("shared")
+        hold = held.reason if held is not None else None
+        if role in REVOCABLE_ROLES:
+            served = [h for h in _serving(secrets) if _serves(h, key)]
+            if served:
+                flags.append("served")
+            request = Request(owner or UNMANAGED, Purpose.STRAY if role == "orphan" else Purpose.REVIEW, entry=key)
+            verdict = gate.judge(request, evidence)
+            if not verdict.revoke:
+                hold = verdict.reason
+            if role == "orphan":
+                if verdict.revoke:
+                    flags.append("would-sweep")
+                elif _young(key, evidence.in_flight_since) or _claimed(key, evidence.claims, now):
+                    flags.append("in-flight")
         findings.append(Finding(issuer, key.key_id, key.name, key.last4, key.account, key.created_on,
-                                key.expires_on, key.last_used_on, role, owner, _flags(key, now, lead)))
+                                key.expires_on, key.last_used_on, role, owner, tuple(flags),
+                                shared_by=tuple(users) if len(users) > 1 else (), hold=hold,
+                                held_since=held.since if held is not None else None))
     return findings
 
 
-def _role_in(secret: Managed, key: KeyInfo) -> str | None:
-    record = secret.record
+# --- what the managed secrets rely on ------------------------------------------------------------
+
+def _refs(record: RotationRecord | None) -> list[tuple[str, KeyRef]]:
     if record is None:
-        return None
-    for role, ref in (("current", record.current), ("pending", record.pending), ("previous", record.previous)):
-        if ref is not None and _is(ref, key):
-            return role
+        return []
+    return [(role, ref) for role, ref in (("current", record.current), ("pending", record.pending),
+                                          ("previous", record.previous)) if ref is not None]
+
+
+def _named_by(secrets: Iterable[Managed], key: KeyInfo) -> list[tuple[Managed, str]]:
+    """Every (secret, role) whose record names ``key`` as its current, pending or previous key."""
+    return [(secret, role) for secret in secrets for role, ref in _refs(secret.record) if _is(ref, key)]
+
+
+def _held_by(secrets: Iterable[Managed], key: KeyInfo) -> tuple[Managed, HeldKey] | None:
+    for secret in secrets:
+        for held in (secret.record.held if secret.record is not None else ()):
+            if _is(held.key, key):
+                return secret, held
     return None
+
+
+def _shared_by(secrets: list[Managed], key: KeyInfo, named: list[tuple[Managed, str]],
+               listing: Listing) -> list[str]:
+    """The secrets relying on ``key``: their records name it, or their primary holds it (same
+    fingerprint as another secret's primary; which listed key that is, is told by a record
+    naming that fingerprint, else by its last 4 characters)."""
+    users = [secret.name for secret, _ in named]
+    by_value: dict[str, list[Managed]] = {}
+    for secret in secrets:
+        if secret.primary is not None and secret.primary.fingerprint:
+            by_value.setdefault(secret.primary.fingerprint, []).append(secret)
+    for fingerprint, group in by_value.items():
+        if len(group) < 2:
+            continue
+        refs = [ref for s in secrets for _, ref in _refs(s.record) if ref.fingerprint == fingerprint]
+        if refs:
+            its = any(_is(ref, key) for ref in refs)
+        else:
+            its = key.last4 == group[0].primary.last4     # type: ignore[union-attr]
+        if its:
+            users += [s.name for s in group]
+    return list(dict.fromkeys(users))
+
+
+def _serving(secrets: Iterable[Managed]) -> list[Holder]:
+    return [h for s in secrets for h in ((s.primary,) if s.primary else ()) + s.served]
+
+
+def _serves(holder: Holder, key: KeyInfo) -> bool:
+    """As the gate matches a target against a listing entry: by its last 4 characters."""
+    return holder.last4 is not None and holder.last4 == key.last4
 
 
 def _is(ref: KeyRef, key: KeyInfo) -> bool:
     if ref.key_id:
         return ref.key_id == key.key_id
     return ref.last4 == key.last4 and (ref.name is None or ref.name == key.name)
+
+
+# --- the gate's evidence, from what the review read ----------------------------------------------
+
+def _evidence(issuer: str, listing: Listing, secrets: list[Managed], now: datetime,
+              credential: Secret | None, in_flight: timedelta) -> gate.Evidence:
+    """What a revoke at this moment would be judged on (as :class:`rotator.evidence.Usage` and
+    :meth:`rotator.revoker.Revoker.evidence` gather it)."""
+    holders: list[Holder] = []
+    unknown: list[str] = []
+    claims: list[LiveClaim] = []
+    for secret in secrets:
+        if secret.primary_error is not None:
+            unknown.append(f"secret {secret.name}: its primary could not be read ({secret.primary_error})")
+            continue
+        record = secret.record
+        if record is not None:
+            roles = [("current", record.current), ("pending", record.pending)]
+            if record.phase is Phase.GRACE:
+                roles.append(("previous", record.previous))
+            holders += [Holder(secret.name, role, "record", ref.fingerprint, ref.last4, ref.key_id)
+                        for role, ref in roles if ref is not None]
+            if record.phase in _OWNED and record.owner and record.rotation_id and record.lease_until is not None:
+                claims.append(LiveClaim(secret.name, record.rotation_id, record.owner, record.lease_until))
+        elif secret.unreadable:
+            unknown += [f"secret {secret.name}: {label} could not be read" for label in secret.unreadable]
+        holders += _serving([secret])
+    holders.sort(key=lambda h: h.role != "serves")     # as the run's evidence: a serving target named first
+    admin = KeyRef.of(credential) if credential is not None else None
+    if admin is not None:
+        ids = {h.key_id for h in holders if h.fingerprint == admin.fingerprint and h.key_id}
+        if len(ids) == 1:
+            admin = replace(admin, key_id=ids.pop())
+    return gate.Evidence(now=now, listing=listing, holders=tuple(holders), unknown=tuple(unknown),
+                         claims=tuple(claims), admin=admin, admin_issuer=issuer, in_flight_since=now - in_flight)
+
+
+def _young(key: KeyInfo, since: datetime | None) -> bool:
+    return since is not None and (key.created_on is None or key.created_on > since)
+
+
+def _claimed(key: KeyInfo, claims: Iterable[LiveClaim], now: datetime) -> bool:
+    tag = gate.rotation_tag(key.name)
+    return tag is not None and any(c.rotation_id[:8] == tag and c.until > now for c in claims)
 
 
 def _flags(key: KeyInfo, now: datetime, lead: timedelta) -> tuple[str, ...]:
@@ -110,18 +295,33 @@ def _flags(key: KeyInfo, now: datetime, lead: timedelta) -> tuple[str, ...]:
     return tuple(flags)
 
 
+# --- choosing ------------------------------------------------------------------------------------
+
+def _wanted(f: Finding, orphans: bool, unmanaged: bool, unused: bool) -> bool:
+    return (orphans and f.role == "orphan") or (unmanaged and f.role == "unmanaged") \
+        or (unused and "unused-30d" in f.flags)
+
+
 def selected_for_revocation(findings: list[Finding], *, orphans: bool, unmanaged: bool,
                             unused: bool) -> list[Finding]:
     """What ``--fix`` / ``--revoke-unmanaged`` / ``--revoke-unused`` would revoke. Keys a managed
-    secret or the rotator itself relies on are never selected."""
-    chosen = []
-    for f in findings:
-        if not f.revocable:
-            continue
-        if (orphans and f.role == "orphan") or (unmanaged and f.role == "unmanaged") \
-                or (unused and "unused-30d" in f.flags):
-            chosen.append(f)
-    return chosen
+    secret or the rotator itself relies on are never selected, nor keys the gate would hold."""
+    return [f for f in findings if f.revocable and _wanted(f, orphans, unmanaged, unused)]
+
+
+def withheld(findings: list[Finding], *, orphans: bool, unmanaged: bool, unused: bool) -> list[Finding]:
+    """Keys the flags ask for that are not revoked, each with its reason (``hold``): held
+    revokes, and orphans or unmanaged keys the gate would hold (served by a target, the admin
+    key, in flight, ...). Keys a managed secret uses as current/pending/previous and the
+    credential are left out silently, as they always were."""
+    return [f for f in findings if _wanted(f, orphans, unmanaged, unused) and not f.revocable
+            and f.hold is not None]
+
+
+# --- Markdown ------------------------------------------------------------------------------------
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def markdown(findings: list[Finding], now: datetime) -> str:
@@ -132,15 +332,16 @@ def markdown(findings: list[Finding], now: datetime) -> str:
         mine = [f for f in findings if f.issuer == issuer]
         accounts = ", ".join(sorted({f.account for f in mine if f.account})) or "unknown"
         lines += [f"## Issuer `{issuer}` (user: {accounts})", "",
-                  "| key id | name | last 4 | expires | role | secret | flags |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| key id | name | last 4 | expires | role | secret | flags | note |",
+                  "|---|---|---|---|---|---|---|---|"]
         for f in mine:
             expires = f"{f.expires_on:%Y-%m-%d}" if f.expires_on else "-"
-            lines.append(f"| {f.key_id} | {f.name or '(empty)'} | …{f.last4} | {expires} | {f.role} |"
-                         f" {f.secret or '-'} | {', '.join(f.flags) or '-'} |")
+            lines.append(f"| {f.key_id} | {_cell(f.name or '(empty)')} | …{f.last4} | {expires} | {f.role} |"
+                         f" {f.owners or '-'} | {', '.join(f.flags) or '-'} | {_cell('; '.join(f.notes)) or '-'} |")
         lines.append("")
-    attention = [f for f in findings if f.role in ("orphan", "unmanaged") or f.flags]
+    attention = [f for f in findings if f.role in ("orphan", "unmanaged", "held") or f.flags]
     lines += ["## Needs attention", ""]
-    lines += [f"- `{f.issuer}` key {f.key_id} ({f.name or '(empty)'}): {f.role}"
-              f"{' — ' + ', '.join(f.flags) if f.flags else ''}" for f in attention] or ["- nothing"]
+    lines += [f"- `{f.issuer}` key {f.key_id} ({_cell(f.name or '(empty)')}): {f.role}"
+              f"{' — ' + ', '.join(f.flags) if f.flags else ''}"
+              f"{' — ' + '; '.join(f.notes) if f.notes else ''}" for f in attention] or ["- nothing"]
     return "\n".join(lines) + "\n"
