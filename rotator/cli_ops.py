@@ -29,10 +29,13 @@ def add_parsers(sub: Any, output_option: Callable[[argparse.ArgumentParser], Non
     audit = sub.add_parser("audit", help="review every key the issuers list (the monthly review)")
     audit.add_argument("--issuer", action="append", help="only this issuer (repeatable)")
     audit.add_argument("-o", "--output", default="text", choices=["text", "json", "markdown"])
-    audit.add_argument("--fix", action="store_true", help="revoke orphans (keys rotator named but nothing uses)")
+    audit.add_argument("--fix", action="store_true",
+                       help="revoke orphans (keys rotator named but nothing uses) the run's sweep would revoke")
     audit.add_argument("--revoke-unmanaged", action="store_true", help="also revoke keys no managed secret uses")
     audit.add_argument("--revoke-unused", action="store_true", help="also revoke keys unused for 30+ days")
     audit.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    audit.add_argument("--audit-file", metavar="PATH",
+                       help="append audit records of revokes here (default: [audit] path)")
 
     revoke = sub.add_parser("revoke", help="incident: replace and immediately revoke a compromised key")
     revoke.add_argument("secret", metavar="SECRET")
@@ -134,43 +137,167 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     from rotator import review
     from rotator.cli import table
+    from rotator.engine import Engine, RunShared
+    from rotator.readahead import ReadAhead
+    from rotator.revoker import DEFAULT_IN_FLIGHT
 
     runtime = _runtime(args)
     now = runtime.clock.now()
     findings: list[review.Finding] = []
+    problems: list[str] = []
+    results: dict[tuple[str, str], tuple[str, str]] = {}
+    trail = _AuditTrail(runtime, args)
     try:
         wanted = args.issuer or list(runtime.issuers)
         unknown = [n for n in wanted if n not in runtime.issuers]
         if unknown:
             raise ConfigError(f"unknown issuer(s): {', '.join(unknown)} (configured: {', '.join(runtime.issuers)})")
+        # Every revoke goes through the gate: the run's revoker gathers fresh evidence for each,
+        # reusing the reads below while they are fresh, and confirms each revoke by a listing.
+        shared = RunShared(Engine(runtime, on_event=trail))
         for name in wanted:
             issuer = runtime.issuers[name]
-            managed = []
-            for secret in runtime.secrets:
-                if secret.issuer is issuer:
-                    record = secret.primary.backend.read(secret.primary.target).record
-                    managed.append(review.Managed(secret.name, secret.spec.key_name, secret.policy.lead_time, record))
-            findings += review.classify(name, issuer.list_keys(), managed, now, runtime.credential_of(name))
-        chosen = review.selected_for_revocation(findings, orphans=args.fix, unmanaged=args.revoke_unmanaged,
-                                                unused=args.revoke_unused)
-        revoked = _revoke_chosen(runtime, chosen, args.yes) if chosen else []
+            mine = [secret for secret in runtime.secrets if secret.issuer is issuer]
+            ahead = ReadAhead(mine, runtime.clock)        # batched where the backend can
+            managed = [_read_managed(secret, shared, problems, ahead) for secret in mine]
+            listing = shared.listings.fresh(issuer)
+            if not listing.usable:
+                problems.append(f"issuer {name}: its listing contradicts itself ({'; '.join(listing.problems[:3])});"
+                                " nothing is revoked on it")
+            bound = getattr(issuer, "in_flight_bound", None) or DEFAULT_IN_FLIGHT
+            findings += review.classify(name, listing, managed, now, runtime.credential_of(name), in_flight=bound)
+        flags = {"orphans": args.fix, "unmanaged": args.revoke_unmanaged, "unused": args.revoke_unused}
+        for f in review.withheld(findings, **flags):
+            results[(f.issuer, f.key_id)] = ("held", f.hold or "")
+            print(redact(f"not revoked: {f.issuer} {_key(f)}: {f.hold}"), file=sys.stderr)
+        chosen = review.selected_for_revocation(findings, **flags)
+        if chosen:
+            results.update(_revoke_chosen(runtime, shared, chosen, args.yes, trail))
     finally:
         runtime.close()
+        trail.close()
 
+    for problem in problems:
+        print(f"problem: {redact(problem)}", file=sys.stderr)
     rows = [{"issuer": f.issuer, "key_id": f.key_id, "name": f.name or "(empty)", "key": f"…{f.last4}",
              "expires": format_instant(f.expires_on), "role": f.role, "secret": f.secret,
-             "flags": ",".join(f.flags), "revoked": f.key_id in revoked} for f in findings]
+             "shared_by": list(f.shared_by), "flags": ",".join(f.flags), "revocable": f.revocable,
+             "hold": f.hold, "notes": f.notes,
+             "revoked": results.get((f.issuer, f.key_id), ("", ""))[0] == "revoked",
+             "revoke": _outcome(results.get((f.issuer, f.key_id)))} for f in findings]
+    failed = sum(result == "failed" for result, _ in results.values())
     if args.output == "json":
-        print(redact(json.dumps({"at": format_instant(now), "keys": rows}, indent=2)))
+        print(redact(json.dumps({"at": format_instant(now), "keys": rows, "problems": problems,
+                                 "revoke_failures": failed}, indent=2)))
     elif args.output == "markdown":
         print(redact(review.markdown(findings, now)), end="")
     else:
-        print(table(rows, ["issuer", "key_id", "name", "key", "expires", "role", "secret", "flags", "revoked"]))
-    return 0
+        print(table([{**r, "secret": f.owners, "revoked": r["revoke"]["result"] if r["revoke"] else None}
+                     for r, f in zip(rows, findings)],
+                    ["issuer", "key_id", "name", "key", "expires", "role", "secret", "flags", "revoked"]))
+        noted = [(f, f.notes) for f in findings if f.notes]
+        if noted:
+            print("\nnotes:")
+            for f, notes in noted:
+                print(redact(f"  {f.issuer} {_key(f)}: {'; '.join(notes)}"))
+    return 1 if failed or problems else 0
 
 
-def _revoke_chosen(runtime: Any, chosen: list, yes: bool) -> list[str]:
-    from rotator.errors import KeyNotFound
+def _key(f: Any) -> str:
+    return f"…{f.last4} (id {f.key_id})"
+
+
+def _outcome(result: tuple[str, str] | None) -> dict[str, str] | None:
+    return None if result is None else {"result": result[0], "reason": redact(result[1])}
+
+
+def _read_managed(secret: Any, shared: Any, problems: list[str], ahead: Any = None) -> Any:
+    """What the review needs of one managed secret: its record and the key every target serves
+    (fingerprints and last 4 characters). The reads are handed to the run's revoker, so a revoke
+    decided moments later judges on them (it reads again when they are no longer fresh)."""
+    from rotator import review
+    from rotator.errors import CorruptPayload
+    from rotator.gate import Holder
+    from rotator.models import Snapshot
+
+    primary = record = None
+    served: list[Holder] = []
+    unreadable: list[str] = []
+    for bound in secret.targets:
+        is_primary = bound is secret.primary
+        try:
+            snap = ahead.read_target(secret, bound) if ahead is not None else bound.backend.read(bound.target)
+        except CorruptPayload as exc:       # no key can be read from it: it serves none
+            problems.append(f"secret {secret.name}: {bound.label}: {redact(str(exc))}")
+            snap = Snapshot()
+        except RotatorError as exc:
+            message = redact(str(exc))
+            problems.append(f"secret {secret.name}: {bound.label} could not be read: {message}")
+            if is_primary:
+                return review.Managed(secret.name, secret.spec.key_name, secret.policy.lead_time, None,
+                                      primary_error=message)
+            unreadable.append(bound.label)
+            continue
+        else:
+            shared.revoker.saw(secret, bound.label, snap)
+        if is_primary:
+            record = snap.record
+            if snap.pending is not None:
+                served.append(Holder(secret.name, "pending", bound.label, snap.pending.fingerprint,
+                                     snap.pending.last4))
+        if snap.current is not None:
+            holder = Holder(secret.name, "serves", bound.label, snap.current.fingerprint, snap.current.last4)
+            if is_primary:
+                primary = holder
+            else:
+                served.append(holder)
+    return review.Managed(secret.name, secret.spec.key_name, secret.policy.lead_time, record,
+                          primary=primary, served=tuple(served), unreadable=tuple(unreadable))
+
+
+class _AuditTrail:
+    """The audit sink of ``[audit]`` (or ``--audit-file``), opened when the first revoke is about
+    to be asked for: every intent and result of the gate's revokes is recorded, as ``rotate``
+    records them. With ``[audit] stdout`` and ``-o json``/``markdown`` the lines go to stderr, so
+    stdout stays one document."""
+
+    def __init__(self, runtime: Any, args: argparse.Namespace) -> None:
+        self._settings = runtime.settings.audit
+        self._path = getattr(args, "audit_file", None)
+        self._to_stderr = args.output != "text"
+        self._sink: Any = None
+
+    def open(self) -> None:
+        from rotator import audit
+
+        if self._sink is not None:
+            return
+        settings = self._settings
+        if settings.stdout and self._to_stderr:
+            path = self._path or settings.path
+            try:
+                self._sink = audit.AuditSink(path, fsync=settings.fsync, stream=sys.stderr)
+            except OSError as exc:
+                raise ConfigError(f"audit.path: cannot open {path} for appending: {exc.strerror}") from None
+        else:
+            self._sink = audit.open_sink(settings, self._path)
+
+    def __call__(self, event: Any) -> None:
+        if self._sink is not None:
+            self._sink(event)
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+
+
+def _revoke_chosen(runtime: Any, shared: Any, chosen: list, yes: bool,
+                   trail: _AuditTrail | None = None) -> dict[tuple[str, str], tuple[str, str]]:
+    """Revoke what a person chose, each through the revoke gate: orphans as strays (the sweep's
+    rules, including the in-flight age), anything else as a review revoke (every protection but
+    the age rule). Returns (issuer, key id) -> (revoked | held | gone | failed, reason)."""
+    from rotator.gate import Request
+    from rotator.review import UNMANAGED
 
     print(f"{len(chosen)} key(s) selected for revocation:", file=sys.stderr)
     for f in chosen:
@@ -180,14 +307,29 @@ def _revoke_chosen(runtime: Any, chosen: list, yes: bool) -> list[str]:
         if not sys.stdin.isatty():
             raise ConfigError("refusing to revoke without confirmation: pass --yes")
         if input("Revoke them? [y/N] ").strip().lower() not in ("y", "yes"):
-            return []
-    done = []
+            return {}
+    if trail is not None:
+        trail.open()
+    done: dict[tuple[str, str], tuple[str, str]] = {}
     for f in chosen:
+        issuer = runtime.issuers[f.issuer]
+        request = Request(f.secret or UNMANAGED, f.purpose, entry=f.entry())
         try:
-            runtime.issuers[f.issuer].revoke(key_id=f.key_id)
-        except KeyNotFound:
-            pass
-        done.append(f.key_id)
+            verdict = shared.revoker.revoke(request, issuer)
+        except RotatorError as exc:        # RevokeNotConfirmed, or the issuer failed: not revoked
+            reason = redact(str(exc))
+            done[(f.issuer, f.key_id)] = ("failed", reason)
+            print(f"revoke FAILED: {f.issuer} {_key(f)}: {reason}", file=sys.stderr)
+            continue
+        if verdict.revoke:
+            done[(f.issuer, f.key_id)] = ("revoked", verdict.reason)
+            print(f"revoked: {f.issuer} {_key(f)}", file=sys.stderr)
+        elif verdict.gone:
+            done[(f.issuer, f.key_id)] = ("gone", verdict.reason)
+            print(f"already gone: {f.issuer} {_key(f)}: {verdict.reason}", file=sys.stderr)
+        else:
+            done[(f.issuer, f.key_id)] = ("held", verdict.reason)
+            print(f"not revoked: {f.issuer} {_key(f)}: {verdict.reason}", file=sys.stderr)
     return done
 
 

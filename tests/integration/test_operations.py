@@ -123,7 +123,8 @@ def _delete(emulator, key_id):
 
 def test_audit_classifies_every_kind_of_key_and_fix_touches_only_orphans(ops, capsys, emulator, clock):
     now = clock.now()
-    orphan = emulator.create_key(ADMIN_EMAIL, name="web [r-deadbeef]")
+    # an orphan older than the issuer's in-flight bound: `--fix` revokes it as the sweep would
+    orphan = emulator.create_key(ADMIN_EMAIL, name="web [r-deadbeef]", created_on=now - timedelta(hours=1))
     unmanaged = emulator.create_key(ADMIN_EMAIL, name="legacy reporting job", created_on=now - timedelta(days=20))
     vague = emulator.create_key(ADMIN_EMAIL, name="API Key", created_on=now - timedelta(days=5))
     expiring = emulator.create_key(ADMIN_EMAIL, name="old integration", created_on=now - timedelta(days=85))
