@@ -67,9 +67,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 primary, report = drift.check(secret, ahead)
                 if args.repair or runtime.settings.rotator.repair_drift:
                     drift.repair(secret, primary, report)
-            except RotatorError as exc:
+            except Exception as exc:  # noqa: BLE001 - one secret never stops the others (I6)
                 rows.append({"secret": secret.name, "target": secret.primary.label, "state": "unreadable",
-                             "detail": redact(str(exc))})
+                             "detail": describe(exc)})
                 bad += 1
                 continue
             if report.primary_state != "ok":
@@ -90,9 +90,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from rotator import drift
+    from rotator import drift, survey
     from rotator.readahead import ReadAhead
-    from rotator.cli import print_json, table
+    from rotator.cli import credential_row, print_json, table
 
     runtime = _runtime(args)
     rows, bad = [], 0
@@ -117,19 +117,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     expires = record.current.expires_on
                     if expires <= now:
                         problems.append("the current key has expired")
-            except RotatorError as exc:
-                problems.append(redact(str(exc)))
+            except Exception as exc:  # noqa: BLE001 - one secret never stops the others (I6)
+                problems.append(describe(exc))
             bad += bool(problems)
             rows.append({"secret": secret.name, "ok": not problems, "key": key,
                          "expires": format_instant(expires), "problems": problems})
+        # the key rotator itself signs in with: expired, or expiring with nobody to rotate it
+        wanted = [s.issuer.name for s in secrets] if args.secrets else list(runtime.issuers)
+        credentials = survey.credentials(runtime, survey.list_issuers(runtime, wanted), now)
     finally:
         runtime.close()
+    failing = [c for c in credentials if not c.healthy]
     if args.output == "json":
-        print_json({"secrets": rows, "failed": bad})
+        print_json({"secrets": rows, "failed": bad + len(failing),
+                    "credentials": [credential_row(c) for c in credentials]})
     else:
         print(table([{**r, "ok": "yes" if r["ok"] else "NO", "problems": "; ".join(r["problems"])} for r in rows],
                     ["secret", "ok", "key", "expires", "problems"]))
-    return 1 if bad else 0
+        for c in failing:
+            print(f"issuer {c.issuer}: admin key {c.key or '-'} {c.health}: {redact(c.reason)}")
+    return 1 if bad or failing else 0
+
+
+def describe(exc: BaseException) -> str:
+    from rotator.survey import describe as text
+
+    return text(exc)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

@@ -14,8 +14,10 @@ from tests.world import ADMIN_EMAIL, to_toml
 
 @pytest.fixture
 def ops(world, clock, tmp_path, monkeypatch, emulator):
-    """Two secrets rotated once, on the real clock, with the config in a file."""
+    """Two secrets rotated once, on the real clock, with the config in a file, signing in with an
+    admin key made now (verify fails on an admin key close to expiry that rotator does not manage)."""
     clock.set(datetime.now(timezone.utc))
+    monkeypatch.setenv("QUIVA_API_KEY", emulator.add_user(ADMIN_EMAIL, role="admin"))
     world.defaults["grace"] = "0s"
     world.add_secret("web")
     world.add_secret("batch", targets=[{"backend": "store", "path": "batch.json"},
@@ -110,6 +112,42 @@ def test_verify_ok_then_fails_when_the_issuer_refuses_the_key(ops, capsys, emula
     code, out, _ = run(capsys, "verify", "-o", "json")
     web_row = next(s for s in json.loads(out)["secrets"] if s["secret"] == "web")
     assert code == 1 and any("refuses" in p for p in web_row["problems"])
+
+
+def test_verify_fails_on_an_admin_key_about_to_expire_that_rotator_does_not_manage(ops, capsys, emulator,
+                                                                                   monkeypatch):
+    old = emulator.create_key(ADMIN_EMAIL, name="rotator admin",
+                              created_on=datetime.now(timezone.utc) - timedelta(days=86))
+    monkeypatch.setenv("QUIVA_API_KEY", old["key"])
+    code, out, _ = run(capsys, "verify", "-o", "json")
+    data = json.loads(out)
+    assert code == 1 and all(s["ok"] for s in data["secrets"]) and data["failed"] == 1
+    (credential,) = data["credentials"]
+    assert credential["health"] == "expiring" and credential["key_id"] == old["id"]
+    code, out, _ = run(capsys, "verify")
+    assert code == 1 and f"issuer quiva: admin key …{old['key'][-4:]} (id {old['id']}) expiring: not managed" in out
+    assert old["key"] not in out
+
+
+def test_sync_and_verify_report_a_secret_whose_read_raises_and_check_the_others(ops, capsys, monkeypatch):
+    from rotator import drift
+
+    real = drift.check
+
+    def check(secret, ahead=None):
+        if secret.name == "web":
+            raise ValueError("a record no release wrote")
+        return real(secret, ahead)
+
+    monkeypatch.setattr(drift, "check", check)
+    code, out, _ = run(capsys, "sync", "-o", "json")
+    found = targets(out)
+    assert code == 1 and found[("web", "store:web.json")]["state"] == "unreadable"
+    assert "ValueError: a record no release wrote" in found[("web", "store:web.json")]["detail"]
+    assert found[("batch", "app:batch.json")]["state"] == "ok"
+    code, out, _ = run(capsys, "verify", "-o", "json")
+    rows = {s["secret"]: s for s in json.loads(out)["secrets"]}
+    assert code == 1 and rows["web"]["problems"] == ["ValueError: a record no release wrote"] and rows["batch"]["ok"]
 
 
 def _delete(emulator, key_id):
