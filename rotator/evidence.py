@@ -124,6 +124,7 @@ class Usage:
                 if snap.current is not None:
                     holders.append(Holder(secret.name, "serves", bound.label,
                                           snap.current.fingerprint, snap.current.last4))
+        holders.sort(key=lambda h: h.role != "serves")     # a serving target is the reason to name first
         return tuple(holders), tuple(unknown), tuple(claims)
 
 

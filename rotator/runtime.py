@@ -72,6 +72,12 @@ def runner_identity(configured: str | None = None) -> str:
     return f"{base}:{os.getpid()}:{_random.token_hex(2)}"
 
 
+def _addresses(bound: Bound) -> frozenset[tuple[str, ...]]:
+    """What ``bound`` addresses (``Target.addresses``), or its backend name and label."""
+    return (getattr(bound.target, "addresses", None)
+            or frozenset({("backend", bound.backend.name, bound.target.label)}))
+
+
 def _refuse_shared_targets(secrets: list[ManagedSecret]) -> None:
     """Raise ConfigError, listing every clash, when two targets address the same place.
 
@@ -86,8 +92,7 @@ def _refuse_shared_targets(secrets: list[ManagedSecret]) -> None:
     clashes: dict[tuple[int, int, int], int] = {}     # (secret, target, earlier secret) -> its target
     for index, secret in enumerate(secrets):
         for position, bound in enumerate(secret.targets):
-            keys = (getattr(bound.target, "addresses", None)
-                    or {("backend", bound.backend.name, bound.target.label)})
+            keys = _addresses(bound)
             for key in keys:
                 for earlier, at in owners.get(key, ()):
                     if (earlier, at) != (index, position):
@@ -175,17 +180,19 @@ class Runtime:
             secondaries=tuple(labels[1:]),
         )
         return ManagedSecret(spec, self.issuers[spec.issuer], primary, tuple(bound[1:]), policy,
-                             signs_in=self._issuers_signing_in_with(labels))
+                             signs_in=self._issuers_signing_in_with(bound))
 
-    def _issuers_signing_in_with(self, labels: list[str]) -> tuple[Issuer, ...]:
-        """Issuers whose credential reference points at one of these targets."""
+    def _issuers_signing_in_with(self, bound: list[Bound]) -> tuple[Issuer, ...]:
+        """Issuers whose credential reference points at one of these targets (compared by what
+        they address, so an ARN and a plain name, or a path through a symlink, still meet)."""
+        places = {key for b in bound for key in _addresses(b)}
         found = []
         for issuer in self.issuers.values():
             ref = getattr(issuer, "credential", None)
             if isinstance(ref, Mapping) and ref.get("backend") in self.backends:
                 backend = self.backends[ref["backend"]]
                 spec = {"field": "api_key", **{k: v for k, v in ref.items() if k != "backend"}}
-                if Bound(backend, backend.target(spec)).label in labels:
+                if places & _addresses(Bound(backend, backend.target(spec))):
                     found.append(issuer)
         return tuple(found)
 

@@ -253,7 +253,8 @@ class QuivaClient:
 
         deadline = time.monotonic() + self._timeout
         box: Future[_Reply] = Future()
-        threading.Thread(target=self._exchange, args=(box, deadline, method, path, request),
+        client = self._client()       # taken here: a helper outliving close() never makes a new one
+        threading.Thread(target=self._exchange, args=(box, client, deadline, method, path, request),
                          name=f"{self.provider}-http", daemon=True).start()
         name = unsendable = ""
         try:
@@ -269,19 +270,19 @@ class QuivaClient:
                               provider=self.provider)
         return None, name, name not in _NOT_SENT
 
-    def _exchange(self, box: Future[_Reply], deadline: float, method: str, path: str,
+    def _exchange(self, box: Future[_Reply], client: httpx.Client, deadline: float, method: str, path: str,
                   request: Mapping[str, Any]) -> None:
         """The helper thread's part: send, then read the whole body by the deadline. The caller
         may have stopped waiting; the thread then ends at the next chunk or read timeout."""
         try:
-            box.set_result(self._fetch(deadline, method, path, request))
+            box.set_result(self._fetch(client, deadline, method, path, request))
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller, if still there
             box.set_exception(exc)
 
-    def _fetch(self, deadline: float, method: str, path: str, request: Mapping[str, Any]) -> _Reply:
+    def _fetch(self, client: httpx.Client, deadline: float, method: str, path: str,
+               request: Mapping[str, Any]) -> _Reply:
         import httpx
 
-        client = self._client()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Late()
