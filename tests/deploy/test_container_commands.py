@@ -142,9 +142,13 @@ class Running:
 # --- fixtures -------------------------------------------------------------------------------------
 
 @pytest.fixture
-def due(world, clock, tmp_path):
+def due(world, clock, tmp_path, admin_key):
     """On the real clock (the subprocess uses it): one secret whose hand-made key is due."""
     clock.set(datetime.now(timezone.utc))
+    # As the ConfigMap ships it: the admin key kept in a store rotator writes, managed as a secret.
+    world.issuer["admin_key"] = {"backend": "store", "path": "quiva-admin.json"}
+    world.add_secret("quiva-admin", targets=[{"backend": "store", "path": "quiva-admin.json"}])
+    world.seed_value("quiva-admin", admin_key)
     world.add_secret("web")
     old = world.seed("web", age=timedelta(days=80))
     config = tmp_path / "config.toml"
@@ -164,7 +168,7 @@ def audit_records(lines: list[str]) -> list[dict[str, Any]]:
 def test_the_cronjobs_command_rotates_a_due_key(world, emulator, admin_key, due):
     config, scratch, old = due
     argv, env, cwd = process(manifests()["cronjob.yaml"], config=config, scratch=scratch,
-                             secrets={("rotator-quiva", "admin-key"): admin_key})
+                             secrets={})
     assert argv == ["rotator", "rotate"]
     result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -176,7 +180,7 @@ def test_the_cronjobs_command_rotates_a_due_key(world, emulator, admin_key, due)
     # The ConfigMap's [audit] stdout = true: the log collector gets one JSON line per action.
     actions = [r["action"] for r in audit_records(result.stdout.splitlines()) if r["secret"] == "web"]
     assert {"adopted", "issued", "deployed", "verified", "promoted"} <= set(actions), result.stdout
-    assert "1 secret(s): 1 changed, 0 failed" in result.stdout
+    assert "2 secret(s): 2 changed, 0 failed" in result.stdout      # web rotated, the admin key adopted
     for value in emulator.issued_values() + [admin_key]:
         assert value not in result.stdout + result.stderr
     assert not list(scratch.iterdir()), "nothing written to HOME/TMPDIR"
@@ -188,7 +192,7 @@ def test_the_deployments_command_becomes_ready_and_stops_on_sigterm(world, emula
     spec = container(deployment)
     port = free_port()
     argv, env, cwd = process(deployment, config=config, scratch=scratch,
-                             secrets={("rotator-quiva", "admin-key"): admin_key}, address=f"127.0.0.1:{port}")
+                             secrets={}, address=f"127.0.0.1:{port}")
     assert argv == ["rotator", "daemon"]
     daemon = Running(argv, env, cwd)
     try:
@@ -235,7 +239,7 @@ def test_the_daemon_as_pid_1_stops_on_sigterm(world, emulator, admin_key, due):
     deployment = manifests()["deployment.yaml"]
     port = free_port()
     argv, env, cwd = process(deployment, config=config, scratch=scratch,
-                             secrets={("rotator-quiva", "admin-key"): admin_key}, address=f"127.0.0.1:{port}")
+                             secrets={}, address=f"127.0.0.1:{port}")
     argv = ["unshare", "--pid", "--fork", "--kill-child", "--", *argv]
     daemon = Running(argv, env, cwd)
     try:

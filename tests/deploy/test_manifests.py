@@ -200,8 +200,7 @@ def test_no_secret_value_ships_with_the_manifests():
     assert not [n for n, r in resources.items() if r["kind"] == "Secret"], "the Secret is created by the operator"
     for name in POD_WORKLOADS:
         env = {e["name"]: e for e in container(resources[name])["env"]}
-        quiva = env["QUIVA_API_KEY"]
-        assert "value" not in quiva and quiva["valueFrom"]["secretKeyRef"] == {"name": "rotator-quiva", "key": "admin-key"}
+        assert "QUIVA_API_KEY" not in env, "the admin key lives in a store rotator writes, not in a Secret"
         for entry in env.values():
             if re.search(r"KEY|TOKEN|SECRET|PASSWORD", entry["name"]):
                 assert "value" not in entry, f"{name}: {entry['name']} has a literal value"
@@ -218,6 +217,22 @@ def test_no_secret_value_ships_with_the_manifests():
         auth = backend.get("auth", {})
         for key in ("token", "role_id", "secret_id"):
             assert not isinstance(auth.get(key), str), f"a literal {key}"
+
+
+def test_the_shipped_config_rotates_the_rotators_own_admin_key():
+    """Issue 13: the admin key expires like any key, so the shipped config keeps it in a store
+    rotator can write and manages it as a secret (self-rotation)."""
+    from rotator import config as configuration
+    from rotator.runtime import Runtime
+
+    runtime = Runtime(configuration.load(data=tomllib.loads(config_map_toml())))
+    try:
+        for name, issuer in runtime.issuers.items():
+            assert "backend" in issuer.credential, f"{name}: admin key not kept in a store"
+            managing = [s.name for s in runtime.secrets if issuer in s.signs_in]
+            assert managing == ["quiva-admin"], f"{name}: no managed secret rotates its admin key"
+    finally:
+        runtime.close()
 
 
 def test_the_config_map_config_builds_a_runtime_with_the_deployments_environment(monkeypatch):
@@ -239,7 +254,7 @@ def test_the_config_map_config_builds_a_runtime_with_the_deployments_environment
         assert {n: type(b).__name__ for n, b in runtime.backends.items()} == {
             "vault": "VaultKVBackend", "aws": "SecretsManagerBackend"}
         assert [type(i).__name__ for i in runtime.issuers.values()] == ["QuivaIssuer"]
-        assert [s.name for s in runtime.secrets] == ["prod-web-app", "prod-batch"]
+        assert [s.name for s in runtime.secrets] == ["quiva-admin", "prod-web-app", "prod-batch"]
         assert all(s.primary.backend.name == "vault" for s in runtime.secrets)
     finally:
         runtime.close()

@@ -328,3 +328,20 @@ def test_a_learned_throttle_returns_to_unlimited_when_the_limit_goes_away():
             break
     assert throttle.learned is None                   # ... and pacing stops
     assert [throttle.acquire() for _ in range(50)] == [0] * 50
+
+
+def test_the_example_config_loads_builds_and_rotates_its_own_admin_key():
+    """config.example.toml stays true to the code: it loads, every provider accepts its section
+    (no network), and the prod issuer's admin key is managed by rotator itself."""
+    from pathlib import Path
+
+    from rotator import config
+    from rotator.runtime import Runtime
+
+    runtime = Runtime(config.load(Path(__file__).parents[2] / "config.example.toml"))
+    try:
+        managed = {issuer: [s.name for s in runtime.secrets if runtime.issuers[issuer] in s.signs_in]
+                   for issuer in runtime.issuers}
+        assert managed == {"quiva-prod": ["quiva-prod-admin"], "quiva-staging": []}
+    finally:
+        runtime.close()
