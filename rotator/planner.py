@@ -134,7 +134,9 @@ def _describe(step: machine.Step, record: RotationRecord | None, now: datetime) 
     if isinstance(step, machine.Claim):
         return f"rotate now ({step.reason})", now
     if isinstance(step, machine.TakeOver):
-        return "take the rotation over (its lease ran out) and resume it", now
+        if record is not None and record.owner:
+            return f"take the rotation over from {record.owner} (its lease ran out) and resume it", now
+        return "resume the rotation (its claim was released)", now
     if isinstance(step, machine.RevokeOld | machine.Finish | machine.ReadBack) and record and record.phase is Phase.GRACE:
         return "revoke the old key (grace is over)", now
     return "resume the rotation in flight", now

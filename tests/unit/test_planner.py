@@ -142,3 +142,12 @@ def test_shared_keys_by_fingerprint_never_by_value():
                                 " moved away")
     three = shared_keys({n: Snapshot("v", current=Secret("ms-" + "1" * 32)) for n in ("c", "a", "b")})
     assert three[0].warning.startswith("secrets a, b and c hold the same key") and "all of them" in three[0].warning
+
+
+def test_the_next_action_of_a_claim_says_whose_lease_ran_out_or_that_it_was_released():
+    stale = record(phase=Phase.STAGED, rotation_id="a" * 32, owner="host:1:a", lease_until=NOW - HOUR)
+    a = assess(POLICY, stale, View(exists=True, current="f" * 16), NOW)
+    assert a.action == "take the rotation over from host:1:a (its lease ran out) and resume it" and a.at == NOW
+    released = stale.evolve(owner=None, lease_until=None, last_error="store: 503", attempts=1)
+    a = assess(POLICY, released, View(exists=True, current="f" * 16), NOW)
+    assert a.action == "resume the rotation (its claim was released)" and a.health == "failing"
