@@ -111,7 +111,7 @@ class Document:
                                f" understands ({RECORD_FORMAT}); upgrade rotator")
         try:
             return RotationRecord.from_dict(self.record)
-        except (KeyError, TypeError, ValueError) as exc:   # its text could quote stored content
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:   # its text could quote stored content
             raise PayloadError(f"the rotation record is unreadable ({type(exc).__name__})") from None
 
     def snapshot(self, version: str) -> Snapshot:

@@ -46,10 +46,21 @@ class RunShared:
         self.revoker = Revoker(engine.runtime, self.listings, engine.clock, engine.revoke_event, ahead)
         self._lock = threading.Lock()
         self.records: dict[str, RotationRecord | None] = {}     # each secret's record as its run left it
+        self.problems: list[str] = []        # worth a non-zero exit though no secret failed
 
     def ran(self, secret: str, record: RotationRecord | None) -> None:
         with self._lock:
             self.records[secret] = record
+
+    def known(self, names: set[str]) -> list[RotationRecord]:
+        """The records this run left for the secrets ``names`` (those it ran)."""
+        with self._lock:
+            return [r for n, r in self.records.items() if n in names and r is not None]
+
+    def problem(self, text: str) -> None:
+        log.warning("%s", text)
+        with self._lock:
+            self.problems.append(text)
 
 
 class Engine:
@@ -84,8 +95,8 @@ class Engine:
         else:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rotator") as pool:
                 outcomes = list(pool.map(one, secrets))
-        problems = self.sweep(secrets, shared)
-        return RunReport(outcomes, problems)
+        self.sweep(secrets, shared)
+        return RunReport(outcomes, shared.problems)
 
     def run_secret(self, secret: ManagedSecret, *, force: bool = False, shared: RunShared | None = None,
                    ahead: ReadAhead | None = None, compromised: str | None = None) -> Outcome:
@@ -103,10 +114,10 @@ class Engine:
 
     # --- the sweep -------------------------------------------------------------------------------
 
-    def sweep(self, secrets: list[ManagedSecret], shared: RunShared) -> list[str]:
-        """Revoke stray keys of the issuers of ``secrets`` (see the module docstring). Returns the
-        problems worth a non-zero exit: revokes that were sent and not confirmed."""
-        problems: list[str] = []
+    def sweep(self, secrets: list[ManagedSecret], shared: RunShared) -> None:
+        """Revoke stray keys of the issuers of ``secrets`` (see the module docstring). What is
+        worth a non-zero exit goes to ``shared.problems``: a revoke sent and not confirmed, a
+        listing that contradicts itself (strays may hide behind it)."""
         issuers = {s.issuer.name: s.issuer for s in secrets}
         for issuer in issuers.values():
             if self.stopping:
@@ -122,21 +133,22 @@ class Engine:
                     shared.revoker.revoke(Request(secret, Purpose.STRAY, entry=entry), issuer,
                                           listing=shared.listings.at_hand(issuer))
                 except RotatorError as exc:
-                    problems.append(f"{secret}: stray key …{entry.last4} (id {entry.key_id}): {redact(str(exc))}")
-        return problems
+                    shared.problem(f"{secret}: stray key …{entry.last4} (id {entry.key_id}): {redact(str(exc))}")
 
     def strays(self, issuer: Issuer, shared: RunShared, names: set[str]) -> list[tuple[str, KeyInfo]]:
         """Keys of ``issuer`` named like the keys of the secrets ``names`` (the run's) that no
         record or target is known to rely on: the candidates of the sweep (the gate has the last
         word). Lists the issuer once."""
         listing = shared.listings.fresh(issuer)
+        if not listing.usable:
+            shared.problem(f"issuer {issuer.name}: its listing contradicts itself ("
+                           + "; ".join(listing.problems[:3]) + "): stray keys may hide behind it; sweep not done")
+            return []
         managed = [s for s in self.runtime.secrets if s.issuer is issuer and s.name in names]
         patterns = [(s.name, review.name_pattern(s.spec.key_name, s.name)) for s in managed]
         named = [(owner, k) for k in listing
                  for owner in [next((n for n, p in patterns if p.match(k.name)), None)] if owner]
-        with shared._lock:
-            known = [shared.records.get(s.name) for s in managed if s.name in shared.records]
-        refs = [ref for record in known if record is not None for ref in _refs(record)]
+        refs = [ref for record in shared.known(names) for ref in _refs(record)]
         named = [(owner, k) for owner, k in named if not any(_is_ref(ref, k) for ref in refs)]
         if not named:            # every rotation-named key is one a record of this run names
             return []

@@ -371,7 +371,7 @@ def _rolling_back(policy: Policy, obs: Observations, record: RotationRecord, pri
         return Restore(todo)
     if record.pending is not None and not obs.new_revoked:
         return RevokeNew()
-    return FinishRollback(record.last_error or "rollback")
+    return FinishRollback(record.rollback_reason or record.last_error or "rollback")
 
 
 def _fresh(obs: Observations, label: str) -> bool:

@@ -163,6 +163,7 @@ class RotationRecord:
     attempts: int = 0
     last_error: str | None = None
     error_since: datetime | None = None     # the first failure of the current streak
+    rollback_reason: str | None = None      # why the rotation in ROLLING_BACK is being rolled back
     last_rotated_at: datetime | None = None
     rotations: int = 0
     adoption: str | None = None
@@ -181,7 +182,7 @@ class RotationRecord:
         for name in ("started_at", "verified_at", "grace_until", "lease_until", "last_rotated_at", "error_since"):
             if getattr(self, name) is not None:
                 out[name] = format_instant(getattr(self, name))
-        for name in ("rotation_id", "owner", "last_error", "adoption"):
+        for name in ("rotation_id", "owner", "last_error", "adoption", "rollback_reason"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         out["attempts"] = self.attempts
@@ -210,6 +211,7 @@ class RotationRecord:
             attempts=int(data.get("attempts", 0)),
             last_error=data.get("last_error"),
             error_since=_instant(data.get("error_since")),
+            rollback_reason=data.get("rollback_reason"),
             last_rotated_at=_instant(data.get("last_rotated_at")),
             rotations=int(data.get("rotations", 0)),
             adoption=data.get("adoption"),

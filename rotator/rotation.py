@@ -410,9 +410,15 @@ class SecretRun:
         assert record is not None and record.pending is not None
         pending = record.pending
         listings = self.shared.listings
-        named, ours = self._find_issued(pending, listings.after(self.issuer, self.issue_ticket))
+        listing = listings.after(self.issuer, self.issue_ticket)
+        named, ours = self._find_issued(pending, listing)
         if not ours:                 # one omission proves nothing: ask again
-            named, ours = self._find_issued(pending, listings.fresh(self.issuer))
+            listing = listings.fresh(self.issuer)
+            named, ours = self._find_issued(pending, listing)
+        if not listing.usable:
+            self.shared.problem(f"{self.secret.name}: the issuer's listing contradicts itself ("
+                                + "; ".join(listing.problems[:3]) + f"): twins of the new key {pending.label()}"
+                                " may hide behind it; a later run's sweep looks again")
         if len(ours) > 1:
             raise RotationError(f"{len(ours)} listed keys named {pending.name!r} end in …{pending.last4};"
                                 " cannot tell which is the new key", transient=True)
@@ -541,8 +547,8 @@ class SecretRun:
     def _do_BeginRollback(self, step: machine.BeginRollback, now: datetime) -> None:
         record = self.record
         assert record is not None
-        rolling = record.evolve(phase=Phase.ROLLING_BACK, last_error=step.reason, owner=self.engine.me,
-                                lease_until=now + self.secret.policy.lease)
+        rolling = record.evolve(phase=Phase.ROLLING_BACK, last_error=step.reason, rollback_reason=step.reason,
+                                owner=self.engine.me, lease_until=now + self.secret.policy.lease)
         self._intent("rollback", step.reason)
         self._write_record(rolling)
         self.outcome.fail(step.reason)
@@ -576,7 +582,7 @@ class SecretRun:
         record = self.record
         assert record is not None
         done = record.evolve(phase=Phase.IDLE, pending=None, owner=None, lease_until=None,
-                             attempts=record.attempts + 1, last_error=step.reason,
+                             attempts=record.attempts + 1, last_error=step.reason, rollback_reason=None,
                              error_since=record.error_since or now)
         bound = self.secret.primary
         self._intent("finish-rollback", step.reason)

@@ -39,17 +39,23 @@ def format_duration(delta: timedelta) -> str:
 
 
 def parse_instant(value: str | datetime) -> datetime:
-    """Parse an ISO-8601 instant leniently (``Z``, offsets, fractions); naive means UTC."""
+    """Parse an ISO-8601 instant leniently (``Z``, offsets, fractions); naive means UTC. Anything
+    that is not one (a number, an instant out of range in UTC) raises ValueError."""
     if isinstance(value, datetime):
         moment = value
-    else:
+    elif isinstance(value, str):
         text = value.strip()
         if text.endswith(("Z", "z")):
             text = text[:-1] + "+00:00"
         moment = datetime.fromisoformat(text)
+    else:
+        raise ValueError(f"an instant must be an ISO-8601 string, not {type(value).__name__}")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("the instant lies outside the representable range once moved to UTC") from None
 
 
 def format_instant(moment: datetime | None) -> str | None:

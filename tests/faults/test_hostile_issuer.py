@@ -328,9 +328,6 @@ def test_4_a_twin_entry_carrying_another_keys_id_never_revokes_that_key(world, e
     assert_no_leak(world, emulator, [report, *reports])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rotator/engine.Engine.strays and rotation._do_ConfirmIssued look for twins in a listing with problems"
-    " without saying so: the twin is silently left live and the run exits 0 as if the sweep had been done"))
 def test_4_a_twin_hidden_by_a_contradictory_listing_is_reported_not_silently_kept(world, emulator, clock, admin_key):
     report, old, batch_key, foreign = _twin_with_foreign_id(world, emulator, "admin")
     live = live_rotation_keys(emulator, clock, "web")
@@ -628,10 +625,6 @@ def test_9_a_single_401_on_the_new_keys_verify_is_tried_again_not_rolled_back(wo
     assert_no_leak(world, emulator, [report, *reports])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rotator/rotation.py: _release overwrites the record's last_error (the rollback's reason) with a later"
-    " failure, and FinishRollback reports record.last_error: the run that finishes a rollback fails with the"
-    " previous run's 'revoke not confirmed' though its own revoke was confirmed"))
 def test_9_the_run_that_finishes_a_rollback_names_the_real_cause(world, emulator, clock):
     world.add_secret("web")
     world.seed("web", age=DUE)
@@ -662,32 +655,13 @@ BAD_PRIMARIES = {
     "year-9999-offset": ("current", "expires_on", "9999-12-31T23:59:59-01:00"),
     "bad-phase": ("", "phase", "exploded"),
 }
-#: Hand-made records whose date makes rotator/timeutil.parse_instant raise something other than
-#: ValueError (AttributeError on a number, OverflowError out of range in UTC), which
-#: providers/document.Document.rotation_record does not turn into a CorruptPayload.
-UNCLEAR = {
-    "numeric-date": "AttributeError ('int' object has no attribute 'strip')",
-    "year-1-offset": "OverflowError (date value out of range)",
-    "year-9999-offset": "OverflowError (date value out of range)",
-}
-
-
 def _cli(capsys, config, *argv):
     code = cli_main(["--config", str(config), "--log-level", "error", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def _bad_record(bad):
-    if bad not in UNCLEAR:
-        return bad
-    return pytest.param(bad, marks=pytest.mark.xfail(strict=True, reason=(
-        f"rotator/timeutil.parse_instant raises {UNCLEAR[bad]} on a hand-made record date and"
-        " providers/document.Document.rotation_record lets it escape the file backend untranslated: rotate logs"
-        " a traceback and the secret's error does not say which file or record is bad")))
-
-
-@pytest.mark.parametrize("bad", [_bad_record(name) for name in BAD_PRIMARIES])
+@pytest.mark.parametrize("bad", list(BAD_PRIMARIES))
 def test_10_one_bad_primary_never_stops_the_others(world, emulator, clock, tmp_path, capsys, bad):
     clock.set(datetime.now(timezone.utc))            # the CLI runs on the real clock
     world.add_secret("batch")
