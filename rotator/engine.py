@@ -20,12 +20,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from rotator import review
+from rotator import gate, planner, review
 from rotator.errors import RotatorError
 from rotator.gate import Holder, Purpose, Request
 from rotator.interfaces import Issuer
 from rotator.listings import Listings
-from rotator.models import KeyInfo, KeyRef, RotationRecord
+from rotator.models import KeyInfo, KeyRef, Phase, RotationRecord, Snapshot
 from rotator.readahead import ReadAhead
 from rotator.redact import redact
 from rotator.report import Event, Outcome, RunReport
@@ -47,10 +47,12 @@ class RunShared:
         self._lock = threading.Lock()
         self.records: dict[str, RotationRecord | None] = {}     # each secret's record as its run left it
         self.problems: list[str] = []        # worth a non-zero exit though no secret failed
+        self.primaries: dict[str, Snapshot | None] = {}      # each primary as its run last saw it
 
-    def ran(self, secret: str, record: RotationRecord | None) -> None:
+    def ran(self, secret: str, primary: Snapshot | None) -> None:
         with self._lock:
-            self.records[secret] = record
+            self.records[secret] = primary.record if primary is not None else None
+            self.primaries[secret] = primary
 
     def known(self, names: set[str]) -> list[RotationRecord]:
         """The records this run left for the secrets ``names`` (those it ran)."""
@@ -81,7 +83,8 @@ class Engine:
         return self._stop.is_set()
 
     def run(self, names: list[str] | None = None, *, force: bool = False) -> RunReport:
-        """Do whatever is due for the named secrets (all by default), then sweep strays."""
+        """Do whatever is due for the named secrets (all by default), then sweep strays, and
+        replace at once a current key the issuer no longer lists."""
         secrets = self.runtime.select(names)
         ahead = ReadAhead(secrets, self.clock)
         shared = RunShared(self, ahead)
@@ -96,9 +99,16 @@ class Engine:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rotator") as pool:
                 outcomes = list(pool.map(one, secrets))
         self.sweep(secrets, shared)
+        gone = [] if self.stopping else self.gone_keys(secrets, shared)
+        if gone:                 # the issuer no longer has their key: replace it now, not at its due date
+            redo = {s.name: self.run_secret(s, force=f"the issuer no longer lists the current key {ref.label()}",
+                                            shared=shared) for s, ref in gone}
+            outcomes = [_merged(o, redo[o.secret]) if o.secret in redo else o for o in outcomes]
+        for shared_key in planner.shared_keys(shared.primaries):
+            log.warning("%s", shared_key.warning)
         return RunReport(outcomes, shared.problems)
 
-    def run_secret(self, secret: ManagedSecret, *, force: bool = False, shared: RunShared | None = None,
+    def run_secret(self, secret: ManagedSecret, *, force: bool | str = False, shared: RunShared | None = None,
                    ahead: ReadAhead | None = None, compromised: str | None = None) -> Outcome:
         """One secret, isolated: any error becomes a failed Outcome, never an exception.
         ``compromised``: the fingerprint of a key reported compromised (the incident procedure):
@@ -110,7 +120,7 @@ class Engine:
         except Exception as exc:   # noqa: BLE001 - per-secret isolation (I6)
             return run.failed(exc)
         finally:
-            shared.ran(secret.name, run.record)
+            shared.ran(secret.name, run.snapshots.get(secret.policy.primary))
 
     # --- the sweep -------------------------------------------------------------------------------
 
@@ -155,6 +165,28 @@ class Engine:
         holders, _, _ = shared.revoker.usage(issuer).survey(self.clock.now())
         return [(owner, k) for owner, k in named if not any(_names(h, k) for h in holders)]
 
+    def gone_keys(self, secrets: list[ManagedSecret], shared: RunShared) -> list[tuple[ManagedSecret, KeyRef]]:
+        """Secrets resting in ``idle`` whose current key two fresh listings no longer show: it was
+        deleted at the issuer (by hand, or it expired), so what their targets serve is refused."""
+        found = []
+        for secret in secrets:
+            record = shared.records.get(secret.name)
+            if record is None or record.phase is not Phase.IDLE or record.current is None:
+                continue
+            ref = record.current
+            if not (ref.key_id or ref.name):
+                continue                  # adopted among look-alikes: nothing to look it up by
+            listing = shared.listings.at_hand(secret.issuer)
+            if listing is None or not listing.usable or _listed(ref, listing):
+                continue
+            try:
+                again = shared.listings.fresh(secret.issuer)   # absent from two listings, or not at all
+            except RotatorError:
+                continue
+            if again.usable and not _listed(ref, again):
+                found.append((secret, ref))
+        return found
+
     # --- events ----------------------------------------------------------------------------------
 
     def revoke_event(self, action: str, detail: str, secret: str, *, key: KeyRef | None = None,
@@ -176,6 +208,18 @@ class Engine:
             self._on_event(event)
         except Exception:  # noqa: BLE001 - observers never break a rotation
             log.exception("event observer failed")
+
+
+def _listed(ref: KeyRef, listing) -> bool:
+    return bool(gate.candidates(Request("", Purpose.OLD, key=ref), listing)[0])
+
+
+def _merged(first: Outcome, second: Outcome) -> Outcome:
+    """The outcome of a secret run twice in one run (its key was found gone after the first)."""
+    second.actions[:0] = first.actions
+    if first.error is not None and second.error is None:
+        second.fail(first.error, retry=first.retry)
+    return second
 
 
 def _refs(record: RotationRecord) -> list[KeyRef]:

@@ -70,7 +70,7 @@ class Observations:
     me: str                                   # this runner's identity
     record: RotationRecord | None
     views: Mapping[str, View] = field(default_factory=dict)   # by target label; absent = not read
-    force: bool = False
+    force: bool | str = False                 # rotate now (a string says why)
     deployed: frozenset[str] = frozenset()    # secondaries written by this run in this phase
     took_over: bool = False                   # this run took the claim over from another runner
     orphans_swept: bool = False
@@ -296,7 +296,7 @@ def _idle(policy: Policy, obs: Observations, record: RotationRecord, primary: Vi
     if obs.rotated:       # at most one rotation per secret per run, whatever the dates say
         return Rest("rotated in this run", next_at=due if due is not None and due > now else None)
     if obs.force:
-        return Claim("forced")
+        return Claim(obs.force if isinstance(obs.force, str) else "forced")
     if due is None:
         return Claim("expiry of the current key is unknown")
     if now >= due:

@@ -47,7 +47,7 @@ MATCH_SKEW = timedelta(seconds=120)
 class SecretRun:
     """The state of one secret during one run: snapshots (with values), record, run facts."""
 
-    def __init__(self, engine: Engine, secret: ManagedSecret, force: bool, shared: RunShared,
+    def __init__(self, engine: Engine, secret: ManagedSecret, force: bool | str, shared: RunShared,
                  ahead: ReadAhead | None = None, *, compromised: str | None = None) -> None:
         self.engine = engine
         self.compromised = compromised        # fingerprint of a key reported compromised (revoke --compromised)
@@ -64,6 +64,7 @@ class SecretRun:
         self.obs = Observations(me=engine.me, record=None, force=force)
         self.minted: Secret | None = None     # a key issued by this run and not yet staged
         self.minted_name: str | None = None
+        self.minted_rotation: str | None = None   # the rotation it was minted under (our own claim)
         self.issue_ticket = 0                 # listings after this ticket show the key this run issued
         self.held_reason: str | None = None   # why the gate held the old key's revoke
         self.confirmed: KeyRef | None = None  # the pending key as found in the listing (with its id)
@@ -203,6 +204,7 @@ class SecretRun:
         if isinstance(step, machine.Rest):
             if out.error is None:
                 out.detail = step.reason
+                self._clear_failure()
             out.next_at = step.next_at
         elif isinstance(step, machine.Wait):
             if out.error is None:
@@ -217,6 +219,20 @@ class SecretRun:
             out.detail = f"{out.detail}; old key revoke held: {record.held[0].reason}" if out.detail \
                 else f"old key revoke held: {record.held[0].reason}"
         return out
+
+    def _clear_failure(self) -> None:
+        """A run that ends healthy in ``idle`` after an earlier failure (a held revoke that failed
+        to go through, a rollback whose rotation is not due again) clears it, so ``status`` stops
+        saying ``failing`` for what the next run no longer finds wrong."""
+        record = self.record
+        if record is None or record.phase is not Phase.IDLE or not (record.last_error or record.attempts):
+            return
+        if self.obs.rolled_back:
+            return
+        try:
+            self._write_record(record.evolve(last_error=None, attempts=0, error_since=None), phase_change=False)
+        except RotatorError as exc:     # noqa: BLE001 - a note, not an effect: the next run tries again
+            log.info("%s: could not clear the last error: %s", self.secret.name, redact(str(exc)))
 
     def _interrupted(self, step: machine.Step) -> Outcome:
         """Shutting down: leave the rotation where it stands, lease released."""
@@ -377,7 +393,7 @@ class SecretRun:
         assert record is not None and record.rotation_id
         name = self.secret.key_name(record.rotation_id)
         self._intent("issue", f"a key named {name!r}")
-        self.minted_name = name
+        self.minted_name, self.minted_rotation = name, record.rotation_id
         try:
             issued = self.issuer.issue(name)
         except UnusableKey as exc:
@@ -646,10 +662,10 @@ class SecretRun:
         done now, its rotation-tagged name lets the sweep of a later run find it."""
         value, self.minted = self.minted, None
         assert value is not None
-        ref = KeyRef.of(value, name=self.minted_name)
+        ref = KeyRef.of(value, name=self.minted_name, rotation_id=self.minted_rotation)
         try:
-            verdict = self.shared.revoker.revoke(Request(self.secret.name, purpose, key=ref), self.issuer,
-                                                 value=value)
+            verdict = self.shared.revoker.revoke(Request(self.secret.name, purpose, key=ref,
+                                                         claim=self.minted_rotation), self.issuer, value=value)
             if verdict.hold:
                 log.info("%s: unstaged key %s kept: %s", self.secret.name, ref.label(), verdict.reason)
         except Exception as exc:  # noqa: BLE001 - the sweep of a later run finds it by its name

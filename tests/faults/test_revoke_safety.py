@@ -335,3 +335,39 @@ def test_an_already_revoked_key_is_recorded_as_such_not_revoked_twice(world, emu
         ["already-revoked"]
     assert world.record("web").phase is Phase.IDLE
     del a
+
+
+# --- a current key deleted at the issuer is replaced at once ----------------------------------
+
+def test_a_current_key_deleted_at_the_issuer_is_replaced_in_the_same_run(world, emulator, clock, caplog):
+    """Someone deletes the managed key in the QuivaWorks UI: its applications fail from then on.
+    The run's listing no longer shows it (twice), so the secret is rotated now, not at its due
+    date; the dead key counts as gone (absent from the listing), never revoked again."""
+    world.add_secret("web")
+    key = world.seed("web", age=timedelta(days=10))            # adopted; 80 days to go
+    assert world.rotate().exit_code == 0
+    record = world.record("web")
+    emulator.state.delete_key(emulator.state._users[ADMIN_EMAIL], key_id=record.current.key_id)
+    report = world.rotate()
+    assert report.exit_code == 0, report.outcomes
+    outcome = report.outcomes[0]
+    assert any("no longer lists the current key" in a for a in outcome.actions), outcome.actions
+    world.assert_i1("web")
+    assert world.record("web").phase is Phase.GRACE
+    clock.advance(timedelta(hours=49))
+    assert world.rotate().exit_code == 0
+    assert [e.action for e in world.events if e.last4 == key[-4:] and e.action.endswith("revoked")] == \
+        ["already-revoked"]
+
+
+def test_a_shared_key_is_warned_about_when_a_run_sees_it(world, emulator, caplog):
+    world.add_secret("a")
+    world.add_secret("b")
+    shared = world.seed("a", age=timedelta(days=10))
+    world.seed_value("b", shared)
+    with caplog.at_level("WARNING", logger="rotator.engine"):
+        assert world.rotate().exit_code == 0
+    warnings = [r.getMessage() for r in caplog.records if "hold the same key" in r.getMessage()]
+    assert warnings == [f"secrets a and b hold the same key …{shared[-4:]}: its revoke waits until both have"
+                        " moved away from it"] or (len(warnings) == 1 and "secrets a and b" in warnings[0])
+    assert shared not in caplog.text

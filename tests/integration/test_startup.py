@@ -1,7 +1,7 @@
 """Start-up stays light: ``rotator --help`` and a file-only ``rotator plan`` run in a fresh
 interpreter without importing the AWS or Vault SDKs, the daemon's scheduler and metrics, or any
-HTTP server, nor httpx (plan and status never call the issuer). Providers are imported only when
-the config names them; SDKs on the first request."""
+HTTP server (plan and status list each issuer's keys once, so they load httpx, nothing heavier).
+Providers are imported only when the config names them; SDKs on the first request."""
 
 from __future__ import annotations
 
@@ -64,13 +64,14 @@ def test_help_imports_no_provider_sdk_scheduler_or_server():
     assert probe["loaded"] == []
 
 
-@pytest.mark.parametrize("command", ["plan", "status"])
-def test_a_file_only_read_command_imports_no_provider_sdk_scheduler_or_server(tmp_path, command):
+@pytest.mark.parametrize("command, code", [("plan", 0), ("status", 1)])
+def test_a_file_only_read_command_imports_no_provider_sdk_scheduler_or_server(tmp_path, command, code):
+    """(status exits 1: nothing adopted yet, and the issuer it lists is unreachable.)"""
     config = file_only_config(tmp_path)
     probe = run_cli("--config", str(config), "--log-level", "error", command, "-o", "json",
-                    env={"QUIVA_API_KEY": "ms-unused"})
-    assert probe["code"] == 0
-    assert probe["loaded"] == []
+                    env={"QUIVA_API_KEY": "ms-unused", "ROTATOR_ISSUERS__QUIVA__RETRIES": "1"})
+    assert probe["code"] == code
+    assert [m for m in probe["loaded"] if m.split(".")[0] not in ("httpx", "httpcore")] == []
 
 
 def test_naming_a_provider_imports_only_that_provider(tmp_path):
