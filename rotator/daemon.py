@@ -32,7 +32,7 @@ from rotator import audit as auditing
 from rotator import survey
 from rotator.config import Settings
 from rotator.engine import Engine, Event, Outcome, RunReport
-from rotator.errors import BackendPermissionError, BackendUnavailable, ConfigError, RotatorError
+from rotator.errors import BackendPermissionError, BackendUnavailable, ConfigError
 from rotator.models import Listing, Snapshot
 from rotator.notify import DRIFTED, UNROTATED, Alerts
 from rotator.readahead import ReadAhead

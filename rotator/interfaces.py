@@ -37,7 +37,6 @@ from rotator.models import (
     BackendCapabilities,
     IssuedKey,
     IssuerCapabilities,
-    KeyInfo,
     KeyRef,
     Listing,
     RotationRecord,

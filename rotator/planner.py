@@ -41,6 +41,7 @@ from typing import Iterable, Mapping
 from rotator import machine
 from rotator.machine import Observations, Policy, View
 from rotator.models import HeldKey, KeyInfo, KeyRef, Listing, Phase, RotationRecord, Snapshot
+from rotator.timeutil import format_duration, short_instant
 
 PLANNER = "(planner)"
 
@@ -155,7 +156,7 @@ def _health(step: machine.Step, record: RotationRecord | None, now: datetime, li
     current = record.current
     expires = current.expires_on if current else None
     if expires is not None and expires <= now:
-        return "expired", f"the current key {current.label()} expired at {_when(expires)}"  # type: ignore[union-attr]
+        return "expired", f"the current key {current.label()} expired at {short_instant(expires)}"  # type: ignore[union-attr]
     if current is not None and listing is not None:
         problem = unlisted(current, listing, now)
         if problem:
@@ -166,17 +167,17 @@ def _health(step: machine.Step, record: RotationRecord | None, now: datetime, li
                   and record.lease_until > now)
     if (expires is not None and check_interval is not None and not live_claim
             and expires < machine.later(now, check_interval)):
-        return "expiring", (f"the current key {current.label()} expires at {_when(expires)}, before"  # type: ignore[union-attr]
+        return "expiring", (f"the current key {current.label()} expires at {short_instant(expires)}, before"  # type: ignore[union-attr]
                             f" the next possible rotation (within {_span(check_interval)}), and nothing is"
                             " rotating it")
     if record.last_error and record.attempts > 0:
-        since = f" since {_when(record.error_since)}" if record.error_since else ""
+        since = f" since {short_instant(record.error_since)}" if record.error_since else ""
         return "failing", f"the last run failed{since} ({record.attempts} attempt(s)): {record.last_error}"
     if isinstance(step, machine.Fail):
         return "failing", step.reason
     if record.phase in OWNED and record.owner is not None and not live_claim:
         return "stale-claim", (f"rotation {(record.rotation_id or '')[:8]} claimed by {record.owner}, whose lease"
-                               f" ran out at {_when(record.lease_until)}: the owner died; the next run takes"
+                               f" ran out at {short_instant(record.lease_until)}: the owner died; the next run takes"
                                " it over")
     if record.held:
         first = record.held[0]
@@ -209,7 +210,7 @@ def unlisted(ref: KeyRef, listing: Iterable[KeyInfo], now: datetime) -> str | No
         return f"the issuer no longer lists the current key {ref.label()} (looked up {how})"
     if all(k.expires_on is not None and k.expires_on <= now for k in entries):
         latest = max(k.expires_on for k in entries if k.expires_on is not None)
-        return f"the issuer lists the current key {ref.label()} as expired at {_when(latest)}"
+        return f"the issuer lists the current key {ref.label()} as expired at {short_instant(latest)}"
     return None
 
 
@@ -278,12 +279,12 @@ def assess_credential(issuer: str, last4: str | None, listing: Listing | None, n
     if expires <= now:
         return CredentialAssessment(
             health="expired", expires_on=expires,
-            reason=(f"expired at {_when(expires)}" + (f" (managed as secret {managed_as})" if managed_as else
+            reason=(f"expired at {short_instant(expires)}" + (f" (managed as secret {managed_as})" if managed_as else
                     ": every issuer call fails; replace it by hand now")) + ambiguous, **meta)
     if managed_as:
         return CredentialAssessment(health="managed", expires_on=expires,
                                     reason=f"managed as secret {managed_as}{ambiguous}", **meta)
-    by_hand = f"not managed: rotator cannot rotate it; replace it by hand before {_when(expires)}"
+    by_hand = f"not managed: rotator cannot rotate it; replace it by hand before {short_instant(expires)}"
     if expires - now <= lead_time:
         return CredentialAssessment(health="expiring", expires_on=expires,
                                     reason=f"{by_hand} ({_span(expires - now)} left){ambiguous}", **meta)
@@ -331,18 +332,7 @@ def shared_keys(primaries: Mapping[str, Snapshot | None]) -> list[SharedKey]:
 
 # --- words --------------------------------------------------------------------------------------------
 
-def _when(moment: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    try:
-        return moment.strftime("%Y-%m-%d %H:%MZ")
-    except ValueError:
-        return moment.isoformat()
-
-
 def _span(delta: timedelta) -> str:
-    from rotator.timeutil import format_duration
-
     return format_duration(delta)
 
 

@@ -29,6 +29,7 @@ from rotator.models import HeldKey, KeyInfo, KeyRef, Phase, RotationRecord, Secr
 from rotator.readahead import ReadAhead
 from rotator.redact import redact
 from rotator.report import Event, Outcome
+from rotator.timeutil import short_instant
 from rotator.runtime import ManagedSecret, short_id
 
 if TYPE_CHECKING:
@@ -156,16 +157,22 @@ class SecretRun:
             return None
         return record.lease_until
 
+    def _lease_end(self, now: datetime) -> datetime:
+        """``now`` + the lease, rounded up to a whole second (records keep whole seconds: rounding
+        down would shorten a short lease by up to a second)."""
+        end = now + self.secret.policy.lease
+        return end if not end.microsecond else end.replace(microsecond=0) + timedelta(seconds=1)
+
     def _renew_lease(self) -> None:
         record = self.record
         assert record is not None
-        renewed = record.evolve(lease_until=self.clock.now() + self.secret.policy.lease)
+        renewed = record.evolve(lease_until=self._lease_end(self.clock.now()))
         try:
             self._write_record(renewed, phase_change=False)
         except Conflict:
             raise LeaseLost(f"{self.secret.primary.label}: another runner took rotation"
                             f" {short_id(record.rotation_id or '')} over; stopping before any further effect") from None
-        log.debug("%s: lease renewed until %s", self.secret.name, _day(renewed.lease_until))
+        log.debug("%s: lease renewed until %s", self.secret.name, short_instant(renewed.lease_until))
 
     # --- events --------------------------------------------------------------------------------
 
@@ -304,7 +311,7 @@ class SecretRun:
                 raise RotationError(
                     f"the issuer refuses the key in {self.secret.primary.label} (…{value.last4}: 401 after"
                     f" {len(VERIFY_RETRY_WAITS) + 1} tries) but its listing shows it live (id {live[0].key_id},"
-                    f" expires {_day(live[0].expires_on)}): not treating it as dead; nothing revoked",
+                    f" expires {short_instant(live[0].expires_on)}): not treating it as dead; nothing revoked",
                     transient=True)
             ref = KeyRef.of(value, expires_on=now)
             adoption = "refused by the issuer and absent from its listing (deleted or expired): replacing it now"
@@ -357,7 +364,7 @@ class SecretRun:
         rotation_id = uuid.uuid4().hex
         record = RotationRecord(
             phase=Phase.CLAIMED, current=before.current, rotation_id=rotation_id, owner=self.engine.me,
-            lease_until=now + self.secret.policy.lease, started_at=now, attempts=before.attempts,
+            lease_until=self._lease_end(now), started_at=now, attempts=before.attempts,
             last_error=before.last_error, error_since=before.error_since, last_rotated_at=before.last_rotated_at,
             rotations=before.rotations, adoption=before.adoption, held=before.held,
         )
@@ -370,7 +377,7 @@ class SecretRun:
     def _do_TakeOver(self, step: machine.TakeOver, now: datetime) -> None:
         record = self.record
         assert record is not None
-        taken = record.evolve(owner=self.engine.me, lease_until=now + self.secret.policy.lease)
+        taken = record.evolve(owner=self.engine.me, lease_until=self._lease_end(now))
         left_by = record.owner or "a stopped runner"
         self._intent("take-over", f"{short_id(record.rotation_id or '')} left by {left_by}")
         self._write_record(taken, phase_change=False)      # the claim is ours before anything it owned is touched
@@ -409,8 +416,8 @@ class SecretRun:
         note = f"; {issued.note}" if issued.note else ""
         if issued.note:
             log.warning("%s: new key %s: %s", self.secret.name, ref.label(), issued.note)
-        self._note("issued", f"{ref.label()} named {issued.name!r}, expires {_day(issued.expires_on)}{note}", key=ref)
-        staged = record.evolve(phase=Phase.STAGED, pending=ref, lease_until=self.clock.now() + self.secret.policy.lease)
+        self._note("issued", f"{ref.label()} named {issued.name!r}, expires {short_instant(issued.expires_on)}{note}", key=ref)
+        staged = record.evolve(phase=Phase.STAGED, pending=ref, lease_until=self._lease_end(self.clock.now()))
         bound = self.secret.primary
         self._intent("stage", f"{ref.label()} in {bound.label}", key=ref)
         self._write_primary(lambda expect: bound.backend.stage(bound.target, issued.value, staged, expect=expect),
@@ -557,14 +564,14 @@ class SecretRun:
         for issuer in self.secret.signs_in:       # self-rotation: sign in with the new key from now on
             issuer.credential_changed()
             self.shared.revoker.forget_admin(issuer)
-        until = f"; old key revoked after {_day(promoted.grace_until)}" if has_old else ""
+        until = f"; old key revoked after {short_instant(promoted.grace_until)}" if has_old else ""
         self._note("promoted", f"{record.pending.label()} is current on every target{until}", key=record.pending)
 
     def _do_BeginRollback(self, step: machine.BeginRollback, now: datetime) -> None:
         record = self.record
         assert record is not None
         rolling = record.evolve(phase=Phase.ROLLING_BACK, last_error=step.reason, rollback_reason=step.reason,
-                                owner=self.engine.me, lease_until=now + self.secret.policy.lease)
+                                owner=self.engine.me, lease_until=self._lease_end(now))
         self._intent("rollback", step.reason)
         self._write_record(rolling)
         self.outcome.fail(step.reason)
@@ -701,10 +708,3 @@ class SecretRun:
                         redact(str(exc)))
 
 
-def _day(moment: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    try:
-        return moment.strftime("%Y-%m-%d %H:%MZ")
-    except ValueError:
-        return moment.isoformat()

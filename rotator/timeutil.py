@@ -63,3 +63,13 @@ def format_instant(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def short_instant(moment: datetime | None) -> str:
+    """For people: ``2027-02-12 14:00Z`` ("-" for none); never raises on an extreme date."""
+    if moment is None:
+        return "-"
+    try:
+        return moment.strftime("%Y-%m-%d %H:%MZ")
+    except ValueError:
+        return moment.isoformat()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
+from providers.addresses import normal_url
 from providers.document import reserved_field
 from rotator.validation import StrictModel
 
@@ -160,20 +160,8 @@ def place_of(endpoint_url: str | None, role_arn: str | None, profile: str | None
     for AWS's own) and what selects its account (the role it assumes, else its profile, else
     ``""``: the default credential chain). Backends that differ in either are different places,
     even when they happen to reach the same account."""
-    endpoint = _normal_url(endpoint_url) if endpoint_url else ""
+    endpoint = normal_url(endpoint_url) if endpoint_url else ""
     account = f"role:{role_arn}" if role_arn else f"profile:{profile}" if profile else ""
     return endpoint, account
 
 
-def _normal_url(url: str) -> str:
-    """``scheme://host:port/path`` with the scheme and host in lower case, the default port
-    spelled out and no trailing slash."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    except ValueError:                      # a port that is not a number: compare it as written
-        return f"{scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
-    host = (parts.hostname or "").lower()
-    host = f"[{host}]" if ":" in host else host       # IPv6
-    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"

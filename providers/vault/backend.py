@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import threading
 from typing import Any, Callable, Mapping
-from urllib.parse import urlsplit
 
 from rotator.errors import BackendError, Conflict, CorruptPayload, SecretMissing
 from rotator.interfaces import ProviderContext
@@ -30,6 +29,7 @@ from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, 
 from rotator.redact import redact
 from rotator.validation import parse
 
+from providers.addresses import normal_url
 from providers.vault.connection import Call, Connection, api_url, route_problem
 from providers.vault.payload import (
     METADATA_PREFIX,
@@ -69,7 +69,7 @@ class VaultTarget:
         without a namespace header as mount ``secret`` of namespace ``team``."""
         where = "/".join(part.strip("/") for part in (self.namespace or "", self.mount, self.path)
                          if part.strip("/"))
-        return frozenset({("vault", _server(self.url), where)})
+        return frozenset({("vault", normal_url(self.url), where)})
 
     @property
     def data_path(self) -> str:
@@ -84,20 +84,6 @@ class VaultTarget:
     @property
     def _ns(self) -> str:
         return f"{self.namespace}/" if self.namespace else ""
-
-
-def _server(url: str) -> str:
-    """``scheme://host:port/path`` with the scheme and host in lower case, the default port
-    spelled out and no trailing slash: two spellings of one Vault server compare equal."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port or {"http": 80, "https": 443}.get(scheme)
-    except ValueError:                      # a port that is not a number: compare it as written
-        return f"{scheme}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
-    host = (parts.hostname or "").lower()
-    host = f"[{host}]" if ":" in host else host       # IPv6
-    return f"{scheme}://{host}:{port}{parts.path.rstrip('/')}"
 
 
 @dataclasses.dataclass(frozen=True)

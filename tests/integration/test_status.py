@@ -18,7 +18,7 @@ from providers.quiva.issuer import QuivaIssuer
 from rotator import config, planner
 from rotator.cli import main
 from rotator.daemon import Reconciler
-from rotator.models import KeyRef, Phase, RotationRecord
+from rotator.models import Phase, RotationRecord
 from rotator.notify import Alerts
 from rotator.runtime import Runtime
 from tests.world import ADMIN_EMAIL, to_toml

@@ -511,13 +511,13 @@ class Faults:
     def take_latency_next(self, method: str, path: str) -> float:
         """Seconds of one-off latency for this request (uses up one ``latency_next``); 0 if none."""
         with self._lock:
-            rule = self._take(self._latency_next, method, path)
+            rule = self._consume(self._latency_next, method, path)
             return rule.amount if rule is not None else 0.0
 
     def take_trickle(self, method: str, path: str) -> float | None:
         """Bytes per second to write this request's reply at (uses up one rule); None: at once."""
         with self._lock:
-            rule = self._take(self._trickle, method, path)
+            rule = self._consume(self._trickle, method, path)
             return rule.amount if rule is not None else None
 
     def take_mangle(self, method: str, path: str, fits: Callable[[Mangle], bool]) -> Mangle | None:
@@ -578,15 +578,8 @@ class Faults:
         return [{"n": r.remaining, "status": r.status, "path": r.path} for r in rules if r.remaining]
 
     @staticmethod
-    def _consume(rules: list[_Countdown], method: str, path: str) -> _Countdown | None:
-        for rule in rules:
-            if rule.remaining and _path_matches(rule.path, method, path):
-                rule.remaining -= 1
-                return rule
-        return None
-
-    @staticmethod
-    def _take(rules: list[_Paced], method: str, path: str) -> _Paced | None:
+    def _consume(rules: list[Any], method: str, path: str) -> Any:
+        """The first armed rule matching the request, its count taken down by one (or None)."""
         for rule in rules:
             if rule.remaining and _path_matches(rule.path, method, path):
                 rule.remaining -= 1
