@@ -245,7 +245,8 @@ class IssuedKey:
 
     ``maybe_twinned``: an earlier attempt of this issue may also have minted a key (its reply was
     lost, or a 5xx came back), so a twin may exist under the same name. An issuer that cannot tell
-    leaves it True; the engine then lists the keys at the end of the run to sweep the twin.
+    leaves it True. The engine looks for twins in every case (it confirms each new key in a
+    listing); this says why one was found, in the audit trail.
     """
 
     value: Secret

@@ -414,6 +414,8 @@ class SecretRun:
         self.minted = issued.value
         ref = issued.ref(record.rotation_id)
         note = f"; {issued.note}" if issued.note else ""
+        if issued.maybe_twinned:      # the confirmation in a listing finds the twin, if there is one
+            note += "; its request was retried after a lost reply: a twin may exist and is looked for"
         if issued.note:
             log.warning("%s: new key %s: %s", self.secret.name, ref.label(), issued.note)
         self._note("issued", f"{ref.label()} named {issued.name!r}, expires {short_instant(issued.expires_on)}{note}", key=ref)
