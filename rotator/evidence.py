@@ -45,11 +45,13 @@ class Usage:
         self._reads: dict[tuple[str, str], Snapshot | Exception] = {}
         self._written: dict[tuple[str, str], Snapshot] = {}    # this run's own writes win over reads
         self._seen: dict[tuple[str, str], tuple[Snapshot, datetime]] = {}   # reads the run made anyway
+        self._parts: dict[str, tuple[list[Holder], list[str], list[LiveClaim]]] = {}   # survey, per secret
 
     def wrote(self, secret: str, label: str, snapshot: Snapshot) -> None:
         """This run wrote ``label`` of ``secret``; ``snapshot`` is what it holds now."""
         with self._lock:
             self._written[(secret, label)] = snapshot
+            self._parts.pop(secret, None)
 
     def saw(self, secret: str, label: str, snapshot: Snapshot) -> None:
         """This run read ``label`` of ``secret`` just now: no need to read it again soon."""
@@ -87,45 +89,60 @@ class Usage:
         self._built = True
 
     def survey(self, now: datetime) -> tuple[tuple[Holder, ...], tuple[str, ...], tuple[LiveClaim, ...]]:
-        """Every holder, the secrets nothing can be proved about, and the live claims."""
-        with self._lock:
-            if not self._built:
-                self._build()
-            seen = {**self._reads, **self._written}
+        """Every holder, the secrets nothing can be proved about, and the live claims. Each
+        secret's part is worked out once and again only after this run writes one of its targets
+        (a run of many revokes asks once per revoke)."""
         holders: list[Holder] = []
         unknown: list[str] = []
         claims: list[LiveClaim] = []
-        for secret in self._secrets:
-            primary = seen.get((secret.name, secret.primary.label))
-            if isinstance(primary, CorruptPayload):
-                primary = Snapshot()      # no key can be read from it: it serves none
-            if isinstance(primary, Exception) or primary is None:
-                unknown.append(f"secret {secret.name}: its primary could not be read"
-                               f" ({redact(str(primary)) if primary else 'not read'})")
-                continue
-            record = primary.record
-            holders.extend(_from_record(secret.name, record))
-            if record is not None and record.phase in OWNED and record.owner and record.rotation_id \
-                    and record.lease_until is not None:
-                claims.append(LiveClaim(secret.name, record.rotation_id, record.owner, record.lease_until))
-            if primary.pending is not None:
-                holders.append(Holder(secret.name, "pending", secret.primary.label,
-                                      primary.pending.fingerprint, primary.pending.last4))
-            for bound in secret.targets:
-                snap = seen.get((secret.name, bound.label))
-                if isinstance(snap, CorruptPayload):
-                    continue          # no key can be read from it: it serves none (reported as drift)
-                if isinstance(snap, Exception) or snap is None:
-                    if record is None:
-                        unknown.append(f"secret {secret.name}: {bound.label} could not be read")
-                    else:           # assumed to hold what the secret's record says it holds
-                        holders.extend(_assumed(secret.name, bound.label, record, primary))
-                    continue
-                if snap.current is not None:
-                    holders.append(Holder(secret.name, "serves", bound.label,
-                                          snap.current.fingerprint, snap.current.last4))
-        holders.sort(key=lambda h: h.role != "serves")     # a serving target is the reason to name first
+        with self._lock:
+            if not self._built:
+                self._build()
+            for secret in self._secrets:
+                part = self._parts.get(secret.name)
+                if part is None:
+                    part = self._parts[secret.name] = self._part(secret)
+                holders.extend(part[0])
+                unknown.extend(part[1])
+                claims.extend(part[2])
         return tuple(holders), tuple(unknown), tuple(claims)
+
+    def _part(self, secret: ManagedSecret) -> tuple[list[Holder], list[str], list[LiveClaim]]:
+        """One secret's holders (its serving targets first), unknowns and live claim."""
+        def seen(label: str) -> Snapshot | Exception | None:
+            return self._written.get((secret.name, label)) or self._reads.get((secret.name, label))
+
+        holders: list[Holder] = []
+        primary = seen(secret.primary.label)
+        if isinstance(primary, CorruptPayload):
+            primary = Snapshot()      # no key can be read from it: it serves none
+        if isinstance(primary, Exception) or primary is None:
+            return [], [f"secret {secret.name}: its primary could not be read"
+                        f" ({redact(str(primary)) if primary else 'not read'})"], []
+        record = primary.record
+        unknown: list[str] = []
+        claims = []
+        if record is not None and record.phase in OWNED and record.owner and record.rotation_id \
+                and record.lease_until is not None:
+            claims.append(LiveClaim(secret.name, record.rotation_id, record.owner, record.lease_until))
+        for bound in secret.targets:
+            snap = seen(bound.label)
+            if isinstance(snap, CorruptPayload):
+                continue          # no key can be read from it: it serves none (reported as drift)
+            if isinstance(snap, Exception) or snap is None:
+                if record is None:
+                    unknown.append(f"secret {secret.name}: {bound.label} could not be read")
+                else:           # assumed to hold what the secret's record says it holds
+                    holders.extend(_assumed(secret.name, bound.label, record, primary))
+                continue
+            if snap.current is not None:
+                holders.append(Holder(secret.name, "serves", bound.label,
+                                      snap.current.fingerprint, snap.current.last4))
+        if primary.pending is not None:
+            holders.append(Holder(secret.name, "pending", secret.primary.label,
+                                  primary.pending.fingerprint, primary.pending.last4))
+        holders.extend(_from_record(secret.name, record))
+        return holders, unknown, claims
 
 
 def _from_record(secret: str, record: RotationRecord | None) -> list[Holder]:
