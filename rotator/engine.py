@@ -28,7 +28,7 @@ from rotator.listings import Listings
 from rotator.models import KeyInfo, KeyRef, Phase, RotationRecord, Snapshot
 from rotator.readahead import ReadAhead
 from rotator.redact import redact
-from rotator.report import Event, Outcome, RunReport
+from rotator.report import Event, Outcome, RunReport, key_event
 from rotator.revoker import Revoker
 from rotator.rotation import SecretRun
 from rotator.runtime import ManagedSecret, Runtime
@@ -143,7 +143,7 @@ class Engine:
                     shared.revoker.revoke(Request(secret, Purpose.STRAY, entry=entry), issuer,
                                           listing=shared.listings.at_hand(issuer))
                 except RotatorError as exc:
-                    shared.problem(f"{secret}: stray key …{entry.last4} (id {entry.key_id}): {redact(str(exc))}")
+                    shared.problem(f"{secret}: stray key {entry.label()}: {redact(str(exc))}")
 
     def strays(self, issuer: Issuer, shared: RunShared, names: set[str]) -> list[tuple[str, KeyInfo]]:
         """Keys of ``issuer`` named like the keys of the secrets ``names`` (the run's) that no
@@ -159,7 +159,7 @@ class Engine:
         named = [(owner, k) for k in listing
                  for owner in [next((n for n, p in patterns if p.match(k.name)), None)] if owner]
         refs = [ref for record in shared.known(names) for ref in _refs(record)]
-        named = [(owner, k) for owner, k in named if not any(_is_ref(ref, k) for ref in refs)]
+        named = [(owner, k) for owner, k in named if not any(ref.refers_to(k) for ref in refs)]
         if not named:            # every rotation-named key is one a record of this run names
             return []
         holders, _, _ = shared.revoker.usage(issuer).survey(self.clock.now())
@@ -194,14 +194,8 @@ class Engine:
         """The revoker's intents and results, as events of ``secret``."""
         if result != "intent":
             log.info("%s: %s %s", secret, action, detail)
-        self.emit(Event(
-            at=self.clock.now(), secret=secret, action=action, detail=detail, rotation_id=rotation_id,
-            key=key.label() if key else (f"…{entry.last4} (id {entry.key_id})" if entry else None),
-            fingerprint=key.fingerprint if key else None,
-            key_id=(key.key_id if key and key.key_id else entry.key_id if entry else None),
-            last4=key.last4 if key else (entry.last4 if entry else None),
-            result=result, runner=self.me,
-        ))
+        self.emit(key_event(self.clock.now(), secret, action, detail, key=key, entry=entry,
+                            rotation_id=rotation_id, result=result, runner=self.me))
 
     def emit(self, event: Event) -> None:
         try:
@@ -225,12 +219,6 @@ def _merged(first: Outcome, second: Outcome) -> Outcome:
 def _refs(record: RotationRecord) -> list[KeyRef]:
     refs = [record.current, record.pending, record.previous, *(h.key for h in record.held)]
     return [ref for ref in refs if ref is not None]
-
-
-def _is_ref(ref: KeyRef, key: KeyInfo) -> bool:
-    if ref.key_id:
-        return ref.key_id == key.key_id
-    return ref.last4 == key.last4 and (ref.name is None or ref.name == key.name)
 
 
 def _names(holder: Holder, key: KeyInfo) -> bool:

@@ -103,6 +103,12 @@ class KeyRef:
         ident = f" (id {self.key_id})" if self.key_id else ""
         return f"…{self.last4}{ident}"
 
+    def refers_to(self, entry: KeyInfo) -> bool:
+        """Is the listing ``entry`` this key? By id when known, else by last 4 (and name)."""
+        if self.key_id:
+            return self.key_id == entry.key_id
+        return self.last4 == entry.last4 and (self.name is None or self.name == entry.name)
+
     def to_dict(self) -> dict[str, Any]:
         # by hand, not dataclasses.asdict (which deep-copies every field): written on every step
         out = {"fingerprint": self.fingerprint, "last4": self.last4, "key_id": self.key_id, "name": self.name,
@@ -287,6 +293,10 @@ class KeyInfo:
     account: str | None = None
     last_used_on: datetime | None = None
     note: str | None = None
+
+    def label(self) -> str:
+        """Short, printable: '…c0de (id 42)'."""
+        return f"…{self.last4} (id {self.key_id})"
 
 
 class Listing(Sequence[KeyInfo]):

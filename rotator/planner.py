@@ -199,10 +199,7 @@ def unlisted(ref: KeyRef, listing: Iterable[KeyInfo], now: datetime) -> str | No
     By id when the id is known; else by last 4 characters (and name, when known). Absence in a
     listing that contradicts itself (``Listing.problems``) proves nothing and is not reported.
     """
-    if ref.key_id:
-        entries = [k for k in listing if k.key_id == ref.key_id]
-    else:
-        entries = [k for k in listing if k.last4 == ref.last4 and (ref.name is None or k.name == ref.name)]
+    entries = [k for k in listing if ref.refers_to(k)]
     if not entries:
         if isinstance(listing, Listing) and listing.problems:
             return None

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rotator.models import KeyInfo, KeyRef
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,20 @@ class Event:
     last4: str | None = None
     result: str = "ok"
     runner: str | None = None
+
+
+def key_event(at: datetime, secret: str, action: str, detail: str = "", *, key: KeyRef | None = None,
+              entry: KeyInfo | None = None, rotation_id: str | None = None, result: str = "ok",
+              runner: str | None = None) -> Event:
+    """An event about a key known by its reference (``key``) or by a listing entry."""
+    return Event(
+        at=at, secret=secret, action=action, detail=detail, rotation_id=rotation_id,
+        key=key.label() if key else (entry.label() if entry else None),
+        fingerprint=key.fingerprint if key else None,
+        key_id=(key.key_id if key and key.key_id else entry.key_id if entry else None),
+        last4=key.last4 if key else (entry.last4 if entry else None),
+        result=result, runner=runner,
+    )
 
 
 @dataclass

@@ -188,13 +188,13 @@ def _refs(record: RotationRecord | None) -> list[tuple[str, KeyRef]]:
 
 def _named_by(secrets: Iterable[Managed], key: KeyInfo) -> list[tuple[Managed, str]]:
     """Every (secret, role) whose record names ``key`` as its current, pending or previous key."""
-    return [(secret, role) for secret in secrets for role, ref in _refs(secret.record) if _is(ref, key)]
+    return [(secret, role) for secret in secrets for role, ref in _refs(secret.record) if ref.refers_to(key)]
 
 
 def _held_by(secrets: Iterable[Managed], key: KeyInfo) -> tuple[Managed, HeldKey] | None:
     for secret in secrets:
         for held in (secret.record.held if secret.record is not None else ()):
-            if _is(held.key, key):
+            if held.key.refers_to(key):
                 return secret, held
     return None
 
@@ -214,7 +214,7 @@ def _shared_by(secrets: list[Managed], key: KeyInfo, named: list[tuple[Managed, 
             continue
         refs = [ref for s in secrets for _, ref in _refs(s.record) if ref.fingerprint == fingerprint]
         if refs:
-            its = any(_is(ref, key) for ref in refs)
+            its = any(ref.refers_to(key) for ref in refs)
         else:
             its = key.last4 == group[0].primary.last4     # type: ignore[union-attr]
         if its:
@@ -229,12 +229,6 @@ def _serving(secrets: Iterable[Managed]) -> list[Holder]:
 def _serves(holder: Holder, key: KeyInfo) -> bool:
     """As the gate matches a target against a listing entry: by its last 4 characters."""
     return holder.last4 is not None and holder.last4 == key.last4
-
-
-def _is(ref: KeyRef, key: KeyInfo) -> bool:
-    if ref.key_id:
-        return ref.key_id == key.key_id
-    return ref.last4 == key.last4 and (ref.name is None or ref.name == key.name)
 
 
 # --- the gate's evidence, from what the review read ----------------------------------------------

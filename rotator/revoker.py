@@ -130,8 +130,7 @@ class Revoker:
         if verdict.gone and request.purpose in (Purpose.OLD, Purpose.HELD, Purpose.ROLLBACK):
             verdict = self._judge(request, issuer, self.listings.fresh(issuer), now, value)
         if verdict.gone:
-            label = request.key.label() if request.key else _label(request.entry)
-            self._emit("already-revoked", f"{label}: {verdict.reason}", request.secret, key=request.key,
+            self._emit("already-revoked", f"{_what(request, verdict)}: {verdict.reason}", request.secret, key=request.key,
                        entry=request.entry, rotation_id=rotation_id)
             return verdict
         if verdict.hold:
@@ -176,14 +175,11 @@ class Revoker:
         return verdict
 
     def revoke_named(self, secret: str, issuer: Issuer, name: str, purpose: Purpose, *,
-                     claim: str | None = None, keep: str | None = None,
-                     listing: Listing | None = None) -> list[tuple[KeyInfo, Verdict]]:
-        """Revoke every listed key called ``name`` (a rotation's unique name) but ``keep``."""
+                     claim: str | None = None, listing: Listing | None = None) -> list[tuple[KeyInfo, Verdict]]:
+        """Revoke every listed key called ``name`` (a rotation's unique name)."""
         listing = listing if listing is not None else self.listings.fresh(issuer)
         done = []
         for entry in listing.named(name):
-            if entry.key_id == keep:
-                continue
             verdict = self.revoke(Request(secret, purpose, entry=entry, claim=claim), issuer,
                                   listing=listing, rotation_id=claim)
             done.append((entry, verdict))
@@ -202,7 +198,7 @@ def _still_listed(request: Request, verdict: Verdict, confirm: Listing, before: 
 
 
 def _label(entry: KeyInfo | None) -> str:
-    return f"…{entry.last4} (id {entry.key_id})" if entry is not None else "the key"
+    return entry.label() if entry is not None else "the key"
 
 
 def _what(request: Request, verdict: Verdict) -> str:

@@ -28,7 +28,7 @@ from rotator.machine import Observations
 from rotator.models import HeldKey, KeyInfo, KeyRef, Phase, RotationRecord, Secret, Snapshot
 from rotator.readahead import ReadAhead
 from rotator.redact import redact
-from rotator.report import Event, Outcome
+from rotator.report import Outcome, key_event
 from rotator.timeutil import short_instant
 from rotator.runtime import ManagedSecret, short_id
 
@@ -176,18 +176,11 @@ class SecretRun:
 
     # --- events --------------------------------------------------------------------------------
 
-    def _event(self, action: str, detail: str = "", *, key: KeyRef | None = None, entry: KeyInfo | None = None,
-               result: str = "ok", rotation_id: str | None = None) -> None:
+    def _event(self, action: str, detail: str = "", *, key: KeyRef | None = None, result: str = "ok") -> None:
         record = self.record
-        self.engine.emit(Event(
-            at=self.clock.now(), secret=self.secret.name, action=action, detail=detail,
-            rotation_id=rotation_id or (record.rotation_id if record else None),
-            key=key.label() if key else (f"…{entry.last4} (id {entry.key_id})" if entry else None),
-            fingerprint=key.fingerprint if key else None,
-            key_id=key.key_id if key else (entry.key_id if entry else None),
-            last4=key.last4 if key else (entry.last4 if entry else None),
-            result=result, runner=self.engine.me,
-        ))
+        self.engine.emit(key_event(self.clock.now(), self.secret.name, action, detail, key=key,
+                                   rotation_id=record.rotation_id if record else None, result=result,
+                                   runner=self.engine.me))
 
     def _intent(self, action: str, detail: str = "", *, key: KeyRef | None = None) -> None:
         """Written before an effect: the audit trail shows it even if the process dies during it."""
@@ -234,11 +227,9 @@ class SecretRun:
         record = self.record
         if record is None or record.phase is not Phase.IDLE or not (record.last_error or record.attempts):
             return
-        if self.obs.rolled_back:
-            return
         try:
             self._write_record(record.evolve(last_error=None, attempts=0, error_since=None), phase_change=False)
-        except RotatorError as exc:     # noqa: BLE001 - a note, not an effect: the next run tries again
+        except RotatorError as exc:     # a note, not an effect: the next run tries again
             log.info("%s: could not clear the last error: %s", self.secret.name, redact(str(exc)))
 
     def _interrupted(self, step: machine.Step) -> Outcome:
@@ -347,17 +338,14 @@ class SecretRun:
 
     def _candidates_for(self, value: Secret, now: datetime, listing: Iterable[KeyInfo]) -> list[KeyInfo]:
         matches = [k for k in listing if k.last4 == value.last4]
-        live = [k for k in matches if k.expires_on is None or k.expires_on > now]
-        return live or matches     # a key the issuer accepts is not one of the expired look-alikes
+        return _live(matches, now) or matches     # a key the issuer accepts is not one of the expired look-alikes
 
     def _listed_live(self, value: Secret, now: datetime, listing: Iterable[KeyInfo]) -> list[KeyInfo]:
         """Entries that may be ``value`` and that the issuer lists as live; a second listing
         confirms any found (the conclusive-evidence rule needs the listing to say a key is dead)."""
-        def live(keys: Iterable[KeyInfo]) -> list[KeyInfo]:
-            return [k for k in keys if k.last4 == value.last4 and (k.expires_on is None or k.expires_on > now)]
-        if not live(listing):
+        if not _live([k for k in listing if k.last4 == value.last4], now):
             return []
-        return live(self.shared.listings.fresh(self.issuer))
+        return _live([k for k in self.shared.listings.fresh(self.issuer) if k.last4 == value.last4], now)
 
     def _do_Claim(self, step: machine.Claim, now: datetime) -> None:
         before = self.record or RotationRecord()
@@ -710,3 +698,6 @@ class SecretRun:
                         redact(str(exc)))
 
 
+def _live(keys: list[KeyInfo], now: datetime) -> list[KeyInfo]:
+    """The listed keys not past their expiry (an unknown expiry counts as live)."""
+    return [k for k in keys if k.expires_on is None or k.expires_on > now]
