@@ -32,6 +32,52 @@ DEFAULT_KEY_NAME = "{secret} [{rotation}]"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Reference = dict[str, Any]     # a credential reference: { env = ... }, { file = ... } or { backend = ..., ... }
+
+#: Hook events, in the order a rotation reaches them (docs/hooks.md).
+HOOK_EVENTS = ("staged", "deployed", "before_revoke", "revoked", "rolled_back", "failed")
+#: Events before the old key's revoke: a gate hook must subscribe to one of them.
+GATE_EVENTS = ("staged", "deployed", "before_revoke")
+ALWAYS = ("always", "any", "none", "off")
+
+
+def _reference(value: Any, field: str) -> None:
+    kinds = [k for k in ("env", "file", "backend") if k in value]
+    if len(kinds) != 1:
+        raise ValueError(f"{field}: give exactly one of env, file or backend")
+
+
+class WindowSpec(StrictModel):
+    """``window = { days = "mon-fri", start = "09:00", end = "16:00", timezone = "Europe/Amsterdam" }``
+    or ``{ cron = "0 9 * * mon-fri", duration = "7h", timezone = ... }``: when rotations may start
+    (rotator.window)."""
+
+    days: str | None = None
+    start: str | None = None
+    end: str | None = None
+    cron: str | None = None
+    duration: Duration | None = None
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _opens(self) -> WindowSpec:
+        self.build()          # every problem (bad day, time, zone, cron; a window that never opens)
+        return self
+
+    def build(self) -> Any:
+        from rotator.window import Window
+
+        return Window.parse(days=self.days, start=self.start, end=self.end, cron=self.cron,
+                            duration=self.duration, timezone=self.timezone)
+
+
+def _window(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in ALWAYS:
+        return None
+    return value
+
+
+WindowSetting = Annotated[WindowSpec | None, BeforeValidator(_window)]
 
 
 class Defaults(StrictModel):
@@ -44,6 +90,9 @@ class Defaults(StrictModel):
     workers: int = Field(default=4, ge=1, le=64)
     runner_id: str | None = None
     repair_drift: bool = False     # sync (and the daemon's reconcile) repairs drift, as with --repair
+    window: WindowSetting = None   # rotations start only inside it (rotator.window)
+    safety_margin: Duration = timedelta(days=3)   # ... unless the key would get closer than this to expiry
+    hook_concurrency: int = Field(default=4, ge=1, le=64)   # hook deliveries running at once, all secrets
 
     @model_validator(mode="after")
     def _positive(self) -> Defaults:
@@ -75,6 +124,68 @@ class TargetEntry(BaseModel):
         return dict(self.model_extra or {})
 
 
+class HookSpec(StrictModel):
+    """``[[hooks]]`` (named, shared) or an inline entry of a secret's ``hooks``: something to tell
+    when a rotation reaches an event (rotator.hooks, docs/hooks.md)."""
+
+    name: str = Field(pattern=_NAME)
+    kind: Literal["exec", "http"]
+    events: list[Literal["staged", "deployed", "before_revoke", "revoked", "rolled_back", "failed"]] = \
+        Field(min_length=1)
+    gate: bool = False                 # the old key is revoked only after this hook succeeded
+    timeout: Duration = timedelta(seconds=30)
+    backoff: Duration = timedelta(minutes=1)    # first wait before a failed delivery is tried again; doubles
+    max_attempts: int = Field(default=5, ge=1)  # a non-gate hook gives up after this many; a gate never does
+    all_secrets: bool = False          # [[hooks]] only: run for every secret (else for those that list it)
+    # exec
+    command: list[str] | None = None   # argv, no shell
+    env: dict[str, str] = {}           # added to the hook's environment (literals; no credentials here)
+    inherit_env: list[str] = []        # names passed through from rotator's own environment
+    working_dir: Path | None = None
+    pass_value: bool = False           # exec only: the new key's value on stdin (never in the environment)
+    # http
+    url: str | Reference | None = None
+    signing_secret: Reference | None = None   # HMAC-SHA256 of the body: X-Rotator-Signature
+    headers: dict[str, str] = {}
+    ca_cert: Path | None = None        # TLS verification is always on; this adds a CA bundle
+
+    @model_validator(mode="after")
+    def _kind(self) -> HookSpec:
+        problems = []
+        if self.kind == "exec":
+            if not self.command or not all(isinstance(a, str) and a for a in self.command):
+                problems.append("command: an exec hook needs a non-empty argv list, e.g. [\"/bin/reload\", \"web\"]")
+            for name in ("url", "signing_secret"):
+                if getattr(self, name) is not None:
+                    problems.append(f"{name}: only for kind = \"http\"")
+        else:
+            if self.url is None:
+                problems.append("url: an http hook needs a url (https://... or a reference)")
+            elif isinstance(self.url, str):
+                if not re.match(r"^https?://[^\s]+$", self.url):
+                    problems.append("url: expected http(s)://... or a reference like { env = \"NAME\" }")
+            else:
+                _reference(self.url, "url")
+            if self.signing_secret is not None:
+                _reference(self.signing_secret, "signing_secret")
+            if self.pass_value:
+                problems.append("pass_value: only an exec hook can be given the value (on its stdin); an http"
+                                " hook never is")
+            for name in ("command", "working_dir"):
+                if getattr(self, name) is not None:
+                    problems.append(f"{name}: only for kind = \"exec\"")
+        if self.gate and not set(self.events) & set(GATE_EVENTS):
+            problems.append("gate: a gate hook must subscribe to staged, deployed or before_revoke (it must"
+                            " run before the old key is revoked)")
+        if self.timeout <= timedelta(0) or self.backoff <= timedelta(0):
+            problems.append("timeout and backoff must be positive")
+        if len(set(self.events)) != len(self.events):
+            problems.append("events: listed twice")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
 class SecretSpec(StrictModel):
     """``[[secrets]]``: one managed secret."""
 
@@ -86,6 +197,9 @@ class SecretSpec(StrictModel):
     lead_time: Duration | None = None
     grace: Duration | None = None
     create_if_missing: bool = True
+    window: WindowSetting | Literal["inherit"] = "inherit"   # "always": no window for this secret
+    safety_margin: Duration | None = None
+    hooks: list[str | HookSpec] = []   # names of [[hooks]], or inline hooks
 
     @model_validator(mode="after")
     def _key_name_template(self) -> SecretSpec:
@@ -186,6 +300,7 @@ class Settings(BaseSettings):
     issuers: dict[str, ProviderSection] = {}
     backends: dict[str, ProviderSection] = {}
     secrets: list[SecretSpec] = []
+    hooks: list[HookSpec] = []
     daemon: DaemonSettings = DaemonSettings()
     audit: AuditSettings = AuditSettings()
     alerts: AlertSettings = AlertSettings()
@@ -220,9 +335,61 @@ class Settings(BaseSettings):
                         f"{where}.targets[{t_index}].backend: unknown backend"
                         f" {target.backend!r}{_known(self.backends)}"
                     )
+        problems.extend(self._hook_problems())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _hook_problems(self) -> list[str]:
+        problems = []
+        named: dict[str, int] = {}
+        for index, hook in enumerate(self.hooks):
+            if hook.name in named:
+                problems.append(f"hooks[{index}].name: duplicate hook name {hook.name!r}")
+            named[hook.name] = index
+        used = set()
+        for index, secret in enumerate(self.secrets):
+            inline = set()
+            for h_index, entry in enumerate(secret.hooks):
+                where = f"secrets[{index}].hooks[{h_index}]"
+                if isinstance(entry, str):
+                    if entry not in named:
+                        problems.append(f"{where}: unknown hook {entry!r}{_known(named)}")
+                    used.add(entry)
+                    name = entry
+                else:
+                    if entry.all_secrets:
+                        problems.append(f"{where}.all_secrets: only for [[hooks]]")
+                    if entry.name in named:
+                        problems.append(f"{where}.name: {entry.name!r} is also a [[hooks]] name; inline hooks"
+                                        " need a name of their own")
+                    name = entry.name
+                if name in inline:
+                    problems.append(f"{where}: hook {name!r} listed twice")
+                inline.add(name)
+        for name, index in named.items():
+            if name not in used and not self.hooks[index].all_secrets:
+                problems.append(f"hooks[{index}] ({name}): no secret uses it; list it in a secret's hooks or set"
+                                " all_secrets = true")
+        return problems
+
+    def hooks_of(self, secret: SecretSpec) -> list[HookSpec]:
+        """The hooks that run for ``secret``: every all_secrets hook, then its own list."""
+        by_name = {h.name: h for h in self.hooks}
+        out = [h for h in self.hooks if h.all_secrets]
+        for entry in secret.hooks:
+            hook = by_name[entry] if isinstance(entry, str) else entry
+            if hook not in out:
+                out.append(hook)
+        return out
+
+    def window(self, secret: SecretSpec) -> Any:
+        """The secret's rotation window (rotator.window.Window), or None: any time."""
+        spec = self.rotator.window if secret.window == "inherit" else secret.window
+        return spec.build() if isinstance(spec, WindowSpec) else None
+
+    def safety_margin(self, secret: SecretSpec) -> timedelta:
+        return self.rotator.safety_margin if secret.safety_margin is None else secret.safety_margin
 
     def lead_time(self, secret: SecretSpec) -> timedelta:
         return secret.lead_time or self.rotator.lead_time

@@ -133,19 +133,124 @@ class KeyRef:
 class HeldKey:
     """An old key whose revoke the gate held (another secret still serves it, a consumer has not
     confirmed, the evidence was missing). Each run asks the gate again; the rotation that is the
-    last to move away from the key revokes it."""
+    last to move away from the key revokes it.
+
+    ``rotation_id``: the rotation that replaced the key (its consumer gates must pass before the
+    revoke); ``consumers``: the gate hooks that had not confirmed when it was last asked."""
 
     key: KeyRef
     reason: str
     since: datetime
+    rotation_id: str | None = None
+    consumers: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key.to_dict(), "reason": self.reason, "since": format_instant(self.since)}
+        out: dict[str, Any] = {"key": self.key.to_dict(), "reason": self.reason, "since": format_instant(self.since)}
+        if self.rotation_id:
+            out["rotation_id"] = self.rotation_id
+        if self.consumers:
+            out["consumers"] = list(self.consumers)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HeldKey:
         return cls(KeyRef.from_dict(data["key"]), str(data.get("reason", "")),
-                   _instant(data.get("since")) or parse_instant("1970-01-01T00:00:00Z"))
+                   _instant(data.get("since")) or parse_instant("1970-01-01T00:00:00Z"),
+                   rotation_id=data.get("rotation_id"), consumers=tuple(data.get("consumers") or ()))
+
+
+#: Delivery states: ``owed`` (not yet delivered, or failed and retried at ``next_at``), ``done``
+#: (the hook succeeded; never repeated), ``given-up`` (a non-gate hook failed ``max_attempts`` times).
+DELIVERY_STATES = ("owed", "done", "given-up")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One hook delivery owed or made, keyed by (rotation id, event, hook): recorded in the
+    rotation record in the same compare-and-swap as the effect it reports, so a crash between the
+    effect and the hook re-delivers it on resume (at least once), and a finished delivery is never
+    repeated by another runner. ``next_at`` is when it may be tried (again); while a runner
+    delivers it, ``next_at`` is pushed past the hook's timeout, which keeps other runners off it.
+    ``key``/``old_key``/``detail`` are the context the hook is told (never a value)."""
+
+    rotation_id: str
+    event: str
+    hook: str
+    gate: bool = False
+    state: str = "owed"
+    attempts: int = 0
+    next_at: datetime | None = None
+    last_error: str | None = None
+    done_at: datetime | None = None
+    key: KeyRef | None = None
+    old_key: KeyRef | None = None
+    detail: str | None = None
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return (self.rotation_id, self.event, self.hook)
+
+    @property
+    def owed(self) -> bool:
+        return self.state == "owed"
+
+    def due(self, now: datetime) -> bool:
+        return self.owed and (self.next_at is None or self.next_at <= now)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rotation_id": self.rotation_id, "event": self.event, "hook": self.hook,
+                               "state": self.state, "attempts": self.attempts}
+        if self.gate:
+            out["gate"] = True
+        for name in ("next_at", "done_at"):
+            if getattr(self, name) is not None:
+                out[name] = format_instant(getattr(self, name))
+        for name in ("key", "old_key"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name).to_dict()
+        for name in ("last_error", "detail"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Delivery:
+        return cls(
+            rotation_id=str(data["rotation_id"]), event=str(data["event"]), hook=str(data["hook"]),
+            gate=bool(data.get("gate", False)), state=str(data.get("state", "owed")),
+            attempts=int(data.get("attempts", 0)), next_at=_instant(data.get("next_at")),
+            last_error=data.get("last_error"), done_at=_instant(data.get("done_at")),
+            key=KeyRef.from_dict(data["key"]) if data.get("key") else None,
+            old_key=KeyRef.from_dict(data["old_key"]) if data.get("old_key") else None,
+            detail=data.get("detail"),
+        )
+
+
+@dataclass(frozen=True)
+class Pause:
+    """``rotator pause``: no rotation starts (and no old key is revoked) while it lasts; an
+    in-flight rotation still finishes. Lapses by itself at ``until``."""
+
+    by: str
+    at: datetime
+    until: datetime | None = None
+    reason: str = ""
+
+    def active(self, now: datetime) -> bool:
+        return self.until is None or now < self.until
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"by": self.by, "at": format_instant(self.at)}
+        if self.until is not None:
+            out["until"] = format_instant(self.until)
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Pause:
+        return cls(by=str(data.get("by", "?")), at=_instant(data.get("at")) or parse_instant("1970-01-01T00:00:00Z"),
+                   until=_instant(data.get("until")), reason=str(data.get("reason", "")))
 
 
 @dataclass(frozen=True)
@@ -174,6 +279,8 @@ class RotationRecord:
     rotations: int = 0
     adoption: str | None = None
     held: tuple[HeldKey, ...] = ()
+    deliveries: tuple[Delivery, ...] = ()   # hook deliveries owed and made (rotator.hooks)
+    paused: Pause | None = None
     format: int = RECORD_FORMAT
 
     def evolve(self, **changes: Any) -> RotationRecord:
@@ -195,7 +302,15 @@ class RotationRecord:
         out["rotations"] = self.rotations
         if self.held:
             out["held"] = [h.to_dict() for h in self.held]
+        if self.deliveries:
+            out["deliveries"] = [d.to_dict() for d in self.deliveries]
+        if self.paused is not None:
+            out["paused"] = self.paused.to_dict()
         return out
+
+    def paused_now(self, now: datetime) -> Pause | None:
+        """The pause in force at ``now`` (a pause lapses by itself at its ``until``)."""
+        return self.paused if self.paused is not None and self.paused.active(now) else None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RotationRecord:
@@ -222,6 +337,8 @@ class RotationRecord:
             rotations=int(data.get("rotations", 0)),
             adoption=data.get("adoption"),
             held=tuple(HeldKey.from_dict(h) for h in data.get("held") or ()),
+            deliveries=tuple(Delivery.from_dict(d) for d in data.get("deliveries") or ()),
+            paused=Pause.from_dict(data["paused"]) if data.get("paused") else None,
             **refs,
         )
 
