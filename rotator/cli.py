@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Callable, Sequence
 
 from rotator import __version__
-from rotator.errors import ConfigError, RotatorError
+from rotator.errors import ConfigError, RotatorError, UsageError
 from rotator.redact import redact
 from rotator.timeutil import format_instant, parse_instant
 
@@ -27,7 +27,7 @@ log = logging.getLogger("rotator.cli")
 STATUS_EXIT = """exit status:
   0  every secret is healthy, due, rotating or in grace, and every issuer credential is
      managed by rotator or not yet within the lead time of its expiry
-  1  some secret or credential is not (failing, expired, rejected, expiring, held,
+  1  some secret or credential is not (failing, expired, rejected, expiring, held, paused,
      stale-claim, blocked, unmanaged, unreadable, error), or an issuer's listing failed
   2  usage or configuration error"""
 
@@ -108,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigError as exc:
         print(f"rotator: configuration error:\n{redact(str(exc))}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"rotator: {redact(str(exc))}", file=sys.stderr)
         return 2
     except RotatorError as exc:
         print(f"rotator: {redact(str(exc))}", file=sys.stderr)
@@ -226,7 +229,11 @@ def _secret_row(view: Any) -> dict[str, Any]:
         "error": redact(a.last_error) if a.last_error else None, "error_since": format_instant(a.error_since),
         "attempts": a.attempts, "owner": a.owner, "lease_until": format_instant(a.lease_until),
         "held": [{"key": h.key.label(), "key_id": h.key.key_id, "last4": h.key.last4, "reason": h.reason,
-                  "since": format_instant(h.since)} for h in a.held],
+                  "since": format_instant(h.since), "waiting_for": list(h.consumers)} for h in a.held],
+        "paused": None if a.paused is None else {
+            "by": a.paused.by, "at": format_instant(a.paused.at), "until": format_instant(a.paused.until),
+            "reason": a.paused.reason},
+        "outside_window": a.outside_window,
     }
 
 
@@ -265,7 +272,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             why.append(held["why"])
     print(table(lines, ["secret", "health", "key", "expires", "next", "at"]))
     _print_credentials(found.credentials)
-    _print_notes(why, found.problems, warnings, why_title="held revokes")
+    for view in found.secrets:
+        a = view.assessment
+        if a.paused is not None:
+            why.append(f"{view.secret.name}: {a.reason}")
+        if a.outside_window:
+            warnings.append(f"{view.secret.name}: {a.action}")
+    _print_notes(why, found.problems, warnings, why_title="held revokes and pauses")
     return 0
 
 

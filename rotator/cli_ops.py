@@ -1,4 +1,5 @@
-"""Operations commands: ``sync``, ``verify``, ``audit`` and ``revoke --compromised``.
+"""Operations commands: ``sync``, ``verify``, ``audit``, ``revoke --compromised``, ``pause`` and
+``resume``.
 
 The tasks the QuivaWorks guide asks people to do by hand. Same conventions as ``rotator.cli``:
 exit 0 healthy, 1 problem found or failed, 2 usage/config; nothing printed contains a key value.
@@ -44,6 +45,16 @@ def add_parsers(sub: Any, output_option: Callable[[argparse.ArgumentParser], Non
     revoke.add_argument("--force", action="store_true",
                         help="revoke the compromised key even if the replacement did not reach every target")
     output_option(revoke)
+
+    pause = sub.add_parser("pause", help="stop rotating SECRET (every runner sees it) until resumed or --until")
+    pause.add_argument("secret", metavar="SECRET")
+    pause.add_argument("--until", metavar="TIME", help="lapse by itself then: 2027-01-10T09:00Z, or 3d / 12h from now")
+    pause.add_argument("--reason", default="", help="shown by status, plan and alerts")
+    output_option(pause)
+
+    resume = sub.add_parser("resume", help="lift a pause: SECRET rotates again when due")
+    resume.add_argument("secret", metavar="SECRET")
+    output_option(resume)
 
 
 def _runtime(args: argparse.Namespace):
@@ -392,4 +403,74 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0 if report.contained else 1
 
 
-COMMANDS = {"sync": cmd_sync, "verify": cmd_verify, "audit": cmd_audit, "revoke": cmd_revoke}
+def cmd_pause(args: argparse.Namespace) -> int:
+    from rotator import pausing
+    from rotator.cli import print_json
+
+    runtime = _runtime(args)
+    try:
+        (secret,) = runtime.select([args.secret])
+        now = runtime.clock.now()
+        until = pausing.parse_until(args.until, now)
+        record = pausing.pause(secret, by=runtime.identity, now=now, until=until, reason=args.reason)
+        _trail(runtime, secret.name, "paused", _pause_words(record.paused), now)
+    finally:
+        runtime.close()
+    current = record.current
+    left = (f"; its key {current.label()} expires {format_instant(current.expires_on)}"
+            if current is not None and current.expires_on else "")
+    if args.output == "json":
+        print_json({"secret": secret.name, "paused": _pause_json(record.paused),
+                    "key_expires_on": format_instant(current.expires_on) if current else None})
+    else:
+        print(f"{secret.name}: {_pause_words(record.paused)}{left}")
+        print("no rotation starts and no old key is revoked while paused (a rotation in flight finishes);"
+              f" `rotator resume {secret.name}` lifts it")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from rotator import pausing
+    from rotator.cli import print_json
+
+    runtime = _runtime(args)
+    try:
+        (secret,) = runtime.select([args.secret])
+        record, lifted = pausing.resume(secret)
+        if lifted is not None:
+            _trail(runtime, secret.name, "resumed", f"lifted: {_pause_words(lifted)}", runtime.clock.now())
+    finally:
+        runtime.close()
+    if args.output == "json":
+        print_json({"secret": secret.name, "resumed": lifted is not None, "lifted": _pause_json(lifted)})
+    else:
+        print(f"{secret.name}: resumed (was {_pause_words(lifted)})" if lifted else f"{secret.name}: was not paused")
+    return 0
+
+
+def _pause_words(pause: Any) -> str:
+    from rotator.machine import paused_reason
+
+    return paused_reason(pause) if pause is not None else "not paused"
+
+
+def _pause_json(pause: Any) -> dict[str, Any] | None:
+    return None if pause is None else {"by": pause.by, "at": format_instant(pause.at),
+                                       "until": format_instant(pause.until), "reason": pause.reason}
+
+
+def _trail(runtime: Any, secret: str, action: str, detail: str, now: Any) -> None:
+    """One audit record for a person's action (pause, resume)."""
+    from rotator import audit
+    from rotator.report import Event
+
+    sink = audit.open_sink(runtime.settings.audit, None)
+    if sink is not None:
+        try:
+            sink(Event(at=now, secret=secret, action=action, detail=detail, runner=runtime.identity))
+        finally:
+            sink.close()
+
+
+COMMANDS = {"sync": cmd_sync, "verify": cmd_verify, "audit": cmd_audit, "revoke": cmd_revoke,
+            "pause": cmd_pause, "resume": cmd_resume}

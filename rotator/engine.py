@@ -75,8 +75,9 @@ class Engine:
 
     def request_stop(self) -> None:
         """Graceful shutdown: no new step starts; each secret stops at its next step boundary,
-        releasing its lease so the next start resumes at once."""
+        releasing its lease so the next start resumes at once; running hooks are stopped."""
         self._stop.set()
+        self.runtime.stop_hooks()
 
     @property
     def stopping(self) -> bool:

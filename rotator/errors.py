@@ -26,6 +26,10 @@ class ConfigError(RotatorError):
     """The configuration is unusable. The message names the file, the field path and the problem."""
 
 
+class UsageError(RotatorError):
+    """A command line that cannot be carried out as given (a bad --until, an unknown secret)."""
+
+
 class ProviderError(RotatorError):
     """Raised by an issuer or a backend; ``provider`` names the configured instance."""
 

@@ -96,7 +96,6 @@ class Evidence:
     claims: tuple[LiveClaim, ...] = ()
     admin: KeyRef | None = None
     admin_issuer: str = ""
-    consumer_gates: tuple[str, ...] = ()
     in_flight_since: datetime | None = None   # keys created after this may come from an issue in flight
 
 
@@ -116,6 +115,7 @@ class Request:
     own: frozenset[str] = frozenset()
     claim: str | None = None
     by_value: bool = False       # the requester holds the value: several look-alikes may be told apart by it
+    consumers: tuple[str, ...] = ()   # gate hooks that have not confirmed the key's replacement (rotator.hooks)
 
 
 @dataclass(frozen=True)
@@ -192,8 +192,8 @@ def _relied_on(request: Request, entry: KeyInfo, evidence: Evidence) -> str | No
     if claim is not None:
         return (f"minted by rotation {claim.rotation_id[:8]} of secret {claim.secret}, which"
                 f" {claim.owner} still owns")
-    if evidence.consumer_gates:
-        return "waiting for consumer " + ", ".join(evidence.consumer_gates)
+    if request.consumers:
+        return waiting_for(request.consumers)
     if request.purpose is Purpose.STRAY:
         return _young(entry, evidence.in_flight_since)
     return None
@@ -212,9 +212,14 @@ def _value_relied_on(request: Request, evidence: Evidence) -> str | None:
             continue
         if holder.fingerprint == key.fingerprint:
             return holder.describe()
-    if evidence.consumer_gates:
-        return "waiting for consumer " + ", ".join(evidence.consumer_gates)
+    if request.consumers:
+        return waiting_for(request.consumers)
     return None
+
+
+def waiting_for(consumers: Iterable[str]) -> str:
+    """The hold reason of a consumer gate (status shows it as it is)."""
+    return "waiting for consumer " + ", ".join(consumers)
 
 
 def candidates(request: Request, listing: Listing) -> tuple[list[KeyInfo], str | None]:

@@ -23,11 +23,11 @@ any secondary: a key that does not work is never served. Every revoke passes the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Mapping
+from typing import Any, Mapping
 
-from rotator.models import Phase, RotationRecord, Secret, Snapshot
+from rotator.models import Delivery, Phase, RotationRecord, Secret, Snapshot
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,15 @@ class Policy:
     create_if_missing: bool
     primary: str                  # label of the primary target
     secondaries: tuple[str, ...]  # labels of the other targets, in config order
+    window: Any = None            # rotator.window.Window: when a rotation may start (None: any time)
+    safety_margin: timedelta = timedelta(days=3)  # ... and the latest it may wait for one
+    hook_events: tuple[tuple[str, tuple[str, ...]], ...] = ()   # event -> hook names (rotator.hooks)
+
+    def hooks_for(self, event: str) -> tuple[str, ...]:
+        for name, hooks in self.hook_events:
+            if name == event:
+                return hooks
+        return ()
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,8 @@ class Observations:
     held_checked: bool = False                # the held revokes of this secret were tried in this run
     rolled_back: bool = False                 # this run rolled a rotation back: no new one now
     rotated: bool = False                     # this run promoted a new key: no second rotation now
+    deliver_hooks: bool = True                # deliver owed hooks when due (the planner only looks)
+    incident: bool = False                    # revoke --compromised: a pause does not stop it
 
 
 # --- steps -------------------------------------------------------------------------------------
@@ -220,6 +231,20 @@ class RevokeHeld(Step):
 
 
 @dataclass(frozen=True)
+class DeliverHooks(Step):
+    """Deliver the hook deliveries the record owes and that are due (rotator.hooks): at least
+    once, before anything else, so a crash between an effect and its hooks re-delivers them."""
+
+
+@dataclass(frozen=True)
+class Announce(Step):
+    """Record deliveries owed for ``event`` (``before_revoke``) so they are made before the
+    effect they announce."""
+
+    event: str
+
+
+@dataclass(frozen=True)
 class Finish(Step):
     """Close the rotation: record back to IDLE (a held old key moves to the record's held list)."""
 
@@ -232,11 +257,57 @@ def decide(policy: Policy, obs: Observations, now: datetime) -> Step:
     primary = obs.views.get(policy.primary, View(exists=False))
     if record is None:
         return _unmanaged(policy, primary)
-    if record.phase in (Phase.CLAIMED, Phase.STAGED, Phase.ROLLING_BACK) and record.owner != obs.me:
+    owned = record.phase in (Phase.CLAIMED, Phase.STAGED, Phase.ROLLING_BACK)
+    if owned and record.owner != obs.me:
         if record.owner and record.lease_until and record.lease_until > now:
             return Wait(f"rotation {record.rotation_id} in progress by {record.owner}", record.lease_until)
-    handler = _PHASES[record.phase]
-    return handler(policy, obs, record, primary, now)
+    if obs.deliver_hooks and (not owned or record.owner == obs.me) and any(d.due(now) for d in record.deliveries):
+        return DeliverHooks()
+    step = _PHASES[record.phase](policy, obs, record, primary, now)
+    if isinstance(step, Rest):     # wake for the next retry of a hook delivery, too
+        retry = next_delivery(record, now)
+        if retry is not None and (step.next_at is None or retry < step.next_at):
+            step = replace(step, next_at=retry)
+    return step
+
+
+def next_delivery(record: RotationRecord, now: datetime) -> datetime | None:
+    """When the next owed hook delivery may be tried again (None: none owed later)."""
+    times = [d.next_at for d in record.deliveries if d.owed and d.next_at is not None and d.next_at > now]
+    return min(times) if times else None
+
+
+def owed_consumers(record: RotationRecord, rotation_id: str | None) -> tuple[str, ...]:
+    """The gate hooks of rotation ``rotation_id`` that have not confirmed yet: while any has not,
+    the key that rotation replaced may not be revoked."""
+    return tuple(dict.fromkeys(d.hook for d in record.deliveries
+                               if d.gate and d.owed and d.rotation_id == rotation_id))
+
+
+def owe(record: RotationRecord, policy: Policy, event: str, *, gates: frozenset[str] = frozenset(),
+        **context: Any) -> tuple[Delivery, ...]:
+    """``record.deliveries`` plus one owed delivery per hook subscribed to ``event`` for the
+    record's rotation (none twice: the key is (rotation id, event, hook))."""
+    rotation = record.rotation_id or "-"
+    have = {d.ident for d in record.deliveries}
+    new = tuple(Delivery(rotation, event, hook, gate=hook in gates, **context)
+                for hook in policy.hooks_for(event) if (rotation, event, hook) not in have)
+    return record.deliveries + new
+
+
+def starts_at(policy: Policy, record: RotationRecord) -> tuple[datetime | None, bool]:
+    """When the current key's rotation may start, and whether that is outside the rotation
+    window: the first opening at or after the due instant (expiry − lead time); if none comes
+    before expiry − safety margin, at that deadline, outside the window (a key never expires
+    because of a window)."""
+    due = due_at(policy, record)
+    if due is None or policy.window is None:
+        return due, False
+    assert record.current is not None and record.current.expires_on is not None
+    deadline = earlier(record.current.expires_on, policy.safety_margin)
+    from rotator.window import start_at
+
+    return start_at(policy.window, due, deadline)
 
 
 def due_at(policy: Policy, record: RotationRecord) -> datetime | None:
@@ -284,25 +355,53 @@ def _unmanaged(policy: Policy, primary: View) -> Step:
 
 def _idle(policy: Policy, obs: Observations, record: RotationRecord, primary: View, now: datetime) -> Step:
     recorded = record.current.fingerprint if record.current else None
+    paused = None if obs.incident else record.paused_now(now)
     if primary.current != recorded:
-        if primary.current is None:
+        if primary.current is not None:
+            return Adopt("the primary's key was changed outside rotator")
+        if paused is None:
             return Claim("the primary lost its key: issuing a new one", bootstrap=True)
-        return Adopt("the primary's key was changed outside rotator")
+    if paused is not None:       # nothing starts, nothing is revoked; --force does not override a pause
+        return Rest(paused_reason(paused), next_at=paused.until)
     if record.held and not obs.held_checked:
         return RevokeHeld()
     if obs.rolled_back:
         return Fail(record.last_error or "the new key was rolled back")
-    due = due_at(policy, record)
+    start, outside = starts_at(policy, record)
     if obs.rotated:       # at most one rotation per secret per run, whatever the dates say
-        return Rest("rotated in this run", next_at=due if due is not None and due > now else None)
+        return Rest("rotated in this run", next_at=start if start is not None and start > now else None)
     if obs.force:
         return Claim(obs.force if isinstance(obs.force, str) else "forced")
-    if due is None:
+    if start is None:
         return Claim("expiry of the current key is unknown")
+    expired = record.current is not None and record.current.expires_on and now >= record.current.expires_on
+    if expired:
+        return Claim("the current key has EXPIRED")
+    due = due_at(policy, record)
+    assert due is not None
+    if now >= due and policy.window is not None and not policy.window.contains(now):
+        if now < start:
+            return Rest(f"due; waiting for the rotation window ({policy.window.describe()})", next_at=start)
+        return Claim(f"due, and no opening of the rotation window ({policy.window.describe()}) comes before"
+                     f" the safety margin ({_days(policy.safety_margin)} before expiry): rotating outside it")
     if now >= due:
-        expired = record.current is not None and record.current.expires_on and now >= record.current.expires_on
-        return Claim("the current key has EXPIRED" if expired else "due: expires within the lead time")
-    return Rest("healthy", next_at=due)
+        return Claim("due: expires within the lead time")
+    return Rest("healthy", next_at=start)
+
+
+def paused_reason(pause: Any) -> str:
+    """'paused by ops@host until 2027-01-10 09:00Z: change freeze'."""
+    from rotator.timeutil import short_instant
+
+    until = f" until {short_instant(pause.until)}" if pause.until else ""
+    why = f": {pause.reason}" if pause.reason else ""
+    return f"paused by {pause.by}{until}{why}"
+
+
+def _days(delta: timedelta) -> str:
+    from rotator.timeutil import format_duration
+
+    return format_duration(delta)
 
 
 def _claimed(policy: Policy, obs: Observations, record: RotationRecord, primary: View, now: datetime) -> Step:
@@ -347,6 +446,9 @@ def _grace(policy: Policy, obs: Observations, record: RotationRecord, primary: V
     ends = grace_ends(policy, record)
     if ends and now < ends:       # never cut short by a date alone: the key counts as dead only by listing
         return Rest("grace window: both keys valid", next_at=ends)
+    paused = None if obs.incident else record.paused_now(now)
+    if paused is not None and old is not None:
+        return Rest(f"{paused_reason(paused)}; the old key's revoke waits", next_at=paused.until)
     if primary.current != current:
         return Fail(f"{policy.primary} no longer holds the new key; not revoking the old one", retry=False)
     unread = tuple(t for t in policy.secondaries if not _fresh(obs, t))
@@ -359,6 +461,9 @@ def _grace(policy: Policy, obs: Observations, record: RotationRecord, primary: V
             return Deploy(again)
         return Fail(f"{', '.join(drifted)} still not holding the new key; old key kept")
     if old is not None and obs.old_revoke is None:
+        if policy.hooks_for("before_revoke") and not any(
+                d.event == "before_revoke" and d.rotation_id == record.rotation_id for d in record.deliveries):
+            return Announce("before_revoke")
         return RevokeOld()
     return Finish()
 

@@ -14,6 +14,8 @@ health          when                                                            
 ``rejected``    the issuer no longer lists the current key (absent by id — or by name and   no
                 last 4 when its id is unknown —, or listed with an ``expires_on`` passed)
 ``blocked``     the next step needs a person (adoption refused, no key and no bootstrap)    no
+``paused``      ``rotator pause``: no rotation starts and no old key is revoked until it    no
+                lapses or ``rotator resume`` (the reason says how long the key has left)
 ``expiring``    the current key expires before the next possible rotation (within one       no
                 check interval) and no live claim is rotating it
 ``failing``     the last run failed (``last_error`` with ``attempts`` > 0), since when      no
@@ -40,13 +42,13 @@ from typing import Iterable, Mapping
 
 from rotator import machine
 from rotator.machine import Observations, Policy, View
-from rotator.models import HeldKey, KeyInfo, KeyRef, Listing, Phase, RotationRecord, Snapshot
+from rotator.models import HeldKey, KeyInfo, KeyRef, Listing, Pause, Phase, RotationRecord, Snapshot
 from rotator.timeutil import format_duration, short_instant
 
 PLANNER = "(planner)"
 
 #: Every health, most urgent first: when several apply, the first wins.
-PRECEDENCE = ("error", "unreadable", "expired", "rejected", "blocked", "expiring", "failing", "stale-claim",
+PRECEDENCE = ("error", "unreadable", "expired", "rejected", "blocked", "paused", "expiring", "failing", "stale-claim",
               "held", "unmanaged", "rotating", "grace", "due", "healthy")
 #: The healths ``status`` counts as healthy (exit code 0).
 HEALTHY = ("healthy", "due", "rotating", "grace")
@@ -76,6 +78,8 @@ class Assessment:
     owner: str | None = None
     lease_until: datetime | None = None
     held: tuple[HeldKey, ...] = ()
+    paused: Pause | None = None         # the pause in force
+    outside_window: bool = False        # the next rotation starts outside the rotation window
 
     @property
     def healthy(self) -> bool:
@@ -93,9 +97,15 @@ def assess(policy: Policy, record: RotationRecord | None, primary: View, now: da
     """
     # held revokes are shown on their own (held_checked): the step after them is the one to plan
     step = machine.decide(policy, Observations(me=PLANNER, record=record, views={policy.primary: primary},
-                                               held_checked=True), now)
+                                               held_checked=True, deliver_hooks=False), now)
     current = record.current if record else None
     action, at = _describe(step, record, now)
+    outside = False
+    if record is not None and record.current is not None and policy.window is not None:
+        start, outside = machine.starts_at(policy, record)
+        if outside and action == "rotate":
+            action = (f"rotate OUTSIDE the rotation window ({policy.window.describe()}): it does not open before"
+                      f" {format_duration(policy.safety_margin)} ahead of the key's expiry")
     health, reason = _health(step, record, now, listing, check_interval)
     return Assessment(
         health=health, action=action, at=at, reason=reason,
@@ -106,7 +116,8 @@ def assess(policy: Policy, record: RotationRecord | None, primary: View, now: da
         last_error=record.last_error if record else None, attempts=record.attempts if record else 0,
         error_since=record.error_since if record else None,
         owner=record.owner if record else None, lease_until=record.lease_until if record else None,
-        held=record.held if record else (),
+        held=record.held if record else (), paused=record.paused_now(now) if record else None,
+        outside_window=outside,
     )
 
 
@@ -128,6 +139,8 @@ def _describe(step: machine.Step, record: RotationRecord | None, now: datetime) 
         return ("revoke the old key" if in_grace else "rotate"), step.next_at
     if isinstance(step, machine.Wait):
         return f"wait: {step.reason}", step.until
+    if isinstance(step, machine.Rest) and record is not None and record.paused_now(now) is not None:
+        return "resume (rotator resume)", step.next_at
     if isinstance(step, machine.Fail):
         return f"blocked: {step.reason}", None
     if isinstance(step, machine.Adopt):
@@ -138,7 +151,8 @@ def _describe(step: machine.Step, record: RotationRecord | None, now: datetime) 
         if record is not None and record.owner:
             return f"take the rotation over from {record.owner} (its lease ran out) and resume it", now
         return "resume the rotation (its claim was released)", now
-    if isinstance(step, machine.RevokeOld | machine.Finish | machine.ReadBack) and record and record.phase is Phase.GRACE:
+    if isinstance(step, machine.RevokeOld | machine.Finish | machine.ReadBack | machine.Announce) \
+            and record and record.phase is Phase.GRACE:
         return "revoke the old key (grace is over)", now
     return "resume the rotation in flight", now
 
@@ -163,6 +177,11 @@ def _health(step: machine.Step, record: RotationRecord | None, now: datetime, li
             return "rejected", problem
     if isinstance(step, machine.Fail) and not step.retry:
         return "blocked", step.reason
+    paused = record.paused_now(now)
+    if paused is not None:
+        left = f"; the current key {current.label()} expires at {short_instant(expires)} ({_span(expires - now)} left)" \
+            if current is not None and expires is not None else ""
+        return "paused", f"{machine.paused_reason(paused)}{left}"
     live_claim = (record.phase in OWNED and record.owner is not None and record.lease_until is not None
                   and record.lease_until > now)
     if (expires is not None and check_interval is not None and not live_claim

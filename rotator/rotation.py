@@ -18,14 +18,14 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from rotator import machine
+from rotator import deliveries, machine
 from rotator.errors import (
     AdoptionError, Conflict, IssuerError, LeaseLost, RotationError, RotatorError, UnusableKey,
 )
-from rotator.gate import Purpose, Request, matching, rotation_tag
+from rotator.gate import Purpose, Request, matching, rotation_tag, waiting_for
 from rotator.lease import LeaseKeeper, keeping
-from rotator.machine import Observations
-from rotator.models import HeldKey, KeyInfo, KeyRef, Phase, RotationRecord, Secret, Snapshot
+from rotator.machine import Observations, owe, owed_consumers
+from rotator.models import Delivery, HeldKey, KeyInfo, KeyRef, Phase, RotationRecord, Secret, Snapshot
 from rotator.readahead import ReadAhead
 from rotator.redact import redact
 from rotator.report import Outcome, key_event
@@ -62,12 +62,13 @@ class SecretRun:
         self.outcome = Outcome(secret.name)
         self.snapshots: dict[str, Snapshot] = {}
         self.fresh: set[str] = set()
-        self.obs = Observations(me=engine.me, record=None, force=force)
+        self.obs = Observations(me=engine.me, record=None, force=force, incident=compromised is not None)
         self.minted: Secret | None = None     # a key issued by this run and not yet staged
         self.minted_name: str | None = None
         self.minted_rotation: str | None = None   # the rotation it was minted under (our own claim)
         self.issue_ticket = 0                 # listings after this ticket show the key this run issued
         self.held_reason: str | None = None   # why the gate held the old key's revoke
+        self.held_consumers: tuple[str, ...] = ()   # ... when it was held for consumer gates
         self.confirmed: KeyRef | None = None  # the pending key as found in the listing (with its id)
         self.keeper = LeaseKeeper(lease=secret.policy.lease, clock=self.clock, renew=self._renew_lease,
                                   until=self._lease_until)
@@ -122,7 +123,8 @@ class SecretRun:
         self.shared.revoker.saw(self.secret, bound.label, self.snapshots[bound.label])
         if reset:
             self.obs = Observations(me=self.engine.me, record=None, force=self.obs.force,
-                                    rotated=self.obs.rotated, rolled_back=self.obs.rolled_back)
+                                    rotated=self.obs.rotated, rolled_back=self.obs.rolled_back,
+                                    incident=self.obs.incident)
             for label in list(self.snapshots):
                 if label != bound.label:
                     del self.snapshots[label]
@@ -228,7 +230,9 @@ class SecretRun:
         if record is None or record.phase is not Phase.IDLE or not (record.last_error or record.attempts):
             return
         try:
-            self._write_record(record.evolve(last_error=None, attempts=0, error_since=None), phase_change=False)
+            self._write_record(record.evolve(last_error=None, attempts=0, error_since=None,
+                                             deliveries=deliveries.forget_failures(record.deliveries)),
+                               phase_change=False)
         except RotatorError as exc:     # a note, not an effect: the next run tries again
             log.info("%s: could not clear the last error: %s", self.secret.name, redact(str(exc)))
 
@@ -275,10 +279,14 @@ class SecretRun:
                 return
             note = record.evolve(last_error=error[:500], attempts=record.attempts + 1,
                                  error_since=record.error_since or self.clock.now())
+            note = note.evolve(deliveries=self._owe(note, "failed", key=note.pending or note.current,
+                                                    old_key=note.current if note.pending else None,
+                                                    detail=error[:500]))
             if mine:
                 note = note.evolve(owner=None, lease_until=None)
             try:
                 self._write_record(note, phase_change=False)
+                self._deliver_quietly()
                 return
             except Conflict:
                 if attempt == 2 or not mine:
@@ -286,6 +294,94 @@ class SecretRun:
                 self._read_primary()          # a write of ours may have landed after all
                 if self.record is None or self.record.owner != self.engine.me:
                     return
+
+    # --- hooks ---------------------------------------------------------------------------------
+
+    def _owe(self, record: RotationRecord, event: str, **context) -> tuple[Delivery, ...]:
+        return owe(record, self.secret.policy, event, gates=self.secret.gates, **context)
+
+    def _do_Announce(self, step: machine.Announce, now: datetime) -> None:
+        record = self.record
+        assert record is not None
+        owed = self._owe(record, step.event, key=record.current, old_key=record.previous)
+        self._write_record(record.evolve(deliveries=owed), phase_change=False)
+
+    def _do_DeliverHooks(self, step: machine.DeliverHooks, now: datetime) -> None:
+        self._deliver(now)
+
+    def _deliver(self, now: datetime) -> None:
+        """Deliver every due delivery of the record: claim them (one compare-and-swap), run the
+        hooks (in parallel, within the shared concurrency bound), record the results."""
+        record = self.record
+        assert record is not None
+        due = [d for d in record.deliveries if d.due(now)]
+        hooks = self.secret.hooks
+        runnable = [d for d in due if d.hook in hooks]
+        timeouts = {name: timedelta(seconds=hook.timeout) for name, hook in hooks.items()}
+        claimed = deliveries.claim(record.deliveries, {d.ident for d in runnable}, now, timeouts)
+        self._write_record(record.evolve(deliveries=claimed), phase_change=False)
+        attempts = {d.ident: d.attempts for d in claimed}
+        jobs = []
+        for d in runnable:
+            hook = hooks[d.hook]
+            self._intent("hook", f"{d.hook} ({hook.kind}) {d.event}, attempt {attempts[d.ident]}", key=d.key)
+            jobs.append((hook, self._context(d, attempts[d.ident], now),
+                         self._value_for(d) if hook.pass_value else None))
+        results = self.engine.runtime.hook_runner.deliver(jobs) if jobs else []
+        done = {}
+        for d, result in zip(runnable, results):
+            done[d.ident] = (result.ok, result.detail)
+            gate = " (gate)" if d.gate else ""
+            self._note("hook", f"{d.hook}{gate} {d.event}: {'ok' if result.ok else 'failed'}: {result.detail}",
+                       key=d.key, result="ok" if result.ok else "error")
+        self._settle(done, self.clock.now())
+
+    def _settle(self, results: dict, now: datetime) -> None:
+        """Record the results; a concurrent write (a pause, a lease renewal by the owner) is read
+        and the results applied to it."""
+        for _ in range(3):
+            record = self.record
+            assert record is not None
+            settled = deliveries.settle(record.deliveries, results, now, self.secret.hooks)
+            for d in settled:
+                if d.state == "given-up" and d.ident in results:
+                    log.warning("%s: hook %s gave up on %s after %d attempt(s): %s", self.secret.name, d.hook,
+                                d.event, d.attempts, d.last_error)
+            try:
+                self._write_record(record.evolve(deliveries=settled), phase_change=False)
+                return
+            except Conflict:
+                self._read_primary()
+        raise Conflict(f"{self.secret.primary.label}: hook results not recorded (the record keeps changing);"
+                       " the hooks are delivered again when their claim lapses")
+
+    def _deliver_quietly(self) -> None:
+        """After a failure was recorded: tell its hooks now (a failure here is only logged; the
+        deliveries stay owed for the next run)."""
+        try:
+            record = self.record
+            if record is not None and any(d.due(self.clock.now()) for d in record.deliveries):
+                self._deliver(self.clock.now())
+        except Exception as exc:  # noqa: BLE001 - already failing: the next run delivers them
+            log.warning("%s: hooks of the failure not delivered now: %s", self.secret.name, redact(str(exc)))
+
+    def _context(self, d: Delivery, attempt: int, now: datetime):
+        from rotator.hooks import Context
+
+        return Context(event=d.event, secret=self.secret.name, hook=d.hook,
+                       rotation_id=None if d.rotation_id == "-" else d.rotation_id, attempt=attempt, at=now,
+                       issuer=self.issuer.name, targets=tuple(b.label for b in self.secret.targets),
+                       runner=self.engine.me, key=d.key, old_key=d.old_key, detail=d.detail)
+
+    def _value_for(self, d: Delivery) -> Secret | None:
+        """The value of the key a delivery is about, as the primary holds it (for ``pass_value``)."""
+        if d.key is None or self.secret.policy.primary not in self.snapshots:
+            return None
+        snap = self.primary
+        for value in (snap.current, snap.pending, snap.previous):
+            if value is not None and value.fingerprint == d.key.fingerprint:
+                return value
+        return None
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -330,7 +426,8 @@ class SecretRun:
                             " revoked by value")
         record = RotationRecord(
             phase=Phase.IDLE, current=ref, adoption=adoption, rotations=previous.rotations,
-            last_rotated_at=previous.last_rotated_at, held=previous.held,
+            last_rotated_at=previous.last_rotated_at, held=previous.held, paused=previous.paused,
+            deliveries=previous.deliveries,
         )
         self._intent("adopt", ref.label(), key=ref)
         self._write_record(record)
@@ -354,12 +451,13 @@ class SecretRun:
             phase=Phase.CLAIMED, current=before.current, rotation_id=rotation_id, owner=self.engine.me,
             lease_until=self._lease_end(now), started_at=now, attempts=before.attempts,
             last_error=before.last_error, error_since=before.error_since, last_rotated_at=before.last_rotated_at,
-            rotations=before.rotations, adoption=before.adoption, held=before.held,
+            rotations=before.rotations, adoption=before.adoption, held=before.held, paused=before.paused,
+            deliveries=deliveries.settled_away(before.deliveries),
         )
         self._intent("claim", f"{short_id(rotation_id)}: {step.reason}")
         self._write_record(record)
         # A new rotation: forget what this run learnt about the last one (--force rotates once).
-        self.obs = Observations(me=self.engine.me, record=None, rotated=self.obs.rotated)
+        self.obs = Observations(me=self.engine.me, record=None, rotated=self.obs.rotated, incident=self.obs.incident)
         self._note("claimed", f"{short_id(rotation_id)}: {step.reason}")
 
     def _do_TakeOver(self, step: machine.TakeOver, now: datetime) -> None:
@@ -408,6 +506,7 @@ class SecretRun:
             log.warning("%s: new key %s: %s", self.secret.name, ref.label(), issued.note)
         self._note("issued", f"{ref.label()} named {issued.name!r}, expires {short_instant(issued.expires_on)}{note}", key=ref)
         staged = record.evolve(phase=Phase.STAGED, pending=ref, lease_until=self._lease_end(self.clock.now()))
+        staged = staged.evolve(deliveries=self._owe(staged, "staged", key=ref, old_key=record.current))
         bound = self.secret.primary
         self._intent("stage", f"{ref.label()} in {bound.label}", key=ref)
         self._write_primary(lambda expect: bound.backend.stage(bound.target, issued.value, staged, expect=expect),
@@ -545,6 +644,9 @@ class SecretRun:
             owner=None, lease_until=None, last_rotated_at=now, rotations=record.rotations + 1,
             attempts=0, last_error=None, error_since=None,
         )
+        promoted = promoted.evolve(deliveries=deliveries.forget_failures(promoted.deliveries))
+        promoted = promoted.evolve(deliveries=self._owe(promoted, "deployed", key=record.pending,
+                                                       old_key=record.current))
         bound = self.secret.primary
         snap = self.primary
         self._intent("promote", f"{record.pending.label()} in {bound.label}", key=record.pending)
@@ -597,6 +699,8 @@ class SecretRun:
         done = record.evolve(phase=Phase.IDLE, pending=None, owner=None, lease_until=None,
                              attempts=record.attempts + 1, last_error=step.reason, rollback_reason=None,
                              error_since=record.error_since or now)
+        done = done.evolve(deliveries=self._owe(done, "rolled_back", key=record.pending, old_key=record.current,
+                                                detail=step.reason))
         bound = self.secret.primary
         self._intent("finish-rollback", step.reason)
         self._write_primary(lambda expect: bound.backend.discard_pending(bound.target, done, expect=expect),
@@ -613,14 +717,16 @@ class SecretRun:
         value = self.primary.previous
         if value is not None and value.fingerprint != old.fingerprint:
             value = None
+        consumers = owed_consumers(record, record.rotation_id)
         verdict = self.shared.revoker.revoke(
             Request(self.secret.name, Purpose.COMPROMISED if old.fingerprint == self.compromised else Purpose.OLD,
-                    key=old, own=frozenset({"previous"})),
+                    key=old, own=frozenset({"previous"}), consumers=consumers),
             self.issuer, value=value, rotation_id=record.rotation_id)
         if verdict.hold and not verdict.about_use:
             raise RotationError(f"old key {old.label()} not revoked: {verdict.reason}", transient=True)
         if verdict.hold:
             self.held_reason = verdict.reason
+            self.held_consumers = consumers if verdict.reason == waiting_for(consumers) else ()
             self._note("revoke-held", f"old key {old.label()}: {verdict.reason}", key=old, result="held")
         self.obs = replace(self.obs, old_revoke="held" if verdict.hold else "gone" if verdict.gone else "revoked")
 
@@ -628,15 +734,23 @@ class SecretRun:
         record = self.record
         assert record is not None
         keep: list[HeldKey] = []
+        deliveries = record.deliveries
         for held in record.held:
+            consumers = owed_consumers(record, held.rotation_id)
+            if consumers:         # no listing needed to know the answer: the consumers have not confirmed
+                keep.append(replace(held, reason=waiting_for(consumers), consumers=consumers))
+                continue
             verdict = self.shared.revoker.revoke(Request(self.secret.name, Purpose.HELD, key=held.key),
                                                  self.issuer)
             if verdict.hold:
-                keep.append(replace(held, reason=verdict.reason))
+                keep.append(replace(held, reason=verdict.reason, consumers=()))
+            elif verdict.revoke and held.rotation_id:
+                deliveries = owe(record.evolve(rotation_id=held.rotation_id, deliveries=deliveries),
+                                 self.secret.policy, "revoked", gates=self.secret.gates, old_key=held.key)
         self.obs = replace(self.obs, held_checked=True)
         if tuple(keep) != record.held:
             self._intent("update-held", f"{len(record.held) - len(keep)} held revoke(s) done")
-            self._write_record(record.evolve(held=tuple(keep)), phase_change=False)
+            self._write_record(record.evolve(held=tuple(keep), deliveries=deliveries), phase_change=False)
             self._note("held-revokes", f"{len(record.held) - len(keep)} done, {len(keep)} still held")
 
     def _do_Finish(self, step: machine.Finish, now: datetime) -> None:
@@ -644,9 +758,12 @@ class SecretRun:
         assert record is not None
         held = record.held
         if self.obs.old_revoke == "held" and record.previous is not None:
-            held = (*held, HeldKey(record.previous, self.held_reason or "held", now))
+            held = (*held, HeldKey(record.previous, self.held_reason or "held", now, rotation_id=record.rotation_id,
+                                   consumers=self.held_consumers))
         done = record.evolve(phase=Phase.IDLE, previous=None, grace_until=None, held=held,
                              attempts=0, last_error=None, error_since=None)
+        if self.obs.old_revoke == "revoked":
+            done = done.evolve(deliveries=self._owe(done, "revoked", key=record.current, old_key=record.previous))
         self._intent("finish", f"rotation {short_id(record.rotation_id or '')}")
         self._write_record(done)
         extra = f"; revoke of the old key held: {self.held_reason}" if self.obs.old_revoke == "held" else ""

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import secrets as _random
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from rotator import credentials, registry
 from rotator.clock import SystemClock
-from rotator.config import SecretSpec, Settings
+from rotator.config import HOOK_EVENTS, SecretSpec, Settings
 from rotator.errors import ConfigError, RotatorError
 from rotator.interfaces import Backend, Clock, Issuer, ProviderContext, Target
 from rotator.lease import keeping_sleep
@@ -42,6 +42,12 @@ class ManagedSecret:
     secondaries: tuple[Bound, ...]
     policy: Policy
     signs_in: tuple[Issuer, ...] = ()   # issuers whose own credential is this secret (self-rotation)
+    hooks: Mapping[str, Any] = field(default_factory=dict)   # name -> rotator.hooks.Hook
+
+    @property
+    def gates(self) -> frozenset[str]:
+        """The names of the hooks that gate the old key's revoke."""
+        return frozenset(name for name, hook in self.hooks.items() if hook.gate)
 
     @property
     def name(self) -> str:
@@ -141,6 +147,8 @@ class Runtime:
             name: self._build("issuer", name, section.type, section.options())
             for name, section in settings.issuers.items()
         }
+        self._built_hooks: dict[str, tuple[Any, Any]] = {}
+        self._hook_runner: Any = None
         self.secrets: list[ManagedSecret] = [self._manage(i, spec) for i, spec in enumerate(settings.secrets)]
         _refuse_shared_targets(self.secrets)
 
@@ -171,6 +179,7 @@ class Runtime:
                 f"secrets[{index}].targets[0]: backend {primary.backend.name!r} cannot be a primary"
                 " (it has no compare-and-swap to hold the rotation record); list it after one that can"
             )
+        hooks = self._hooks(index, spec)
         policy = Policy(
             lead_time=self.settings.lead_time(spec),
             grace=self.settings.grace(spec),
@@ -178,9 +187,28 @@ class Runtime:
             create_if_missing=spec.create_if_missing,
             primary=primary.label,
             secondaries=tuple(labels[1:]),
+            window=self.settings.window(spec),
+            safety_margin=self.settings.safety_margin(spec),
+            hook_events=tuple((event, tuple(h.name for h in hooks.values() if event in h.events))
+                              for event in HOOK_EVENTS),
         )
         return ManagedSecret(spec, self.issuers[spec.issuer], primary, tuple(bound[1:]), policy,
-                             signs_in=self._issuers_signing_in_with(bound))
+                             signs_in=self._issuers_signing_in_with(bound), hooks=hooks)
+
+    def _hooks(self, index: int, spec: SecretSpec) -> dict[str, Any]:
+        """The secret's hooks, built once (a shared [[hooks]] entry is one object for all)."""
+        if not self.settings.hooks and not spec.hooks:
+            return {}
+        from rotator import hooks
+
+        out = {}
+        for hook in self.settings.hooks_of(spec):
+            if hook.name not in self._built_hooks or self._built_hooks[hook.name][0] is not hook:
+                where = next((f"hooks[{i}]" for i, h in enumerate(self.settings.hooks) if h is hook),
+                             f"secrets[{index}].hooks ({hook.name})")
+                self._built_hooks[hook.name] = (hook, hooks.build(hook, self._resolve_credential, where))
+            out[hook.name] = self._built_hooks[hook.name][1]
+        return out
 
     def _issuers_signing_in_with(self, bound: list[Bound]) -> tuple[Issuer, ...]:
         """Issuers whose credential reference points at one of these targets (compared by what
@@ -227,6 +255,20 @@ class Runtime:
         if missing:
             raise ConfigError(f"unknown secret(s): {', '.join(missing)} (configured: {', '.join(known)})")
         return [known[n] for n in names]
+
+    @property
+    def hook_runner(self) -> Any:
+        """Delivers hooks for every secret of this runtime: one concurrency bound for all."""
+        if self._hook_runner is None:
+            from rotator.hooks import HookRunner
+
+            self._hook_runner = HookRunner(concurrency=self.settings.rotator.hook_concurrency, clock=self.clock)
+        return self._hook_runner
+
+    def stop_hooks(self) -> None:
+        """Shutting down: running hooks are stopped, none starts."""
+        if self._hook_runner is not None:
+            self._hook_runner.stop()
 
     def close(self) -> None:
         for provider in (*self.issuers.values(), *self.backends.values()):

@@ -30,6 +30,7 @@ class World:
     backends: dict[str, dict[str, Any]] = field(default_factory=dict)
     secrets: list[dict[str, Any]] = field(default_factory=list)
     issuer: dict[str, Any] = field(default_factory=dict)
+    hooks: list[dict[str, Any]] = field(default_factory=list)     # [[hooks]]
     events: list[Event] = field(default_factory=list)
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     _runtimes: list[Runtime] = field(default_factory=list)
@@ -46,8 +47,11 @@ class World:
         self.secrets.append({"name": name, "issuer": "quiva", "targets": targets, **options})
 
     def config_data(self) -> dict[str, Any]:
-        return {"rotator": self.defaults, "issuers": {"quiva": self.issuer},
+        data = {"rotator": self.defaults, "issuers": {"quiva": self.issuer},
                 "backends": self.backends, "secrets": self.secrets}
+        if self.hooks:
+            data["hooks"] = self.hooks
+        return data
 
     def runtime(self, identity: str | None = None) -> Runtime:
         runtime = Runtime(config.load(data=self.config_data()), clock=self.clock, sleep=self.clock.sleep,
@@ -124,9 +128,10 @@ def to_toml(data: dict[str, Any]) -> str:
         for name, table in data.get(group, {}).items():
             lines.append(f"\n[{group}.{name}]")
             lines.extend(f"{k} = {scalar(v)}" for k, v in table.items())
-    for secret in data.get("secrets", []):
-        lines.append("\n[[secrets]]")
-        lines.extend(f"{k} = {scalar(v)}" for k, v in secret.items())
+    for group in ("secrets", "hooks"):
+        for entry in data.get(group, []):
+            lines.append(f"\n[[{group}]]")
+            lines.extend(f"{k} = {scalar(v)}" for k, v in entry.items())
     return "\n".join(lines) + "\n"
 
 

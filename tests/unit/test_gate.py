@@ -61,7 +61,10 @@ CASES = [
      "hold", True, "previous key during its grace"),
     ("a secret whose targets cannot be read", old(), evidence(unknown=("secret batch: its primary could not be read",)),
      "hold", True, "cannot prove it unused"),
-    ("a consumer has not confirmed", old(), evidence(consumer_gates=("reload-web",)), "hold", True, "reload-web"),
+    ("a consumer has not confirmed", old(consumers=("reload-web",)), evidence(), "hold", True, "reload-web"),
+    ("compromised: a consumer gate does not hold it", Request("web", Purpose.COMPROMISED, key=OLD,
+                                                               consumers=("reload-web",)), evidence(), "revoke",
+     False, "nothing relies"),
     # --- the admin key ---
     ("the admin key by value", old(key=KeyRef("f-admin", "adm1", key_id="1")), evidence(), "hold", True, "admin key"),
     ("an entry that may be the admin key (id unknown, same last 4)", stray(ADMIN_ENTRY), evidence(),
