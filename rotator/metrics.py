@@ -18,7 +18,7 @@ from rotator.planner import PRECEDENCE, Assessment, CredentialAssessment
 PHASES = tuple(p.value for p in Phase) + ("none",)
 #: Every health a secret can have (rotator.planner.PRECEDENCE), in a stable order.
 HEALTHS = ("healthy", "due", "rotating", "grace", "failing", "expired", "unmanaged", "blocked", "unreadable",
-           "held", "stale-claim", "rejected", "expiring", "error")
+           "held", "stale-claim", "rejected", "expiring", "error", "paused")
 assert set(HEALTHS) == set(PRECEDENCE), "metrics.HEALTHS must list every planner health"
 #: Engine actions that end a rotation attempt, and the ``result`` label they count under.
 ROTATION_RESULTS = {"promoted": "completed", "rolled-back": "rolled_back", "failed": "failed"}
