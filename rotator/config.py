@@ -254,31 +254,52 @@ class AuditSettings(StrictModel):
 
 
 class WebhookSpec(StrictModel):
-    """One alert webhook. ``url`` may embed a token (Slack): prefer ``{ env = "NAME" }``."""
+    """One alert channel of ``[alerts].webhooks`` (docs/notifications.md). ``url`` may embed a token
+    (Slack): prefer ``{ env = "NAME" }``; an apprise URL must be a reference (its URLs carry tokens)."""
 
+    format: Literal["generic", "slack", "apprise"] = "generic"     # before url: url's check reads it
     url: str | dict[str, Any]
-    format: Literal["generic", "slack"] = "generic"
+    name: str | None = Field(default=None, pattern=_NAME)          # in logs and the metrics' channel label
+    # which notifications this channel receives (rotator.notify.EVENTS); unset: every problem, i.e. all
+    # but the informational "rotated" and "revoke_held"
+    events: list[Literal["rotated", "revoke_held", "failed", "rollback", "gate_waiting", "expiring", "paused",
+                         "drift", "rejected", "credential", "incident"]] | None = None
+    summary: bool = False          # at most one message per run, listing every alert of the run
 
-    @model_validator(mode="after")
-    def _url(self) -> WebhookSpec:
-        if isinstance(self.url, str):
-            if not re.match(r"^https?://[^\s]+$", self.url):
-                raise ValueError("url: expected http(s)://... or a reference like { env = \"NAME\" }")
-        else:
-            kinds = [k for k in ("env", "file", "backend") if k in self.url]
-            if len(kinds) != 1:
-                raise ValueError("url: give exactly one of env, file or backend")
-        return self
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: Any, info: Any) -> Any:
+        if info.data.get("format") == "apprise" and isinstance(value, str):
+            raise ValueError("an apprise URL embeds its service's tokens: give it as a reference like"
+                             " { env = \"NAME\" } or { file = \"/path\" }, never literally")
+        if isinstance(value, str):
+            if not re.match(r"^https?://[^\s]+$", value):
+                raise ValueError("expected http(s)://... or a reference like { env = \"NAME\" }")
+        elif len([k for k in ("env", "file", "backend") if k in value]) != 1:
+            raise ValueError("give exactly one of env, file or backend")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: Any) -> Any:
+        if value is not None and not value:
+            raise ValueError("empty: the channel would receive nothing (leave events out for the default)")
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("listed twice")
+        return value
 
 
 class AlertSettings(StrictModel):
-    """``[alerts]``: webhook notifications for failures, rollbacks, drift and escalations."""
+    """``[alerts]``: notifications (problems, and rotations on channels that ask) to webhook, Slack and
+    apprise channels, with de-duplication, escalation lead times and retries (docs/notifications.md)."""
 
     webhooks: list[WebhookSpec] = []
     escalate_at: list[Duration] = Field(
         default_factory=lambda: [timedelta(days=13), timedelta(days=10), timedelta(days=7)])
     repeat_after: Duration = timedelta(hours=24)    # re-send a still-open alert after this; 0s: never
     timeout: Duration = timedelta(seconds=5)        # per webhook delivery
+    retries: int = Field(default=3, ge=1, le=10)    # tries per delivery, the first included (1: no retry)
+    backoff: Duration = timedelta(seconds=1)        # wait before the second try; doubles for each next one
 
     @model_validator(mode="after")
     def _alerts(self) -> AlertSettings:
@@ -286,6 +307,8 @@ class AlertSettings(StrictModel):
             raise ValueError("escalate_at: every lead time must be positive")
         if self.repeat_after < timedelta(0) or self.timeout <= timedelta(0):
             raise ValueError("repeat_after must not be negative and timeout must be positive")
+        if self.backoff <= timedelta(0):
+            raise ValueError("backoff must be positive")
         return self
 
 

@@ -71,6 +71,11 @@ class Metrics:
                                  ["provider", "kind"], registry=r)
         self.alerts = Counter("rotator_alerts_total", "Alerts by kind and outcome (sent, failed, suppressed).",
                               ["kind", "outcome"], registry=r)
+        self.notifications = Counter(
+            "rotator_notifications_total",
+            "Notification deliveries by channel (its name, else webhook-<n>), event and outcome (sent, failed:"
+            " every try failed); a summary message counts each alert it carries.",
+            ["channel", "event", "outcome"], registry=r)
         self.credential_expiry = Gauge(
             "rotator_issuer_credential_expiry_timestamp_seconds",
             "Unix time at which the admin key each issuer signs in with expires (from the issuer's listing);"
@@ -120,6 +125,10 @@ class Metrics:
 
     def alert(self, kind: str, outcome: str) -> None:
         self.alerts.labels(kind, outcome).inc()
+
+    def notification(self, channel: str, event: str, outcome: str) -> None:
+        """One delivery to one channel (``rotator.notify.Notifier(metrics=...)``)."""
+        self.notifications.labels(channel, event, outcome).inc()
 
     # --- the page ---------------------------------------------------------------------------------
 

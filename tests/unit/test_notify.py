@@ -98,8 +98,10 @@ def test_intents_are_audit_only_and_never_page():
     alerts = alerts_with(sent)
     alerts.on_events([Event(T0, "web", "rollback", "restoring the old key", result="intent"),
                       Event(T0, "web", "revoke", "…c0de", result="intent"),
-                      Event(T0, "web", "revoke-held", "…c0de: still served by secret batch", result="held")])
-    assert sent == []
+                      Event(T0, "web", "promote", "…beef", result="intent"),
+                      Event(T0, "web", "revoke-held", "old key …c0de: still served by secret batch", key="…c0de",
+                            result="held")])
+    assert [(a.kind, a.event, a.severity) for a in sent] == [("revoke_held", "revoke_held", "info")]   # not the intents
 
 
 def test_a_failed_run_pages_with_its_first_error_not_the_cleanups():
@@ -289,7 +291,7 @@ def test_notifier_posts_each_format_to_its_webhook():
 def test_delivery_failures_are_logged_without_the_url_and_never_raised(sink, caplog):
     caplog.handler.addFilter(RedactingFilter())
     hook = Webhook(Secret(SLACK_URL), "slack", 1)
-    notifier = Notifier([hook], transport=httpx.MockTransport(sink))
+    notifier = Notifier([hook], transport=httpx.MockTransport(sink), sleep=lambda seconds: None)
     with caplog.at_level(logging.INFO, logger="rotator.notify"):
         assert notifier.send(sample_alert()) is False
     assert "not delivered to webhook #1 (slack)" in caplog.text
@@ -328,7 +330,7 @@ def test_webhook_urls_resolve_from_references_and_are_masked(monkeypatch):
 
 
 @pytest.mark.parametrize("alerts, expected", [
-    ({"webhooks": [{"url": "ftp://x"}]}, "alerts.webhooks[0]: url: expected http(s)://"),
+    ({"webhooks": [{"url": "ftp://x"}]}, "alerts.webhooks[0].url: expected http(s)://"),
     ({"webhooks": [{"url": {"env": "A", "file": "/b"}}]}, "exactly one of env, file or backend"),
     ({"webhooks": [{"url": "https://x", "format": "teams"}]}, "alerts.webhooks[0].format"),
     ({"escalate_at": ["7d", "0s"]}, "escalate_at: every lead time must be positive"),
