@@ -134,13 +134,13 @@ def failed(health: str, message: str, record: RotationRecord | None = None) -> A
 
 
 def _describe(step: machine.Step, record: RotationRecord | None, now: datetime) -> tuple[str, datetime | None]:
+    if isinstance(step, machine.Rest) and record is not None and record.paused_now(now) is not None:
+        return "nothing until resumed (rotator resume)", step.next_at
     if isinstance(step, machine.Rest):
         in_grace = record is not None and record.phase is Phase.GRACE
         return ("revoke the old key" if in_grace else "rotate"), step.next_at
     if isinstance(step, machine.Wait):
         return f"wait: {step.reason}", step.until
-    if isinstance(step, machine.Rest) and record is not None and record.paused_now(now) is not None:
-        return "resume (rotator resume)", step.next_at
     if isinstance(step, machine.Fail):
         return f"blocked: {step.reason}", None
     if isinstance(step, machine.Adopt):

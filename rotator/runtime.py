@@ -266,9 +266,11 @@ class Runtime:
         return self._hook_runner
 
     def stop_hooks(self) -> None:
-        """Shutting down: running hooks are stopped, none starts."""
+        """Shutting down: running hooks are stopped, none starts. Does not wait: the run that
+        delivers them ends once they are killed, and the daemon waits for that run within
+        ``shutdown_timeout``."""
         if self._hook_runner is not None:
-            self._hook_runner.stop()
+            self._hook_runner.stop(wait=0)
 
     def close(self) -> None:
         for provider in (*self.issuers.values(), *self.backends.values()):

@@ -125,8 +125,9 @@ def test_the_extras_installed_are_aws_vault_and_daemon():
     assert extras == {"aws", "vault", "daemon"}
     assert '".[aws,vault,daemon]"' in runs, "the wheels are built from this source tree"
     assert "--no-index" in runs, "the venv is installed from the built wheels only"
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    needed = " ".join(dep for extra in extras for dep in declared[extra])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["optional-dependencies"]
+    needed = " ".join([*project["dependencies"], *(dep for extra in extras for dep in declared[extra])])
     for library in ("boto3", "hvac", "apscheduler", "prometheus-client"):
         assert library in needed
 

@@ -402,3 +402,31 @@ def test_one_shot_rotate_does_not_load_the_daemon_stack(world, clock, admin_key,
                             env={**os.environ, "QUIVA_API_KEY": admin_key, "ROTATOR_CONFIG": str(config_file)})
     assert result.returncode == 0, result.stderr
     assert "promoted" in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_hook_that_hangs_does_not_hold_the_daemon_shutdown_beyond_its_timeout(world, emulator, real_time, tmp_path):
+    started = tmp_path / "hook-started"
+    hang = tmp_path / "hang.py"
+    hang.write_text("import os, sys, time\nopen(sys.argv[1], 'w').write(str(os.getpid()))\ntime.sleep(600)\n")
+    world.defaults.update(check_interval="1h")
+    world.add_secret("web", hooks=[{"name": "slow-consumer", "kind": "exec", "events": ["deployed"], "gate": True,
+                                    "timeout": "5m", "command": [sys.executable, str(hang), str(started)]}])
+    world.seed("web", age=timedelta(days=80))
+    record = reader(world, "web")
+    daemon = real_time('\n[daemon]\nshutdown_timeout = "3s"\n')
+    wait_for(lambda: started.exists() and started.read_text(), what="the hook to start")
+    hook_pid = int(started.read_text())
+    code, took = daemon.stop()
+    assert code == 0 and took < 3, (code, took)             # the hook was stopped, the run ended in time
+    wait_for(lambda: not _alive(hook_pid), timeout=5, what="the hook's process to be killed")
+    (owed,) = record().deliveries
+    assert owed.owed and owed.attempts == 1 and "shutting down" in owed.last_error
+    world.assert_i1("web")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"     # a zombie is dead, only not reaped
+    except OSError:
+        return False
