@@ -275,10 +275,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for view in found.secrets:
         a = view.assessment
         if a.paused is not None:
-            why.append(f"{view.secret.name}: {a.reason}")
+            warnings.append(f"{view.secret.name}: {a.reason}")
         if a.outside_window:
             warnings.append(f"{view.secret.name}: {a.action}")
-    _print_notes(why, found.problems, warnings, why_title="held revokes and pauses")
+    _print_notes(why, found.problems, warnings, why_title="held revokes")
     return 0
 
 

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rotator.errors import ConfigError
-from rotator.timeutil import parse_duration
+from rotator.timeutil import format_duration, parse_duration
 from rotator.validation import StrictModel, describe
 
 CONFIG_ENV = "ROTATOR_CONFIG"
@@ -365,6 +365,12 @@ class Settings(BaseSettings):
 
     def _hook_problems(self) -> list[str]:
         problems = []
+        third = self.rotator.lease / 3
+        for where, hook in self._all_hooks():
+            if hook.timeout > third:      # a hook runs as one step: the lease is renewed around it, not during
+                problems.append(f"{where}.timeout: {format_duration(hook.timeout)} is longer than a third of"
+                                f" rotator.lease ({format_duration(self.rotator.lease)}): a rotation's claim could"
+                                " run out while the hook runs (shorten the timeout or lengthen the lease)")
         named: dict[str, int] = {}
         for index, hook in enumerate(self.hooks):
             if hook.name in named:
@@ -392,9 +398,15 @@ class Settings(BaseSettings):
                 inline.add(name)
         for name, index in named.items():
             if name not in used and not self.hooks[index].all_secrets:
-                problems.append(f"hooks[{index}] ({name}): no secret uses it; list it in a secret's hooks or set"
-                                " all_secrets = true")
+                problems.append(f"hooks[{index}] ({name}): no secret uses it (list it in a secret's hooks or set"
+                                " all_secrets = true)")
         return problems
+
+    def _all_hooks(self) -> list[tuple[str, HookSpec]]:
+        found = [(f"hooks[{i}]", h) for i, h in enumerate(self.hooks)]
+        for index, secret in enumerate(self.secrets):
+            found += [(f"secrets[{index}].hooks[{i}]", h) for i, h in enumerate(secret.hooks) if isinstance(h, HookSpec)]
+        return found
 
     def hooks_of(self, secret: SecretSpec) -> list[HookSpec]:
         """The hooks that run for ``secret``: every all_secrets hook, then its own list."""
@@ -450,7 +462,15 @@ def load(path: str | os.PathLike[str] | None = None, *, data: Mapping[str, Any] 
     except ValidationError as exc:
         lines = []
         for line in describe(exc):
-            # Cross-reference problems arrive as one "(top level): Value error, a; b" line.
-            line = line.replace("(top level): Value error, ", "").replace(": Value error, ", ": ")
-            lines.extend(part.strip() for part in line.split("; "))
+            # A model's own checks arrive as one "where: Value error, a; b" line: one line each,
+            # and "field: problem" parts join the path ("hooks[0].url: ...").
+            where, _, message = line.partition(": ")
+            for part in message.removeprefix("Value error, ").split("; "):
+                part = part.strip()
+                if where == "(top level)":
+                    lines.append(part)
+                elif re.match(r"^[a-z_]+(\[\d+\])?: ", part):
+                    lines.append(f"{where}.{part}")
+                else:
+                    lines.append(f"{where}: {part}")
         raise ConfigError("\n".join(f"{source}: {line}" for line in lines)) from None
