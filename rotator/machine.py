@@ -295,11 +295,11 @@ def owe(record: RotationRecord, policy: Policy, event: str, *, gates: frozenset[
     return record.deliveries + new
 
 
-def starts_at(policy: Policy, record: RotationRecord) -> tuple[datetime | None, bool]:
-    """When the current key's rotation may start, and whether that is outside the rotation
-    window: the first opening at or after the due instant (expiry − lead time); if none comes
-    before expiry − safety margin, at that deadline, outside the window (a key never expires
-    because of a window)."""
+def starts_at(policy: Policy, record: RotationRecord, now: datetime) -> tuple[datetime | None, bool]:
+    """When the current key's rotation may start, as seen at ``now``, and whether that is
+    outside the rotation window: the first opening at or after the due instant (expiry − lead
+    time) — or after ``now``, once that has passed —; if none comes before expiry − safety
+    margin, at that deadline, outside the window (a key never expires because of a window)."""
     due = due_at(policy, record)
     if due is None or policy.window is None:
         return due, False
@@ -307,7 +307,7 @@ def starts_at(policy: Policy, record: RotationRecord) -> tuple[datetime | None, 
     deadline = earlier(record.current.expires_on, policy.safety_margin)
     from rotator.window import start_at
 
-    return start_at(policy.window, due, deadline)
+    return start_at(policy.window, max(due, now), deadline)
 
 
 def due_at(policy: Policy, record: RotationRecord) -> datetime | None:
@@ -367,7 +367,7 @@ def _idle(policy: Policy, obs: Observations, record: RotationRecord, primary: Vi
         return RevokeHeld()
     if obs.rolled_back:
         return Fail(record.last_error or "the new key was rolled back")
-    start, outside = starts_at(policy, record)
+    start, outside = starts_at(policy, record, now)
     if obs.rotated:       # at most one rotation per secret per run, whatever the dates say
         return Rest("rotated in this run", next_at=start if start is not None and start > now else None)
     if obs.force:

@@ -102,7 +102,7 @@ def assess(policy: Policy, record: RotationRecord | None, primary: View, now: da
     action, at = _describe(step, record, now)
     outside = False
     if record is not None and record.current is not None and policy.window is not None:
-        start, outside = machine.starts_at(policy, record)
+        start, outside = machine.starts_at(policy, record, now)
         if outside and action == "rotate":
             action = (f"rotate OUTSIDE the rotation window ({policy.window.describe()}): it does not open before"
                       f" {format_duration(policy.safety_margin)} ahead of the key's expiry")
