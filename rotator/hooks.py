@@ -53,6 +53,9 @@ from rotator.timeutil import format_instant
 log = logging.getLogger("rotator.hooks")
 
 #: Events in the order a rotation reaches them (the same as rotator.config.HOOK_EVENTS).
+#: Events whose key is the new key, still in the primary: the ones ``pass_value`` passes it for
+#: (other events get an empty stdin).
+VALUE_EVENTS = ("staged", "deployed", "before_revoke")
 EVENTS = ("staged", "deployed", "before_revoke", "revoked", "rolled_back", "failed")
 SIGNATURE_HEADER = "X-Rotator-Signature"
 
@@ -328,7 +331,7 @@ class ExecHook(Hook):
     def deliver(self, context: Context, value: Secret | None, cancel: threading.Event, *,
                 clock: Any = None) -> Result:
         started = time.monotonic()
-        if self.pass_value and value is None:
+        if self.pass_value and value is None and context.event in VALUE_EVENTS:
             return Result(False, "the key's value is not available to pass", 0.0)
         env = self.environment(context)
         if value is not None and len(value.reveal()) >= 8 and any(

@@ -23,6 +23,7 @@ from rotator.errors import (
     AdoptionError, Conflict, IssuerError, LeaseLost, RotationError, RotatorError, UnusableKey,
 )
 from rotator.gate import Purpose, Request, matching, rotation_tag, waiting_for
+from rotator.hooks import VALUE_EVENTS
 from rotator.lease import LeaseKeeper, keeping
 from rotator.machine import Observations, owe, owed_consumers
 from rotator.models import Delivery, HeldKey, KeyInfo, KeyRef, Phase, RotationRecord, Secret, Snapshot
@@ -326,7 +327,7 @@ class SecretRun:
             hook = hooks[d.hook]
             self._intent("hook", f"{d.hook} ({hook.kind}) {d.event}, attempt {attempts[d.ident]}", key=d.key)
             jobs.append((hook, self._context(d, attempts[d.ident], now),
-                         self._value_for(d) if hook.pass_value else None))
+                         self._value_for(d) if hook.pass_value and d.event in VALUE_EVENTS else None))
         results = self.engine.runtime.hook_runner.deliver(jobs) if jobs else []
         done = {}
         for d, result in zip(runnable, results):

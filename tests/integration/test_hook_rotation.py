@@ -269,3 +269,38 @@ def test_hook_that_hangs_is_stopped_by_shutdown_and_does_not_hold_other_secrets(
     assert not runner.is_alive() and time.monotonic() - started < 10
     owed = world.record("web").deliveries
     assert owed and owed[0].owed and "shutting down" in (owed[0].last_error or "")
+
+
+# --- an http hook, signed, verified by the example receiver on loopback ------------------------------
+
+def test_hook_http_signed_delivery_is_verified_by_the_receiver_and_gates_the_revoke(
+        world, clock, emulator, tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    from tests.deploy.test_hook_examples import SECRET, Receiver, marker_command, reloads
+
+    clock.set(datetime.now(timezone.utc))              # the receiver checks the signature's time on its clock
+    command, marker, fail = marker_command.__wrapped__(tmp_path)
+    receiver = Receiver(tmp_path, "--reload-command", command)
+    try:
+        monkeypatch.setenv("HOOK_SIGNING_KEY", SECRET)
+        hook = {"name": "reload", "kind": "http", "events": ["deployed"], "gate": True, "url": receiver.url,
+                "signing_secret": {"env": "HOOK_SIGNING_KEY"}, "timeout": "10s"}
+        world.defaults["grace"] = "0s"
+        world.add_secret("web", hooks=[hook])
+        old = world.seed("web", age=timedelta(days=80))
+        assert world.rotate().exit_code == 0
+        (delivery,) = world.record("web").deliveries
+        assert delivery.state == "done" and len(reloads(marker)) == 1
+        assert not emulator.is_active(old), "the consumer confirmed: the old key was revoked"
+
+        monkeypatch.setenv("HOOK_SIGNING_KEY", "not-the-receivers-secret")   # a forged signature ...
+        world.add_secret("batch", hooks=[{**hook, "name": "reload-batch"}])
+        old_batch = world.seed("batch", age=timedelta(days=80))
+        world.rotate(["batch"])
+        record = world.record("batch")
+        assert record.held and record.held[0].consumers == ("reload-batch",)
+        assert "HTTP 401" in record.deliveries[0].last_error, "... is refused by the receiver"
+        assert emulator.is_active(old_batch) and len(reloads(marker)) == 1
+    finally:
+        receiver.stop()
