@@ -283,7 +283,7 @@ class WebhookSpec(StrictModel):
     @classmethod
     def _events(cls, value: Any) -> Any:
         if value is not None and not value:
-            raise ValueError("empty: the channel would receive nothing (leave events out for the default)")
+            raise ValueError("an empty list: the channel would receive nothing (leave events out for the default)")
         if value is not None and len(set(value)) != len(value):
             raise ValueError("listed twice")
         return value

@@ -47,6 +47,7 @@ import json
 import logging
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -289,6 +290,7 @@ class Notifier:
         self._depth = 0                                  # open batches (runs)
         self._pending: dict[int, list[Alert]] = {}       # summary channel index -> this run's alerts
         self._gave_up: set[int] = set()                  # channels that failed every try in this run
+        quiet_url_loggers(("httpx", "httpcore"))         # they log each request's URL at INFO/DEBUG
         if any(hook.format == "apprise" for hook in self.webhooks):
             guard_apprise_logs()
 
@@ -477,6 +479,7 @@ APPRISE_MISSING = "apprise is not installed: pip install 'rotator[apprise]'"
 
 
 def _import_apprise() -> Any:
+    guard_apprise_logs()                  # before the import: it logs already
     try:
         import apprise
     except ImportError:
@@ -491,7 +494,19 @@ def apprise_client(url: Secret) -> Any:
         raise ConfigError(APPRISE_MISSING)
     guard_apprise_logs(url)
     client = apprise.Apprise()
-    return client if client.add(url.reveal()) else None
+    with warnings.catch_warnings():       # its first add() loads every plugin; some import deprecated modules
+        warnings.simplefilter("ignore", DeprecationWarning)
+        added = client.add(url.reveal())
+    return client if added else None
+
+
+def quiet_url_loggers(names: Iterable[str]) -> None:
+    """Keep HTTP client loggers that print request URLs (a webhook URL may carry a token) to
+    warnings at least, as ``rotator.log.setup`` does, also when rotator runs embedded."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if logger.level < logging.WARNING:
+            logger.setLevel(logging.WARNING)
 
 
 class _AppriseGuard(RedactingFilter):
@@ -518,13 +533,12 @@ _guard = _AppriseGuard()
 
 
 def guard_apprise_logs(url: Secret | None = None) -> None:
-    """Keep apprise's logger from leaking a URL into rotator's logs: its debug lines print the
-    URLs it posts to, so it is kept to warnings (unless set to a higher level on purpose), and
+    """Keep apprise's logger from leaking a URL into rotator's logs: its debug lines (and those of
+    urllib3, under it) print the URLs it posts to, so both are kept to warnings at least, and
     every line it writes is redacted, with the token-like parts of ``url`` (user, password, a
     host name without a dot — ``slack://TokenA/...`` —, path segments, query values) masked."""
+    quiet_url_loggers(("apprise", "urllib3"))      # urllib3 (under requests) logs each request line
     logger = logging.getLogger("apprise")
-    if logger.level < logging.WARNING:
-        logger.setLevel(logging.WARNING)
     if _guard not in logger.filters:
         logger.addFilter(_guard)
     if url is not None:
