@@ -340,3 +340,209 @@ def test_bad_alert_settings_name_the_field(alerts, expected):
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]")):
         config.load(data={"alerts": alerts})
+
+
+# --- notifications (issue 15): events, summaries, retries, gates, pauses, apprise ------------------
+
+def test_notification_event_names_match_the_config_and_the_alert_kinds():
+    from typing import get_args
+
+    from rotator.notify import DEFAULT_EVENTS, EVENTS
+
+    annotation = config.WebhookSpec.model_fields["events"].annotation          # list[Literal[...]] | None
+    (listed,) = [get_args(get_args(arg)[0]) for arg in get_args(annotation) if arg is not type(None)]
+    assert listed == EVENTS
+    assert DEFAULT_EVENTS == set(EVENTS) - {"rotated", "revoke_held"}
+    kinds = {"failure": "failed", "escalation": "expiring", "rollback": "rollback", "drift": "drift",
+             "rejected": "rejected", "credential": "credential", "incident": "incident", "rotated": "rotated",
+             "revoke_held": "revoke_held", "gate_waiting": "gate_waiting", "paused": "paused"}
+    assert {kind: replace(sample_alert(), kind=kind).event for kind in kinds} == kinds
+    assert set(kinds.values()) == set(EVENTS)
+
+
+def test_notification_channels_default_to_every_problem_and_keep_their_own_events():
+    from rotator.notify import DEFAULT_EVENTS
+
+    settings = config.load(data={"alerts": {"webhooks": [
+        {"url": "https://alerts.example/generic-hook-0001"},
+        {"url": "https://alerts.example/changes-0002", "events": ["rotated", "revoke_held"], "summary": True,
+         "name": "changes"},
+    ]}})
+    assert settings.alerts.retries == 3 and settings.alerts.backoff == timedelta(seconds=1)
+    first, second = webhooks_from_settings(settings.alerts, lambda ref, where: None)
+    assert first.events == DEFAULT_EVENTS and not first.summary and first.channel == "webhook-1"
+    assert second.events == {"rotated", "revoke_held"} and second.summary and second.channel == "changes"
+    assert second.describe() == "webhook #2 'changes' (generic)"
+    rotated = replace(sample_alert(), kind="rotated")
+    assert not first.wants(rotated) and second.wants(rotated) and first.wants(sample_alert())
+
+
+@pytest.mark.parametrize("alerts, expected", [
+    ({"webhooks": [{"url": "https://x", "events": ["rotate"]}]}, "alerts.webhooks[0].events[0]: Input should be"),
+    ({"webhooks": [{"url": "https://x", "events": []}]}, "alerts.webhooks[0].events: an empty list"),
+    ({"webhooks": [{"url": "https://x", "events": ["failed", "failed"]}]}, "alerts.webhooks[0].events: listed twice"),
+    ({"webhooks": [{"url": "https://x", "name": "on call"}]}, "alerts.webhooks[0].name"),
+    ({"webhooks": [{"url": "json://h/x", "format": "apprise"}]}, "alerts.webhooks[0].url: an apprise URL embeds"),
+    ({"retries": 0}, "alerts.retries"),
+    ({"backoff": "0s"}, "alerts: backoff must be positive"),
+])
+def test_notification_bad_channel_settings_name_the_field(alerts, expected):
+    import re
+
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        config.load(data={"alerts": alerts})
+
+
+def test_notification_apprise_not_installed_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "apprise", None)          # import apprise -> ImportError
+    settings = config.load(data={"alerts": {"webhooks": [
+        {"url": "https://alerts.example/generic-hook-0001"}, {"url": {"env": "CHAT"}, "format": "apprise"}]}})
+    with pytest.raises(ConfigError, match=r"alerts\.webhooks\[1\]\.format: apprise is not installed: pip install"
+                                          r" 'rotator\[apprise\]'"):
+        webhooks_from_settings(settings.alerts, lambda ref, where: Secret("json://chat.example/hook-0123456789"))
+
+
+def promoted(secret: str, rotation: str, at: datetime = T0) -> Event:
+    return Event(at, secret, "promoted", "…beef (id 43) is current", rotation_id=rotation, key="…beef (id 43)")
+
+
+def test_notification_rotated_once_per_rotation_and_never_from_an_intent():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent)
+    alerts.on_events([Event(T0, "web", "promote", "…beef", rotation_id="r1", result="intent"),
+                      promoted("web", "r1"), promoted("web", "r1")])          # the same promotion seen twice
+    alerts.on_events([promoted("web", "r2", T0 + 90 * DAY)])
+    assert [(a.kind, a.event, a.severity, a.step) for a in sent] == [
+        ("rotated", "rotated", "info", "r1"), ("rotated", "rotated", "info", "r2")]
+    assert sent[0].summary == "web: rotated: new key …beef (id 43) is current"
+    assert alerts.open_alerts() == [("web", "rotated", "r2")]                 # one per secret: memory stays bounded
+
+
+def held_key(label_id: str, *consumers: str, expires_on: datetime | None = None):
+    from rotator.models import HeldKey, KeyRef
+
+    return HeldKey(KeyRef("fp" + label_id, "c0de", key_id=label_id, expires_on=expires_on), "held", T0,
+                   rotation_id="r1", consumers=consumers)
+
+
+def test_notification_revoke_held_closes_once_the_key_is_no_longer_held():
+    sent: list[Alert] = []
+    alerts = alerts_with(sent, repeat_after=timedelta(0))
+    event = Event(T0, "web", "revoke-held", "old key …c0de (id 42): still served by secret batch",
+                  key="…c0de (id 42)", result="held")
+    alerts.on_events([event])
+    alerts.on_assessment("web", replace(assessment("held", T0 + 90 * DAY), held=(held_key("42"),)), T0)
+    alerts.on_events([event])                                                 # still held: no second message
+    assert [(a.kind, a.step) for a in sent] == [("revoke_held", "…c0de (id 42)")]
+    alerts.on_assessment("web", assessment("healthy", T0 + 90 * DAY), T0 + DAY)   # revoked at last
+    assert alerts.open_alerts() == []
+
+
+def test_notification_gate_waiting_without_expiry_or_lead_times_stays_a_warning():
+    sent: list[Alert] = []
+    alerts = Alerts(sent.append, repeat_after=timedelta(0))                   # no escalate_at
+    waiting = replace(assessment("held", T0 + 90 * DAY), held=(held_key("42", "deploy-web"), held_key("41")))
+    alerts.on_assessment("web", waiting, T0)
+    alerts.on_assessment("web", waiting, T0 + 30 * DAY)
+    assert [(a.kind, a.step, a.severity, a.consumers) for a in sent] == [
+        ("gate_waiting", "waiting", "warning", ("deploy-web",))]
+    alerts.on_assessment("web", replace(waiting, health="error", held=()), T0 + 31 * DAY)   # says nothing
+    assert ("web", "gate_waiting", "waiting") in alerts.open_alerts()
+
+
+def test_notification_paused_uses_escalate_at_too_and_holds_back_the_escalation():
+    from dataclasses import dataclass as _dataclass
+
+    from rotator.models import Pause
+
+    @_dataclass(frozen=True)
+    class Paused(Assessment):
+        paused: Pause | None = None
+
+    sent: list[Alert] = []
+    alerts = alerts_with(sent, repeat_after=timedelta(0))                     # 13d, 10d, 7d (+ 3d, 1d)
+    expires = T0 + 20 * DAY
+    pause = Pause(by="alice", at=T0, until=T0 + 60 * DAY)
+    for left in (14, 13, 10, 7, 3, 1):
+        alerts.on_assessment("web", Paused(health="paused", action="-", at=None, phase="idle", key="…c0de",
+                                           expires_on=expires, paused=pause), expires - left * DAY)
+    assert [(a.step, a.severity) for a in sent] == [
+        ("13d", "warning"), ("10d", "warning"), ("7d", "warning"), ("3d", "warning"), ("1d", "critical")]
+    assert all(a.kind == "paused" for a in sent) and "until 2027-04-30T09:00:00Z" in sent[0].detail
+    lapsed = Pause(by="alice", at=T0, until=T0 + DAY)                        # a pause that lapsed is no pause
+    alerts.on_assessment("web", Paused(health="failing", action="-", at=None, phase="idle", key="…c0de",
+                                       expires_on=expires, paused=lapsed), expires - 0.5 * DAY)
+    assert sent[-1].kind == "escalation" and not any(k[1] == "paused" for k in alerts.open_alerts())
+
+
+def test_notification_summary_bodies_list_every_alert_most_severe_first():
+    from rotator.notify import encode_summary, text_summary
+
+    alerts = [replace(sample_alert(), kind="rotated", severity="info", summary="web: rotated"),
+              sample_alert(), replace(sample_alert(), kind="escalation", severity="critical", summary="api: 7d")]
+    generic = json.loads(encode_summary(alerts, "generic"))
+    assert generic["kind"] == "summary" and generic["count"] == 3 and generic["severity"] == "critical"
+    assert [a["event"] for a in generic["alerts"]] == ["expiring", "failed", "rotated"]
+    assert generic["summary"] == "rotator: 3 notification(s) from this run (1 critical, 1 warning, 1 info)"
+    slack = json.loads(encode_summary(alerts, "slack"))
+    assert slack["text"].startswith(":rotating_light: rotator: 3 notification(s)")
+    assert slack["blocks"][1]["text"]["text"].splitlines()[2].startswith(":white_check_mark: rotator INFO rotated")
+    title, body = text_summary(alerts)
+    assert title.startswith("rotator: 3 notification(s)") and body.count("\n- ") == 2
+
+
+def test_notification_summary_waits_for_the_outermost_run_and_plain_channels_do_not():
+    sink = Sink()
+    hooks = [Webhook(Secret("https://alerts.example/digest-0001"), "generic", 1, summary=True),
+             Webhook(Secret("https://alerts.example/each-0002"), "generic", 2)]
+    notifier = Notifier(hooks, transport=httpx.MockTransport(sink), sleep=lambda s: None)
+    alerts = Alerts(notifier.send, escalate_at=ESCALATE)
+    with alerts.batch():
+        alerts.on_run([failed("web", T0, "r1")], [Outcome("web", status="failed")], T0)   # on_run batches inside
+        alerts.on_assessment("api", assessment("failing", T0 + 5 * DAY), T0)
+        assert [str(r.url) for r in sink.requests] == ["https://alerts.example/each-0002"] * 2
+    digest = [json.loads(r.content) for r in sink.requests if "digest" in str(r.url)]
+    assert len(digest) == 1 and [a["kind"] for a in digest[0]["alerts"]] == ["escalation", "failure"]
+    with alerts.batch():
+        pass                                                                  # an empty run sends nothing
+    assert len(sink.requests) == 3
+    alerts.on_events([failed("batch", T0, "r2")])                            # outside a run: at once
+    assert len(sink.requests) == 5 and json.loads(sink.requests[3].content)["count"] == 1
+    notifier.close()
+
+
+def test_notification_retry_backoff_doubles_and_a_metrics_observer_failure_is_contained(caplog):
+    answers = iter([httpx.Response(503), httpx.ReadTimeout("slow"), httpx.Response(502), httpx.Response(200)])
+
+    def transport(request):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    class BrokenMetrics:
+        def notification(self, *labels):
+            raise RuntimeError("registry closed")
+
+    waits: list[float] = []
+    hook = Webhook(Secret(SLACK_URL), "slack", 1)
+    notifier = Notifier([hook], transport=httpx.MockTransport(transport), retries=4, backoff=0.5,
+                        sleep=waits.append, metrics=BrokenMetrics())
+    with caplog.at_level(logging.INFO, logger="rotator.notify"):
+        assert notifier.send(sample_alert()) is True
+    assert waits == [0.5, 1.0, 2.0]
+    assert "try 2 of 4: ReadTimeout" in caplog.text and "observer failed" in caplog.text
+    assert "sEcReTtOkEn" not in caplog.text
+    notifier.close()
+
+
+def test_notification_from_settings_builds_nothing_without_channels_and_passes_retries():
+    assert Notifier.from_settings(config.load(data={}).alerts, lambda ref, where: None) is None
+    settings = config.load(data={"alerts": {"webhooks": [{"url": "https://alerts.example/generic-hook-0001"}],
+                                            "retries": 5, "backoff": "3s", "timeout": "2s"}}).alerts
+    notifier = Notifier.from_settings(settings, lambda ref, where: None, sleep=lambda s: None)
+    assert (notifier.retries, notifier.backoff, notifier.timeout) == (5, 3.0, 2.0)
+    alerts = Alerts(notifier.send)
+    assert alerts._notifier is notifier                       # batches reach the notifier behind a bound send
