@@ -11,7 +11,6 @@ import json
 import logging
 import socket
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -380,19 +379,12 @@ def test_notification_gate_waiting_is_raised_escalated_near_the_old_keys_expiry_
     assert first["expires_on"] == "2027-03-21T09:00:00Z"     # the old key's expiry, not the new one's
 
 
-@dataclass(frozen=True)
-class PausedAssessment(Assessment):
-    """An assessment of a paused secret (``Assessment.paused`` as the planner reports it)."""
-
-    paused: Pause | None = None
-
-
 def test_notification_paused_secret_notifies_at_7_3_and_1_days_then_closes_when_resumed(receiver):
     notifier = notifier_for({"url": f"{receiver.url}/hook"})
     alerts = Alerts(notifier, escalate_at=[timedelta(days=7)], repeat_after=timedelta(0))
     expires = T0 + 10 * DAY
     pause = Pause(by="alice", at=T0, reason="change freeze")
-    paused = PausedAssessment(health="paused", action="nothing until resumed", at=None, phase="idle",
+    paused = Assessment(health="paused", action="nothing until resumed", at=None, phase="idle",
                               key="…c0de (id 42)", expires_on=expires, paused=pause)
     for left in (9, 7, 6, 3, 2.5, 1, 0.5, 0, -1):
         alerts.on_assessment("web", paused, expires - timedelta(days=left))
@@ -404,7 +396,7 @@ def test_notification_paused_secret_notifies_at_7_3_and_1_days_then_closes_when_
     assert "paused by alice" in bodies[0]["detail"] and "change freeze" in bodies[0]["detail"]
     assert not any(b["event"] == "expiring" for b in bodies)   # the pause is the story, not the escalation
 
-    alerts.on_assessment("web", PausedAssessment(health="expired", action="rotate now", at=None, phase="idle",
+    alerts.on_assessment("web", Assessment(health="expired", action="rotate now", at=None, phase="idle",
                                                  key="…c0de (id 42)", expires_on=expires), expires + DAY)
     assert ("web", "paused", "expired") not in alerts.open_alerts()         # resumed: closed
     assert receiver.bodies("/hook")[-1]["event"] == "expiring"              # and the key's own escalation
@@ -433,3 +425,34 @@ def test_notification_logs_carry_no_key_value_and_no_url_token(receiver, caplog)
     assert TOKEN not in text and value.reveal() not in text and "/generic/" not in text
     sent = b"".join(body for _, _, body in receiver.requests).decode()
     assert value.reveal() not in sent and "[REDACTED]" in sent
+
+
+def test_notification_a_paused_secret_pages_from_the_daemons_reconcile_as_its_key_nears_expiry(world, receiver):
+    from rotator import pausing
+    from rotator.daemon import Reconciler
+
+    world.add_secret("web")
+    world.seed("web", age=timedelta(days=30))
+    world.rotate()                                                     # adopted
+    expires = world.record("web").current.expires_on
+    runtime = world.runtime(identity="ops-laptop")
+    (secret,) = runtime.select(["web"])
+    pausing.pause(secret, by="ops-laptop", now=world.clock.now(), reason="change freeze")
+    notifier = notifier_for({"url": f"{receiver.url}/hook"})
+    alerts = Alerts(notifier, escalate_at=[timedelta(days=7)], repeat_after=timedelta(0))
+    reconciler = Reconciler(world.runtime(), alerts=alerts)
+    for left in (8, 6, 2.5, 0.5):
+        world.clock.set(expires - timedelta(days=left))
+        with alerts.batch():
+            reconciler.reconcile()
+    bodies = receiver.bodies("/hook")
+    assert [(b["event"], b["step"], b["severity"]) for b in bodies] == [
+        ("paused", "7d", "warning"), ("paused", "3d", "warning"), ("paused", "1d", "critical")]
+    assert "paused by ops-laptop" in bodies[0]["detail"] and "change freeze" in bodies[0]["detail"]
+    assert world.record("web").current.expires_on == expires          # paused: not rotated
+
+    pausing.resume(secret)
+    with alerts.batch():
+        reconciler.reconcile()                                         # resumed: it rotates, the alert closes
+    assert not any(kind == "paused" for _, kind, _ in alerts.open_alerts())
+    notifier.close()

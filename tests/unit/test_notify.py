@@ -453,27 +453,21 @@ def test_notification_gate_waiting_without_expiry_or_lead_times_stays_a_warning(
 
 
 def test_notification_paused_uses_escalate_at_too_and_holds_back_the_escalation():
-    from dataclasses import dataclass as _dataclass
-
     from rotator.models import Pause
-
-    @_dataclass(frozen=True)
-    class Paused(Assessment):
-        paused: Pause | None = None
 
     sent: list[Alert] = []
     alerts = alerts_with(sent, repeat_after=timedelta(0))                     # 13d, 10d, 7d (+ 3d, 1d)
     expires = T0 + 20 * DAY
     pause = Pause(by="alice", at=T0, until=T0 + 60 * DAY)
     for left in (14, 13, 10, 7, 3, 1):
-        alerts.on_assessment("web", Paused(health="paused", action="-", at=None, phase="idle", key="…c0de",
-                                           expires_on=expires, paused=pause), expires - left * DAY)
+        alerts.on_assessment("web", Assessment(health="paused", action="-", at=None, phase="idle", key="…c0de",
+                                               expires_on=expires, paused=pause), expires - left * DAY)
     assert [(a.step, a.severity) for a in sent] == [
         ("13d", "warning"), ("10d", "warning"), ("7d", "warning"), ("3d", "warning"), ("1d", "critical")]
     assert all(a.kind == "paused" for a in sent) and "until 2027-04-30T09:00:00Z" in sent[0].detail
     lapsed = Pause(by="alice", at=T0, until=T0 + DAY)                        # a pause that lapsed is no pause
-    alerts.on_assessment("web", Paused(health="failing", action="-", at=None, phase="idle", key="…c0de",
-                                       expires_on=expires, paused=lapsed), expires - 0.5 * DAY)
+    alerts.on_assessment("web", Assessment(health="failing", action="-", at=None, phase="idle", key="…c0de",
+                                           expires_on=expires, paused=lapsed), expires - 0.5 * DAY)
     assert sent[-1].kind == "escalation" and not any(k[1] == "paused" for k in alerts.open_alerts())
 
 
