@@ -133,8 +133,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     runtime = _runtime(args)
     sink = audit.open_sink(runtime.settings.audit, args.audit_file)    # the same records as the daemon
     # [alerts] webhooks: a failed run pages from here as from the daemon (one-shot: no reminders)
-    hooks = notify.webhooks_from_settings(runtime.settings.alerts, runtime.context.resolve_credential)
-    notifier = notify.Notifier(hooks, timeout=runtime.settings.alerts.timeout.total_seconds()) if hooks else None
+    notifier = notify.Notifier.from_settings(runtime.settings.alerts, runtime.context.resolve_credential)
     events: list[Any] = []
 
     def on_event(event: Any) -> None:

@@ -366,8 +366,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
     runtime = _runtime(args)
     sink = audit.open_sink(runtime.settings.audit, None)        # the incident belongs in the trail
-    hooks = notify.webhooks_from_settings(runtime.settings.alerts, runtime.context.resolve_credential)
-    notifier = notify.Notifier(hooks, timeout=runtime.settings.alerts.timeout.total_seconds()) if hooks else None
+    notifier = notify.Notifier.from_settings(runtime.settings.alerts, runtime.context.resolve_credential)
     alerts = notify.Alerts(notifier.send) if notifier else None  # an incident pages once, from here too
     events: list = []
 

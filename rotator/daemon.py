@@ -18,6 +18,7 @@ exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -104,11 +105,20 @@ class Reconciler:
 
     def reconcile(self) -> RunReport | None:
         """Every secret, every provider checked."""
-        return self._run(None, "reconcile")
+        with self._notifications():
+            return self._run(None, "reconcile")
 
     def wake(self) -> RunReport | None:
         """The secrets whose planned instant has come (None when there are none), and the issuer
         credentials that crossed an escalation lead time."""
+        with self._notifications():
+            return self._wake()
+
+    def _notifications(self) -> Any:
+        """One notification batch per run: a summary channel gets one message for it."""
+        return self.alerts.batch() if self.alerts is not None else contextlib.nullcontext()
+
+    def _wake(self) -> RunReport | None:
         now = self.clock.now()
         names = self.plan.due_now(now)
         watched = [name.split(":", 1)[1] for name in self.plan.watches_due(now) if name.startswith("credential:")]
@@ -331,11 +341,9 @@ class Daemon:
         tracker = ProviderTracker(self.metrics)
         self.runtime = Runtime(settings, on_call=tracker.on_call)
         self.audit = auditing.open_sink(settings.audit, audit_path)
-        hooks = notify.webhooks_from_settings(settings.alerts, self.runtime.context.resolve_credential)
-        self.notifier = notify.Notifier(
-            hooks, timeout=settings.alerts.timeout.total_seconds(),
-            on_delivery=lambda alert, hook, ok: self.metrics.alert(alert.kind, "sent" if ok else "failed"),
-        ) if hooks else None
+        self.notifier = notify.Notifier.from_settings(
+            settings.alerts, self.runtime.context.resolve_credential, metrics=self.metrics,
+            on_delivery=lambda alert, hook, ok: self.metrics.alert(alert.kind, "sent" if ok else "failed"))
         alerts = Alerts(self.notifier.send if self.notifier else _no_webhook,
                         escalate_at=settings.alerts.escalate_at, repeat_after=settings.alerts.repeat_after,
                         on_suppressed=lambda alert: self.metrics.alert(alert.kind, "suppressed"))

@@ -668,6 +668,11 @@ class Alerts:
                 self.raise_(Alert("revoke_held", e.secret, "info", f"{e.secret}: revoke held: {e.detail}", e.at,
                                   detail=e.detail, step=e.key or e.key_id or e.last4 or "",
                                   rotation_id=e.rotation_id, key=e.key, runner=e.runner))
+                if "waiting for consumer" in e.detail:     # one-shot runs see no assessment: page here
+                    self.raise_(Alert("gate_waiting", e.secret, "warning",
+                                      f"{e.secret}: old key revoke {e.detail.split(': ', 1)[-1]}", e.at,
+                                      detail=e.detail, step="waiting", rotation_id=e.rotation_id, key=e.key,
+                                      runner=e.runner))
 
     def on_run(self, events: Iterable[Event], outcomes: Iterable[Outcome], now: datetime) -> None:
         """A whole run (the daemon's and ``rotate``'s): a failed secret pages with its outcome's
