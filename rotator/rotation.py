@@ -344,15 +344,18 @@ class SecretRun:
             record = self.record
             assert record is not None
             settled = deliveries.settle(record.deliveries, results, now, self.secret.hooks)
+            try:
+                self._write_record(record.evolve(deliveries=settled), phase_change=False)
+            except Conflict:
+                self._read_primary()
+                continue
             for d in settled:
                 if d.state == "given-up" and d.ident in results:
                     log.warning("%s: hook %s gave up on %s after %d attempt(s): %s", self.secret.name, d.hook,
                                 d.event, d.attempts, d.last_error)
-            try:
-                self._write_record(record.evolve(deliveries=settled), phase_change=False)
-                return
-            except Conflict:
-                self._read_primary()
+                    self._event("hook-given-up", f"{d.hook} {d.event} after {d.attempts} attempt(s): {d.last_error}",
+                                key=d.key, result="error")
+            return
         raise Conflict(f"{self.secret.primary.label}: hook results not recorded (the record keeps changing);"
                        " the hooks are delivered again when their claim lapses")
 
