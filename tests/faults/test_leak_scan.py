@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import datetime, timedelta, timezone
 
 from rotator.cli import main
@@ -15,7 +16,11 @@ def test_no_key_value_anywhere(world, emulator, clock, admin_key, tmp_path, caps
     clock.set(datetime.now(timezone.utc))                  # the CLI runs on the real clock
     world.defaults.update(grace="0s")
     world.issuer["retries"] = 2                             # failing runs fail fast on the real clock
-    world.add_secret("web")
+    careless = tmp_path / "careless-hook.py"             # a hook that prints the value it is given
+    careless.write_text("import sys\nv = sys.stdin.read()\nprint(v)\nprint('got', v, file=sys.stderr)\nsys.exit(1)\n")
+    world.add_secret("web", hooks=[{"name": "careless", "kind": "exec", "events": ["staged", "deployed", "failed"],
+                                    "pass_value": True, "command": [sys.executable, str(careless)],
+                                    "max_attempts": 1}])
     world.add_secret("batch")
     world.seed("web", age=timedelta(days=85))
     world.seed("batch", age=timedelta(days=3))
@@ -46,6 +51,7 @@ def test_no_key_value_anywhere(world, emulator, clock, admin_key, tmp_path, caps
     minted = emulator.issued_values()
     assert len(minted) >= 6, "the scenario minted keys: admin, two by hand, rotations"
     assert "promoted" in text and '"level": "debug"' in text, "the scan saw a real rotation at DEBUG"
+    assert "careless" in text and "exit 1" in text, "the scan saw the hook fail with the value on its stderr"
     leaked = [v[-4:] for v in minted if v in text]
     assert not leaked, f"key values leaked (last 4 shown): {leaked}"
     logging.getLogger().handlers.clear()
