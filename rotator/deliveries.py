@@ -34,6 +34,10 @@ KEEP_SETTLED = 24
 #: Events whose later success stands for an older rotation's (a consumer that took the newer key).
 SUPERSEDING = ("staged", "deployed", "before_revoke")
 
+#: How a delivery stopped or not started by a shutdown ends its result (rotator.hooks): it does not
+#: count as an attempt.
+SHUTTING_DOWN = "shutting down"
+
 Ident = tuple[str, str, str]
 
 
@@ -60,6 +64,9 @@ def settle(deliveries: Iterable[Delivery], results: Mapping[Ident, tuple[bool, s
         if d.ident not in results:
             continue
         ok, detail = results[d.ident]
+        if not ok and detail.endswith(SHUTTING_DOWN):    # not the hook's failure: try again at the next run
+            out[index] = replace(d, attempts=max(d.attempts - 1, 0), next_at=None, last_error=detail)
+            continue
         if ok:
             out[index] = replace(d, state="done", done_at=now, next_at=None, last_error=None)
             if d.event in SUPERSEDING:

@@ -114,6 +114,7 @@ class Rest(Step):
 
     reason: str
     next_at: datetime | None = None
+    window: bool = False          # due, and waiting for the rotation window to open
     terminal = True
 
 
@@ -148,6 +149,7 @@ class Claim(Step):
 
     reason: str
     bootstrap: bool = False
+    outside_window: bool = False  # due, and no opening of the window comes before the safety margin
 
 
 @dataclass(frozen=True)
@@ -381,9 +383,11 @@ def _idle(policy: Policy, obs: Observations, record: RotationRecord, primary: Vi
     assert due is not None
     if now >= due and policy.window is not None and not policy.window.contains(now):
         if now < start:
-            return Rest(f"due; waiting for the rotation window ({policy.window.describe()})", next_at=start)
+            return Rest(f"due; waiting for the rotation window ({policy.window.describe()})", next_at=start,
+                        window=True)
         return Claim(f"due, and no opening of the rotation window ({policy.window.describe()}) comes before"
-                     f" the safety margin ({_days(policy.safety_margin)} before expiry): rotating outside it")
+                     f" the safety margin ({_days(policy.safety_margin)} before expiry): rotating outside it",
+                     outside_window=True)
     if now >= due:
         return Claim("due: expires within the lead time")
     return Rest("healthy", next_at=start)

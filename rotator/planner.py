@@ -101,7 +101,8 @@ def assess(policy: Policy, record: RotationRecord | None, primary: View, now: da
     current = record.current if record else None
     action, at = _describe(step, record, now)
     outside = False
-    if record is not None and record.current is not None and policy.window is not None:
+    if record is not None and record.current is not None and policy.window is not None \
+            and record.paused_now(now) is None:
         start, outside = machine.starts_at(policy, record, now)
         if outside and action == "rotate":
             action = (f"rotate OUTSIDE the rotation window ({policy.window.describe()}): it does not open before"
@@ -209,6 +210,8 @@ def _health(step: machine.Step, record: RotationRecord | None, now: datetime, li
         return "grace", "the new key is current everywhere; the old one is revoked when grace ends"
     if isinstance(step, machine.Claim):
         return "due", step.reason
+    if isinstance(step, machine.Rest) and step.window:
+        return "due", f"{step.reason}: it opens at {short_instant(step.next_at)}"
     return "healthy", "nothing to do before the due instant"
 
 

@@ -458,6 +458,8 @@ class SecretRun:
             rotations=before.rotations, adoption=before.adoption, held=before.held, paused=before.paused,
             deliveries=deliveries.settled_away(before.deliveries),
         )
+        if step.outside_window:
+            log.warning("%s: %s", self.secret.name, step.reason)
         self._intent("claim", f"{short_id(rotation_id)}: {step.reason}")
         self._write_record(record)
         # A new rotation: forget what this run learnt about the last one (--force rotates once).
@@ -748,7 +750,7 @@ class SecretRun:
                                                  self.issuer)
             if verdict.hold:
                 keep.append(replace(held, reason=verdict.reason, consumers=()))
-            elif verdict.revoke and held.rotation_id:
+            elif held.rotation_id:                    # revoked now, or found gone (revoked before a crash)
                 deliveries = owe(record.evolve(rotation_id=held.rotation_id, deliveries=deliveries),
                                  self.secret.policy, "revoked", gates=self.secret.gates, old_key=held.key)
         self.obs = replace(self.obs, held_checked=True)
@@ -766,7 +768,7 @@ class SecretRun:
                                    consumers=self.held_consumers))
         done = record.evolve(phase=Phase.IDLE, previous=None, grace_until=None, held=held,
                              attempts=0, last_error=None, error_since=None)
-        if self.obs.old_revoke == "revoked":
+        if self.obs.old_revoke in ("revoked", "gone"):    # gone: revoked before a crash, or expired
             done = done.evolve(deliveries=self._owe(done, "revoked", key=record.current, old_key=record.previous))
         self._intent("finish", f"rotation {short_id(record.rotation_id or '')}")
         self._write_record(done)

@@ -304,3 +304,23 @@ def test_hook_http_signed_delivery_is_verified_by_the_receiver_and_gates_the_rev
         assert emulator.is_active(old_batch) and len(reloads(marker)) == 1
     finally:
         receiver.stop()
+
+
+def test_hook_revoked_is_still_told_when_the_runner_died_between_the_revoke_and_its_record(
+        world, consumer, clock, emulator, monkeypatch):
+    world.defaults["grace"] = "0s"
+    world.add_secret("web", hooks=[consumer.spec(events=["revoked"])])
+    old = world.seed("web", age=timedelta(days=80))
+    real = rotation.SecretRun._do_Finish
+
+    def die_before_finishing(self, step, now):
+        raise Crash()
+
+    monkeypatch.setattr(rotation.SecretRun, "_do_Finish", die_before_finishing)
+    with pytest.raises(Crash):
+        world.rotate()
+    assert not emulator.is_active(old) and consumer.events() == []
+    monkeypatch.setattr(rotation.SecretRun, "_do_Finish", real)
+    assert world.rotate().exit_code == 0                    # the old key is found gone: told all the same
+    assert consumer.events() == ["revoked"]
+    assert consumer.calls()[0]["env"]["ROTATOR_OLD_KEY_LAST4"] == old[-4:]

@@ -27,6 +27,7 @@ def test_window_a_due_key_waits_for_the_window_then_rotates(world, emulator, clo
     assert "waiting for the rotation window" in outcome.detail and outcome.next_at == MONDAY_0900_AMSTERDAM
     planned = _plan(world, clock)
     assert planned.at == MONDAY_0900_AMSTERDAM and not planned.outside_window
+    assert planned.health == "due" and "waiting for the rotation window" in planned.reason   # not "healthy"
 
     clock.set(MONDAY_0900_AMSTERDAM - timedelta(minutes=1))
     world.rotate()
