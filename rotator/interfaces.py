@@ -188,6 +188,54 @@ class BatchReads(Protocol):
     def read_many(self, targets: Sequence[Target]) -> dict[Target, Snapshot]: ...
 
 
+#: The statuses of a :class:`Finding`, worst first.
+FINDING_STATUSES = ("fail", "warn", "unknown", "ok")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing ``rotator check`` looked at and what it found (see :class:`BackendAccessCheck`).
+
+    ``check`` names what was looked at in a word or two: ``"read"``, ``"cas"`` (compare-and-swap
+    support), ``"write"`` (permission to write), ``"sign-in"``, ``"mode"``, ... ``status`` is one of
+    :data:`FINDING_STATUSES`: ``ok``; ``warn`` (works, but worth a look); ``fail`` (a run would
+    fail here: ``rotator check`` exits 1); ``unknown`` (the store cannot say without writing).
+    ``detail`` says what was seen and, for anything but ``ok``, what to change. Never a key value.
+    """
+
+    check: str
+    status: str
+    detail: str = ""
+
+
+@runtime_checkable
+class BackendAccessCheck(Protocol):
+    """Optional for a :class:`Backend`: what ``rotator check`` can learn about a target beyond a
+    read, **without writing anything**.
+
+    ``rotator check`` first reads the target with :meth:`Backend.read` (it exists? it parses? it
+    holds a key and, on a primary, a record?) and then asks this method about the rest:
+
+    * ``"cas"`` (``primary`` only): can this place hold the rotation record, i.e. does the
+      compare-and-swap every primary write relies on work here (a KV v2 mount, a directory where
+      a lock file and an atomic rename work, a secret whose version stages can be moved, ...)?
+    * ``"write"``: may rotator's identity write this place, where the store can say so without
+      writing (Vault's ``sys/capabilities-self``, a directory's permissions). A store that cannot
+      tell returns ``unknown`` and says what the first write will need.
+    * anything else worth knowing before a run (a file readable by others, a secret scheduled for
+      deletion, a store-side rotation that would fight rotator's).
+
+    ``exists`` is what the read found (False: the first write creates the target, if the
+    backend's settings allow it). Read-only calls only, bounded by the provider's own timeouts.
+    A problem of the target is a ``fail`` finding, never an exception; a credential reference that
+    does not resolve raises :class:`rotator.errors.ConfigError` (``check`` exits 2). Any other
+    exception is shown as a failed check. A backend without this method is shown as
+    "read only checked" (write permission unknown).
+    """
+
+    def check_access(self, target: Target, *, primary: bool, exists: bool) -> list[Finding]: ...
+
+
 class Issuer(Protocol):
     """Who mints keys: one account / user of an API provider.
 
@@ -258,6 +306,25 @@ class Issuer(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class IssuerAccessCheck(Protocol):
+    """Optional for an :class:`Issuer`: ``rotator check``'s look at the issuer, read-only.
+
+    Signs in with the issuer's credential the way every run does (and nothing more: it never
+    issues, revokes or changes anything) and returns what it found: a ``"sign-in"``
+    :class:`Finding` (``fail`` when the credential is refused or the issuer cannot be reached, so
+    the check does not list keys with it), and anything else worth showing (``"key lifetime"``:
+    the documented lifetime rotator plans with). ``rotator check`` then lists the keys with
+    :meth:`Issuer.list_keys` and assesses the credential's expiry from that listing.
+
+    A credential reference that does not resolve raises :class:`rotator.errors.ConfigError`;
+    every other problem is a finding. Bounded by the issuer's own timeouts and retries. An issuer
+    without this method is checked by its listing alone (which signs in too).
+    """
+
+    def check_access(self) -> list[Finding]: ...
 
 
 #: Signature of a registered backend class: ``BackendClass(name, settings, context)``.
