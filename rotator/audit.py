@@ -9,14 +9,24 @@ redactor besides.
 Durability: the file is opened with ``O_APPEND`` (each record is one ``write(2)`` at the end of
 the file, so several processes can share it without interleaving) and, with ``fsync = true``
 (the default), fsynced after every record; a rotation writes about ten, so the cost is small.
-The trail is never truncated or rewritten by rotator. Rotate it with ``logrotate``'s
-``copytruncate``: after a rename a running daemon keeps appending to the renamed file until it
-restarts.
+The trail is never truncated or rewritten by rotator.
+
+Log rotation (logrotate, newsyslog, a person with ``mv``): before each record the sink compares
+the path with the file it holds open (the ``logging.handlers.WatchedFileHandler`` pattern, one
+``stat(2)`` per record). Moved away or deleted (logrotate ``create``): it finishes nothing on the
+old file, opens the path afresh (creating it, mode 0600, when logrotate has not) and writes the
+record there — a record is in the old file or in the new one, never lost and never in both.
+Truncated in place (``copytruncate``): ``O_APPEND`` already puts the next record at the new end,
+so nothing needs reopening; logrotate's own copy-then-truncate window can still lose what is
+written between the two, which is why docs/operations.md recommends ``create``. No signal and no
+daemon change is involved, so ``rotate``, the daemon and several processes sharing the file all
+follow a rotation by themselves.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -29,6 +39,8 @@ from rotator.redact import redact
 from rotator.timeutil import format_instant
 
 SCHEMA = "rotator.audit/1"
+
+log = logging.getLogger("rotator.audit")
 
 
 def record_of(event: Event) -> dict[str, Any]:
@@ -56,7 +68,11 @@ def line_of(event: Event) -> str:
 
 
 class AuditSink:
-    """Callable event observer that appends audit records. Thread-safe; ``close()`` when done."""
+    """Callable event observer that appends audit records. Thread-safe; ``close()`` when done.
+
+    Follows a log rotation of its file by itself (see the module docstring): :meth:`write`
+    reopens the path when it no longer names the open file.
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, stdout: bool = False,
                  fsync: bool = True, stream: TextIO | None = None) -> None:
@@ -65,9 +81,11 @@ class AuditSink:
         self._stream = stream if stream is not None else (sys.stdout if stdout else None)
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None      # (st_dev, st_ino) of the open file
+        self.reopened = 0                                   # how often a rotation was followed
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd, self._identity = self._open()
 
     def __call__(self, event: Event) -> None:
         self.write(event)
@@ -77,6 +95,7 @@ class AuditSink:
         data = line.encode("utf-8")
         with self._lock:
             if self._fd is not None:
+                self._follow_rotation()
                 written = os.write(self._fd, data)
                 while written < len(data):            # a short write (rare): finish the record
                     written += os.write(self._fd, data[written:])
@@ -91,6 +110,59 @@ class AuditSink:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+    # --- log rotation ------------------------------------------------------------------------------
+
+    def _open(self) -> tuple[int, tuple[int, int]]:
+        assert self.path is not None
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        st = os.fstat(fd)
+        if created and self.fsync:
+            _fsync_directory(self.path.parent)      # the new file's name survives a crash too
+        return fd, (st.st_dev, st.st_ino)
+
+    def _follow_rotation(self) -> None:
+        """Reopen the path when it names another file than the one open (moved, deleted). Called
+        with the lock held, before each record. A truncated file needs nothing: O_APPEND writes
+        at its new end. If the path cannot be opened (a directory made read-only), the record
+        goes to the file still open — kept rather than lost — and the next record tries again."""
+        assert self.path is not None and self._fd is not None
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._identity:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("audit trail %s: cannot check for a log rotation: %s", self.path, exc.strerror)
+            return
+        try:
+            fd, identity = self._open()
+        except OSError as exc:
+            log.error("audit trail %s was moved or deleted and cannot be reopened (%s); writing to the"
+                      " file still open", self.path, exc.strerror)
+            return
+        old, self._fd, self._identity = self._fd, fd, identity
+        self.reopened += 1
+        try:
+            os.close(old)
+        except OSError:
+            pass
+        log.info("audit trail %s was rotated: writing to the new file", self.path)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def open_sink(settings: Any, path: str | os.PathLike[str] | None = None) -> AuditSink | None:
