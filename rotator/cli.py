@@ -1,28 +1,44 @@
 """The ``rotator`` command line.
 
-Exit codes: ``rotate`` (and the operations commands) 0 when nothing failed (whether or not
-anything changed), 1 when some secret failed; ``status`` 0 when every secret and issuer
-credential is healthy (``healthy``, ``due``, ``rotating``, ``grace``; a credential ``managed`` or
-``healthy``), 1 when any is not or an issuer's listing failed; ``plan`` 0; every command 2 on a
-usage or configuration error. Nothing printed here ever contains a key value: keys are shown as
-their last four characters and id.
+Exit codes (the same for every command; ``EXIT_CODES`` is what ``--help`` shows):
+
+* 0 — nothing failed (whether or not anything changed); ``status``/``check``: all healthy;
+* 1 — a run whose rotations failed, or a command that found a problem (``status`` something not
+  healthy, ``check`` a check that did not pass, ``sync`` drift, ``verify``/``review`` a problem);
+* 2 — a configuration, credential or usage error: an unusable config file or field, a credential
+  reference that does not resolve, a bad option or argument (argparse's own errors too);
+* 70 — an internal error, i.e. a bug: one line says so, ``--debug`` shows the traceback;
+* 130 — interrupted (Ctrl-C).
+
+No user error prints a traceback: one line on stderr says what is wrong and where (``--debug``,
+or ``--log-level debug``, adds the traceback for a bug report). Global options (``-c``,
+``--log-level``, ``--log-format``, ``--debug``, ``-q``) are accepted before or after the command.
+Nothing printed here ever contains a key value: keys are shown as their last four characters and
+id.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
-from rotator import __version__
+from rotator import __version__, output
 from rotator.errors import ConfigError, RotatorError, UsageError
+from rotator.output import (brief, credential_row, held_rows, last4, print_credentials, print_json,
+                            print_notes, secret_row, short, table)
 from rotator.redact import redact
-from rotator.timeutil import format_instant, parse_instant
+from rotator.timeutil import format_instant
+
+__all__ = ["main", "table", "print_json", "credential_row", "EXIT_CODES"]
 
 log = logging.getLogger("rotator.cli")
+
+EX_SOFTWARE = 70           # sysexits.h: an internal software error (a bug), not a failed run
+EX_INTERRUPTED = 130       # 128 + SIGINT, what shells report for Ctrl-C
 
 STATUS_EXIT = """exit status:
   0  every secret is healthy, due, rotating or in grace, and every issuer credential is
@@ -31,34 +47,83 @@ STATUS_EXIT = """exit status:
      stale-claim, blocked, unmanaged, unreadable, error), or an issuer's listing failed
   2  usage or configuration error"""
 
-EXIT_CODES = """exit status: 0 success (status: everything healthy); 1 some secret failed
-(status: something is not healthy); 2 usage or configuration error.
-'rotator status --help' lists what counts as healthy."""
+EXIT_CODES = """exit status (every command):
+  0    nothing failed (status/check: everything healthy and passing)
+  1    a run whose rotations failed, or a problem found (status: something not healthy,
+       check: a check failed, sync: drift, verify/review: a problem); the output says which
+  2    configuration, credential or usage error: the message names the file, the field
+       and the problem
+  70   internal error (a bug): run again with --debug and report the traceback
+  130  interrupted (Ctrl-C)
+
+Global options (-c, --log-level, --log-format, --debug, -q) go before or after the command.
+'rotator status --help' lists what counts as healthy; 'rotator completion --help' sets up
+tab completion."""
+
+#: Applied once after parsing, whichever position (or none) gave the global options.
+GLOBAL_DEFAULTS: dict[str, Any] = {"config": None, "log_level": None, "log_format": "auto", "debug": False,
+                                   "quiet": False}
+#: Global options that take a value (to find the command word in a raw command line).
+_VALUED = frozenset({"-c", "--config", "--log-level", "--log-format"})
+COMPLETE_SECRETS = "__complete-secrets"      # hidden helper the completion scripts call
+
+
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command accepts before or after its name. ``SUPPRESS`` as the default:
+    an option not given leaves no attribute, so a value given after the command is not undone
+    by the main parser's default nor the reverse; :data:`GLOBAL_DEFAULTS` fills in the rest once."""
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+                       help="TOML config file (default: $ROTATOR_CONFIG)")
+    group.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=argparse.SUPPRESS,
+                       help="default: info (warning for demo); debug implies --debug")
+    group.add_argument("--log-format", choices=["auto", "text", "json"], default=argparse.SUPPRESS,
+                       help="auto (default): text on a terminal, JSON lines otherwise")
+    group.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error (for bug reports); logs at debug level")
+    group.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bar (demo: only the final table)")
+
+
+def _global_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_global_options(parent)
+    return parent
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = _global_parent()
+
+    def command_parser(**kwargs: Any) -> argparse.ArgumentParser:
+        """Every subcommand's parser (ours, cli_ops', check's) carries the global options."""
+        kwargs["parents"] = [*kwargs.get("parents", ()), common]
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        return argparse.ArgumentParser(**kwargs)
+
     parser = argparse.ArgumentParser(
-        prog="rotator",
+        prog="rotator", parents=[common],
         description="Rotates API keys before they expire and keeps every secret store in sync.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rotator {__version__}")
-    parser.add_argument("-c", "--config", help="TOML config file (default: $ROTATOR_CONFIG)")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        help="default: info (warning for demo)")
-    parser.add_argument("--log-format", default="auto", choices=["auto", "text", "json"],
-                        help="auto: text on a terminal, JSON lines otherwise")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=command_parser)
 
-    rotate = sub.add_parser("rotate", help="do whatever is due now (one shot; what a CronJob runs)")
+    rotate = sub.add_parser("rotate", help="do whatever is due now (one shot; what a CronJob runs)",
+                            epilog=EXIT_CODES)
     rotate.add_argument("secrets", nargs="*", metavar="SECRET", help="only these secrets")
     rotate.add_argument("--force", action="store_true", help="rotate now even if not due")
     rotate.add_argument("--audit-file", metavar="PATH", help="append audit records here (default: [audit] path)")
+    rotate.add_argument("--metrics-file", metavar="PATH",
+                        help="write the run's metrics here in the Prometheus text format (for node-exporter's "
+                             "textfile collector; written atomically)")
+    rotate.add_argument("--pushgateway", metavar="URL",
+                        help="push the run's metrics to this Prometheus Pushgateway (job 'rotator')")
     _output_option(rotate)
 
     plan = sub.add_parser("plan", help="what would happen and when; changes nothing")
     plan.add_argument("secrets", nargs="*", metavar="SECRET")
-    plan.add_argument("--at", help="evaluate as of this instant (ISO-8601, e.g. 2027-02-01T00:00Z)")
+    plan.add_argument("--at", type=_instant, metavar="TIME",
+                      help="evaluate as of this instant (ISO-8601, e.g. 2027-02-01T00:00Z)")
     _output_option(plan)
 
     status = sub.add_parser(
@@ -66,15 +131,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Health of every managed secret (and of each issuer's own admin key): key, expiry,\n"
                     "phase, next action, last error. Reads every primary and lists each issuer's keys\n"
                     "once; changes nothing.",
-        epilog=STATUS_EXIT, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=STATUS_EXIT)
     status.add_argument("secrets", nargs="*", metavar="SECRET")
     _output_option(status)
 
-    demo = sub.add_parser("demo", help="simulate a year of rotations against a built-in emulator")
-    demo.add_argument("--days", type=int, default=365, help="how long to simulate (default 365)")
-    demo.add_argument("--quiet", action="store_true", help="print only the final table")
+    _add_check(sub)
 
-    daemon = sub.add_parser("daemon", help="run continuously: rotate on schedule, serve /healthz /readyz /metrics")
+    demo = sub.add_parser("demo", help="simulate a year of rotations against a built-in emulator")
+    demo.add_argument("--days", type=_positive_int, default=365, help="how long to simulate (default 365)")
+    _output_option(demo)
+
+    daemon = sub.add_parser("daemon", help="run continuously: rotate on schedule, serve /healthz /readyz /metrics",
+                            epilog=EXIT_CODES)
     daemon.add_argument("--http-address", metavar="HOST:PORT",
                         help='health and metrics endpoint (default: [daemon] http_address; "off" disables)')
     daemon.add_argument("--audit-file", metavar="PATH", help="append audit records here (default: [audit] path)")
@@ -84,52 +152,183 @@ def _parser() -> argparse.ArgumentParser:
     cli_ops.add_parsers(sub, _output_option)
 
     sub.add_parser("emulator", add_help=False,
-                   help="serve the QuivaWorks emulator (for trying rotator out); options: see 'rotator emulator --help'")
+                   help="serve the QuivaWorks emulator to try rotator against; prints its URL, an admin key and "
+                        "a config to start from (options: 'rotator emulator --help')")
+
+    completion = sub.add_parser(
+        "completion", help="print the tab-completion script for bash, zsh or fish",
+        description="Print a tab-completion script for SHELL, generated from rotator's own options.\n"
+                    "Secret names complete from the configuration (-c/--config on the line, or\n"
+                    "$ROTATOR_CONFIG). Install:\n"
+                    "  bash:  rotator completion bash > ~/.local/share/bash-completion/completions/rotator\n"
+                    "  zsh:   rotator completion zsh > \"${fpath[1]}/_rotator\"   (then: compinit)\n"
+                    "  fish:  rotator completion fish > ~/.config/fish/completions/rotator.fish\n"
+                    "or, for the current shell only: source <(rotator completion bash)")
+    completion.add_argument("shell", choices=["bash", "zsh", "fish"], metavar="SHELL", help="bash, zsh or fish")
+
+    sub.add_parser(COMPLETE_SECRETS)       # no help: hidden from --help and from the completion
     return parser
+
+
+def _add_check(sub: Any) -> None:
+    """``rotator check`` comes from :mod:`rotator.check` (its own parser and command); a build
+    without that module still lists the command and says why it cannot run."""
+    import importlib.util
+
+    if importlib.util.find_spec("rotator.check") is not None:
+        from rotator import check
+
+        check.add_parser(sub, _output_option)
+        return
+    placeholder = sub.add_parser("check", help="validate the configuration and reach every issuer and store"
+                                               " (not available in this build)")
+    _output_option(placeholder)
 
 
 def _output_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="text", choices=["text", "json"])
 
 
+def _instant(text: str) -> datetime:
+    """``--at``: an ISO-8601 instant, or a usage error naming the expected form."""
+    from rotator.timeutil import parse_instant
+
+    try:
+        return parse_instant(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO-8601 instant: {text!r} (e.g. 2027-02-01T00:00Z or 2027-02-01T09:30:00+01:00)") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+# --- running a command -----------------------------------------------------------------------
+
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
-    passthrough: list[str] = []
-    if "emulator" in raw:                       # everything after it belongs to the emulator
-        cut = raw.index("emulator") + 1
-        raw, passthrough = raw[:cut], raw[cut:]
-    args = _parser().parse_args(raw)
-    args.args = passthrough
-    from rotator import log as logsetup
-
-    logsetup.setup(args.log_level or ("warning" if args.command == "demo" else "info"), args.log_format)
-    handler: Callable[[argparse.Namespace], int] = COMMANDS[args.command]
+    debug = "--debug" in raw or _says_debug(raw)       # before parsing: a bug in parsing shows it too
     try:
-        return handler(args)
+        args = _parse(raw)
+        debug = args.debug
+        from rotator import log as logsetup
+
+        level = args.log_level or ("debug" if args.debug else "warning" if args.command == "demo" else "info")
+        logsetup.setup(level, args.log_format)
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        _debug_traceback(debug)
+        print("rotator: interrupted", file=sys.stderr)
+        return EX_INTERRUPTED
+    except BrokenPipeError:            # `rotator status | head`: the reader left; say nothing more
+        _silence_stdout()
+        return 141
     except ConfigError as exc:
-        print(f"rotator: configuration error:\n{redact(str(exc))}", file=sys.stderr)
+        _debug_traceback(debug)
+        message = redact(str(exc)).strip()
+        joiner = "\n" if "\n" in message else " "
+        print(f"rotator: configuration error:{joiner}{message}", file=sys.stderr)
         return 2
     except UsageError as exc:
+        _debug_traceback(debug)
         print(f"rotator: {redact(str(exc))}", file=sys.stderr)
         return 2
     except RotatorError as exc:
+        _debug_traceback(debug)
         print(f"rotator: {redact(str(exc))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except OSError as exc:
+        _debug_traceback(debug)
+        if exc.filename is None:         # the environment failed us (a socket, a full disk): not a bug
+            print(f"rotator: {redact(exc.strerror or str(exc))}", file=sys.stderr)
+            return 1
+        print(f"rotator: {redact(str(exc.filename))}: {redact(exc.strerror or str(exc))}", file=sys.stderr)
+        return 2
+    except UnicodeError as exc:
+        _debug_traceback(debug)
+        print(f"rotator: a file is not valid UTF-8 text: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, said so in one line
+        _debug_traceback(debug)
+        what = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        hint = "" if debug else "; run again with --debug to see the traceback,"
+        print(f"rotator: internal error (a bug in rotator): {what}{hint} and please report it", file=sys.stderr)
+        return EX_SOFTWARE
+
+
+def _parse(raw: list[str]) -> argparse.Namespace:
+    """Parse the command line; everything after ``emulator`` is the emulator's, except the
+    global options, which are taken out of it as from any command's."""
+    passthrough: list[str] = []
+    at = _command_index(raw)
+    if at is not None and raw[at] == "emulator":
+        raw, passthrough = raw[:at + 1], raw[at + 1:]
+    args = _parser().parse_args(raw)
+    if passthrough:
+        passthrough = _global_parent().parse_known_args(passthrough, namespace=args)[1]
+    args.args = passthrough
+    for name, default in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    if args.log_level == "debug":
+        args.debug = True
+    return args
+
+
+def _command_index(raw: list[str]) -> int | None:
+    """Where the command word is in ``raw``: the first word that is neither an option nor an
+    option's value."""
+    i = 0
+    while i < len(raw):
+        word = raw[i]
+        if word == "--":
+            return i + 1 if i + 1 < len(raw) else None
+        if word.startswith("-") and word != "-":
+            i += 2 if word in _VALUED else 1
+            continue
+        return i
+    return None
+
+
+def _says_debug(raw: list[str]) -> bool:
+    return any(a == "--log-level=debug" or (a == "--log-level" and b == "debug") for a, b in zip(raw, raw[1:] + [""]))
+
+
+def _debug_traceback(debug: bool) -> None:
+    if debug:
+        import traceback
+
+        print(redact(traceback.format_exc()).rstrip(), file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _runtime(args: argparse.Namespace):
-    from rotator import config
-    from rotator.runtime import Runtime
+    from rotator.cli_ops import runtime_for
 
-    return Runtime(config.load(args.config))
+    return runtime_for(args)
 
+
+# --- rotate ----------------------------------------------------------------------------------
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     from rotator import audit, notify
-    from rotator.engine import Engine
 
+    _check_metrics_options(args)                     # a bad --metrics-file fails before any effect
     runtime = _runtime(args)
     sink = audit.open_sink(runtime.settings.audit, args.audit_file)    # the same records as the daemon
     # [alerts] webhooks: a failed run pages from here as from the daemon (one-shot: no reminders)
@@ -141,18 +340,22 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             sink(event)
         events.append(event)
 
-    engine = Engine(runtime, on_event=on_event)
-    # SIGTERM (a CronJob pod stopped, `docker stop`): finish the step in flight, release the lease.
-    previous = _on_signals(lambda signum, frame: engine.request_stop())
     credentials: list[Any] = []
     try:
-        report = engine.run(args.secrets or None, force=args.force)
+        chosen = runtime.select(args.secrets or None)
+        with output.progress(len(chosen), "rotating", quiet=args.quiet) as tick:
+            engine = _counting_engine(runtime, on_event, tick)
+            # SIGTERM (a CronJob pod stopped, `docker stop`): finish the step in flight, release the lease.
+            previous = _on_signals(lambda signum, frame: engine.request_stop())
+            try:
+                report = engine.run(args.secrets or None, force=args.force)
+            finally:
+                _on_signals(previous)
         if notifier is not None:
             notify.Alerts(notifier.send).on_run(events, report.outcomes, runtime.clock.now())
         if not engine.stopping:
             credentials = _credentials_after_run(runtime, args.secrets or None)
     finally:
-        _on_signals(previous)
         runtime.close()
         if sink is not None:
             sink.close()
@@ -168,14 +371,74 @@ def cmd_rotate(args: argparse.Namespace) -> int:
                     "credentials": [credential_row(c) for c in credentials]})
     else:
         print(table(rows, ["secret", "result", "phase", "did", "next"]))
-        _print_credentials(credentials)
+        print_credentials(credentials)
         changed = sum(o.status == "changed" for o in report.outcomes)
         print(f"\n{len(rows)} secret(s): {changed} changed, {len(report.failed)} failed")
         for o in report.failed:
             print(f"  {o.secret}: {redact(o.error or o.detail or 'failed')}")
         for problem in report.problems:
             print(f"  {redact(problem)}")
-    return report.exit_code
+    sys.stdout.flush()
+    return _export_metrics(args, report, events) or report.exit_code
+
+
+def _counting_engine(runtime: Any, on_event: Callable[[Any], None], tick: Callable[[str | None], None]) -> Any:
+    """An Engine that ticks the progress bar as each secret's run ends (its Outcome is made).
+    A secret run twice in one run (its key found gone) ticks once."""
+    from rotator.engine import Engine
+
+    class CountingEngine(Engine):
+        def run_secret(self, secret: Any, **kwargs: Any) -> Any:
+            try:
+                return super().run_secret(secret, **kwargs)
+            finally:
+                tick(secret.name)
+
+    return CountingEngine(runtime, on_event=on_event)
+
+
+def _check_metrics_options(args: argparse.Namespace) -> None:
+    """``--metrics-file`` and ``--pushgateway``, checked before the run: a typo must not cost a
+    run's metrics after its effects."""
+    from urllib.parse import urlsplit
+
+    if args.metrics_file:
+        directory = os.path.dirname(os.path.abspath(os.path.expanduser(args.metrics_file)))
+        if os.path.isdir(args.metrics_file):
+            raise UsageError(f"--metrics-file {args.metrics_file}: is a directory (give a file name, e.g. "
+                             f"{os.path.join(args.metrics_file, 'rotator.prom')})")
+        if not os.path.isdir(directory):
+            raise UsageError(f"--metrics-file {args.metrics_file}: directory {directory} does not exist")
+    if args.pushgateway:
+        parts = urlsplit(args.pushgateway if "://" in args.pushgateway else f"http://{args.pushgateway}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--pushgateway {args.pushgateway}: not an http(s) URL (e.g. http://pushgateway:9091)")
+    if args.metrics_file or args.pushgateway:
+        import importlib.util
+
+        if importlib.util.find_spec("rotator.metrics_export") is None:
+            raise UsageError("--metrics-file/--pushgateway: this build of rotator cannot export a run's metrics"
+                             " (rotator.metrics_export is missing)")
+
+
+def _export_metrics(args: argparse.Namespace, report: Any, events: list[Any]) -> int:
+    """Export the run's metrics when asked; 0, or the exit code of a failed export (the run's
+    summary is printed already): 2 for a bad path or URL, 1 when the export itself failed."""
+    if not (args.metrics_file or args.pushgateway):
+        return 0
+    from rotator.metrics_export import export_run
+
+    try:
+        export_run(report, events, metrics_file=args.metrics_file, pushgateway=args.pushgateway, job="rotator")
+    except ConfigError as exc:
+        print(f"rotator: could not export the run's metrics: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the run happened; its metrics failing is said, not raised
+        from rotator.survey import describe
+
+        print(f"rotator: could not export the run's metrics: {describe(exc)}", file=sys.stderr)
+        return max(report.exit_code, 1)
+    return 0
 
 
 def _credentials_after_run(runtime: Any, names: list[str] | None) -> list[Any]:
@@ -206,6 +469,8 @@ def _on_signals(handler: Any) -> Any:
     return old
 
 
+# --- plan and status -------------------------------------------------------------------------
+
 def _survey(args: argparse.Namespace, at: datetime | None):
     from rotator import survey
 
@@ -216,46 +481,10 @@ def _survey(args: argparse.Namespace, at: datetime | None):
         runtime.close()
 
 
-def _secret_row(view: Any) -> dict[str, Any]:
-    """Everything about one secret, for ``-o json`` (the text table shows a readable part)."""
-    secret, a = view.secret, view.assessment
-    return {
-        "secret": secret.name, "issuer": secret.issuer.name, "targets": [b.label for b in secret.targets],
-        "health": a.health, "healthy": a.healthy, "reason": redact(a.reason),
-        "phase": a.phase, "key": a.key, "key_id": a.key_id, "last4": a.last4,
-        "created": format_instant(a.created_on), "expires": format_instant(a.expires_on),
-        "next": a.action, "at": format_instant(a.at),
-        "error": redact(a.last_error) if a.last_error else None, "error_since": format_instant(a.error_since),
-        "attempts": a.attempts, "owner": a.owner, "lease_until": format_instant(a.lease_until),
-        "held": [{"key": h.key.label(), "key_id": h.key.key_id, "last4": h.key.last4, "reason": h.reason,
-                  "since": format_instant(h.since), "waiting_for": list(h.consumers)} for h in a.held],
-        "paused": None if a.paused is None else {
-            "by": a.paused.by, "at": format_instant(a.paused.at), "until": format_instant(a.paused.until),
-            "reason": a.paused.reason},
-        "outside_window": a.outside_window,
-    }
-
-
-def credential_row(c: Any) -> dict[str, Any]:
-    return {
-        "issuer": c.issuer, "health": c.health, "healthy": c.healthy, "reason": c.reason, "key": c.key,
-        "key_id": c.key_id, "last4": c.last4, "name": c.name, "created": format_instant(c.created_on),
-        "expires": format_instant(c.expires_on), "managed_as": c.managed_as, "matches": c.matches,
-    }
-
-
-def _held_rows(view: Any) -> list[dict[str, Any]]:
-    """A held revoke as its own plan line: the next run asks the gate again."""
-    return [{"secret": view.secret.name, "health": "held", "key": f"old …{h.key.last4}", "expires": h.key.expires_on,
-             "next": "revoke the old key once nothing holds it", "at": "next run",
-             "why": f"{view.secret.name}: revoke of old key {h.key.label()} held since {_short(h.since)}: {h.reason}"}
-            for h in view.assessment.held]
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
-    at = parse_instant(args.at) if args.at else None
+    at = args.at
     found = _survey(args, at)
-    rows = [_secret_row(v) for v in found.secrets]
+    rows = [secret_row(v) for v in found.secrets]
     warnings = [s.warning for s in found.shared]
     credentials = [credential_row(c) for c in found.credentials]
     if args.output == "json":
@@ -264,26 +493,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     lines, why = [], []
     for view, row in zip(found.secrets, rows):
-        lines.append({**row, "key": _last4(row["last4"]), "expires": _short(view.assessment.expires_on),
-                      "at": _short(view.assessment.at) if view.assessment.at else "now"})
-        for held in _held_rows(view):
-            lines.append({**held, "expires": _short(held["expires"])})
+        lines.append({**row, "key": last4(row["last4"]), "expires": short(view.assessment.expires_on),
+                      "at": short(view.assessment.at) if view.assessment.at else "now"})
+        for held in held_rows(view):
+            lines.append({**held, "expires": short(held["expires"])})
             why.append(held["why"])
     print(table(lines, ["secret", "health", "key", "expires", "next", "at"]))
-    _print_credentials(found.credentials)
+    print_credentials(found.credentials)
     for view in found.secrets:
         a = view.assessment
         if a.paused is not None:
             warnings.append(f"{view.secret.name}: {a.reason}")
         if a.outside_window:
             warnings.append(f"{view.secret.name}: {a.action}")
-    _print_notes(why, found.problems, warnings, why_title="held revokes")
+    print_notes(why, found.problems, warnings, why_title="held revokes")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     found = _survey(args, None)
-    rows = [_secret_row(v) for v in found.secrets]
+    rows = [secret_row(v) for v in found.secrets]
     warnings = [s.warning for s in found.shared]
     bad = found.unhealthy
     if args.output == "json":
@@ -291,10 +520,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "warnings": warnings, "problems": found.problems, "unhealthy": bad, "healthy": not bad})
         return 1 if bad else 0
     print(table([{
-        "secret": r["secret"], "health": r["health"], "phase": r["phase"], "key": _last4(r["last4"]),
-        "key id": r["key_id"], "created": _short(v.assessment.created_on, date_only=True),
-        "expires": _short(v.assessment.expires_on),
-        "next": f"{_brief(r['next'])}, {_short(v.assessment.at) if v.assessment.at else 'now'}",
+        "secret": r["secret"], "health": r["health"], "phase": r["phase"], "key": last4(r["last4"]),
+        "key id": r["key_id"], "created": short(v.assessment.created_on, date_only=True),
+        "expires": short(v.assessment.expires_on),
+        "next": f"{brief(r['next'])}, {short(v.assessment.at) if v.assessment.at else 'now'}",
     } for v, r in zip(found.secrets, rows)], ["secret", "health", "phase", "key", "key id", "created", "expires",
                                               "next"]))
     why = []
@@ -303,12 +532,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not a.healthy:
             why.append(f"{v.secret.name}: {a.health}: {a.reason}")
         for h in a.held[1:] if a.health == "held" else a.held:
-            why.append(f"{v.secret.name}: revoke of old key {h.key.label()} held since {_short(h.since)}: {h.reason}")
+            why.append(f"{v.secret.name}: revoke of old key {h.key.label()} held since {short(h.since)}: {h.reason}")
         if a.last_error and a.health != "failing":
-            since = f" (since {_short(a.error_since)})" if a.error_since else ""
+            since = f" (since {short(a.error_since)})" if a.error_since else ""
             why.append(f"{v.secret.name}: last error{since}: {a.last_error}")
-    _print_credentials(found.credentials)
-    _print_notes(why, found.problems, warnings)
+    print_credentials(found.credentials)
+    print_notes(why, found.problems, warnings)
     sick = sum(not v.assessment.healthy for v in found.secrets)
     sick_credentials = sum(not c.healthy for c in found.credentials)
     print(f"\n{len(found.secrets)} secret(s): {sick} not healthy; {len(found.credentials)} issuer credential(s):"
@@ -316,55 +545,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _print_credentials(credentials: list[Any]) -> None:
-    if not credentials:
-        return
-    print("\n" + table([{
-        "issuer": c.issuer, "credential": _last4(c.last4), "key id": c.key_id, "health": c.health,
-        "expires": _short(c.expires_on), "managed": f"as secret {c.managed_as}" if c.managed_as else "no",
-    } for c in credentials], ["issuer", "credential", "key id", "health", "expires", "managed"]))
-    for c in credentials:
-        print(f"  {c.issuer}: {redact(c.reason)}")
+# --- the other commands ----------------------------------------------------------------------
 
+def cmd_check(args: argparse.Namespace) -> int:
+    import importlib.util
 
-def _print_notes(why: list[str], problems: list[str], warnings: list[str], *, why_title: str = "why") -> None:
-    for title, lines in ((why_title, why), ("problems", problems), ("warnings", warnings)):
-        if lines:
-            print(f"\n{title}:")
-            for line in lines:
-                print(f"  {redact(line)}")
+    if importlib.util.find_spec("rotator.check") is None:
+        raise UsageError("'rotator check' is not available in this build (rotator.check is missing);"
+                         " 'rotator plan' loads and validates the configuration meanwhile")
+    from rotator import check
 
-
-def _brief(action: str) -> str:
-    """The gist of a next action for a text table ('rotate now (due: ...)' -> 'rotate now')."""
-    return action.split(" (", 1)[0].split(":", 1)[0]
-
-
-def _last4(last4: str | None) -> str | None:
-    return f"…{last4}" if last4 else None
-
-
-def _short(moment: datetime | None, *, date_only: bool = False) -> str | None:
-    """An instant for a text table: '2027-03-04 22:11Z' (or the date alone)."""
-    if moment is None:
-        return None
-    try:
-        return moment.strftime("%Y-%m-%d" if date_only else "%Y-%m-%d %H:%MZ")
-    except ValueError:
-        return format_instant(moment)
+    return check.cmd_check(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from rotator.demo import run_demo
 
-    return run_demo(days=args.days, quiet=args.quiet)
+    return run_demo(days=args.days, quiet=args.quiet, output=args.output)
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     from rotator import registry
 
     serve = registry.load("emulator", "quivaworks-cli", "emulator")
-    return int(serve(args.args) or 0)
+    return int(serve([*args.args, *(["--quiet"] if args.quiet else [])]) or 0)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -374,9 +578,110 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return run_daemon(config.load(args.config), http_address=args.http_address, audit_path=args.audit_file)
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """The completion script for ``args.shell``, generated by shtab from this very parser."""
+    import shtab
+
+    parser = _parser()
+    _mark_completions(parser, shtab)
+    print(shtab.complete(parser, shell=args.shell), end="")
+    return 0
+
+
+#: Secret names for SECRET arguments: the hidden helper command lists them from the config
+#: named on the command line being completed (-c/--config), else from $ROTATOR_CONFIG.
+_SECRET_NAMES = {
+    "bash": "_rotator_secret_names",
+    "zsh": "_rotator_secret_names",
+    "fish": "(__rotator_secret_names)",
+    "preamble": {
+        "bash": """\
+_rotator_secret_names() {
+  local i config=()
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    case "${COMP_WORDS[i]}" in
+      -c|--config) config=(--config "${COMP_WORDS[i+1]}") ;;
+      --config=*) config=(--config "${COMP_WORDS[i]#--config=}") ;;
+    esac
+  done
+  compgen -W "$(command rotator "${config[@]}" %(helper)s 2>/dev/null)" -- "$1"
+}""",
+        "zsh": """\
+_rotator_secret_names() {
+  local -a names config
+  local i
+  for ((i = 2; i < CURRENT; i++)); do
+    case ${words[i]} in
+      -c|--config) config=(--config ${words[i+1]}) ;;
+      --config=*) config=(--config ${words[i]#--config=}) ;;
+    esac
+  done
+  names=(${(f)"$(command rotator $config %(helper)s 2>/dev/null)"})
+  compadd -a names
+}""",
+        "fish": """\
+function __rotator_secret_names
+  set -l tokens (commandline -opc)
+  set -l config
+  set -l i 1
+  while test $i -le (count $tokens)
+    switch $tokens[$i]
+      case -c --config
+        set i (math $i + 1)
+        set config --config $tokens[$i]
+      case '--config=*'
+        set config --config (string replace -- '--config=' '' $tokens[$i])
+    end
+    set i (math $i + 1)
+  end
+  command rotator $config %(helper)s 2>/dev/null
+end""",
+    },
+}
+
+
+def _mark_completions(parser: argparse.ArgumentParser, shtab: Any) -> None:
+    """SECRET arguments complete secret names; -c/--config and the path options complete files."""
+    secret_names = {**_SECRET_NAMES, "preamble": {shell: text % {"helper": COMPLETE_SECRETS}
+                                                  for shell, text in _SECRET_NAMES["preamble"].items()}}
+    paths = {"--config", "--audit-file", "--metrics-file", "--state-file", "--admin-key-file"}
+    for action in _all_actions(parser):
+        if not action.option_strings and action.dest in ("secrets", "secret"):
+            action.complete = secret_names  # type: ignore[attr-defined]
+        elif paths & set(action.option_strings):
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+
+
+def _all_actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    found = []
+    for action in parser._actions:
+        found.append(action)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += _all_actions(child)
+    return found
+
+
+def cmd_complete_secrets(args: argparse.Namespace) -> int:
+    """The names of the configured secrets, one a line, for the completion scripts: read straight
+    from the TOML file (no validation, no credential, no network), nothing at all on any error."""
+    import tomllib
+
+    path = args.config or os.environ.get("ROTATOR_CONFIG")      # rotator.config.CONFIG_ENV, not imported: fast
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            data = tomllib.load(f)
+        names = [s["name"] for s in data.get("secrets", []) if isinstance(s, dict) and isinstance(s.get("name"), str)]
+    except Exception:  # noqa: BLE001 - completion offers nothing rather than an error mid-line
+        return 0
+    print("\n".join(names))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "rotate": cmd_rotate, "plan": cmd_plan, "status": cmd_status, "demo": cmd_demo,
-    "emulator": cmd_emulator, "daemon": cmd_daemon,
+    "rotate": cmd_rotate, "plan": cmd_plan, "status": cmd_status, "check": cmd_check, "demo": cmd_demo,
+    "emulator": cmd_emulator, "daemon": cmd_daemon, "completion": cmd_completion,
+    COMPLETE_SECRETS: cmd_complete_secrets,
 }
 
 
@@ -387,22 +692,6 @@ def _ops_commands() -> None:
 
 
 _ops_commands()
-
-
-def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A plain aligned table; cells are redacted and cut to a readable width."""
-    def cell(value: Any) -> str:
-        text = "-" if value in (None, "", []) else str(value)
-        text = redact(text)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    grid = [[c.upper() for c in columns]] + [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(line[i]) for line in grid) for i in range(len(columns))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in grid)
-
-
-def print_json(data: Any) -> None:
-    print(redact(json.dumps(data, indent=2, default=str)))
 
 
 if __name__ == "__main__":

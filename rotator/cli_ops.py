@@ -1,8 +1,9 @@
-"""Operations commands: ``sync``, ``verify``, ``audit``, ``revoke --compromised``, ``pause`` and
-``resume``.
+"""Operations commands: ``sync``, ``verify``, ``review`` (``audit``, its deprecated alias),
+``revoke --compromised``, ``pause`` and ``resume``.
 
 The tasks the QuivaWorks guide asks people to do by hand. Same conventions as ``rotator.cli``:
 exit 0 healthy, 1 problem found or failed, 2 usage/config; nothing printed contains a key value.
+Output helpers come from :mod:`rotator.output`; this module never imports ``rotator.cli``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,14 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from rotator.errors import ConfigError, RotatorError
+from rotator import output
+from rotator.errors import ConfigError, RotatorError, UsageError
+from rotator.output import credential_row, print_json, table
 from rotator.redact import redact
 from rotator.timeutil import format_instant
+
+AUDIT_DEPRECATED = ("rotator: 'audit' is deprecated, use 'review'; from the next release 'audit' means only"
+                    " the audit trail")
 
 
 def add_parsers(sub: Any, output_option: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -27,16 +33,13 @@ def add_parsers(sub: Any, output_option: Callable[[argparse.ArgumentParser], Non
     verify.add_argument("secrets", nargs="*", metavar="SECRET")
     output_option(verify)
 
-    audit = sub.add_parser("audit", help="review every key the issuers list (the monthly review)")
-    audit.add_argument("--issuer", action="append", help="only this issuer (repeatable)")
-    audit.add_argument("-o", "--output", default="text", choices=["text", "json", "markdown"])
-    audit.add_argument("--fix", action="store_true",
-                       help="revoke orphans (keys rotator named but nothing uses) the run's sweep would revoke")
-    audit.add_argument("--revoke-unmanaged", action="store_true", help="also revoke keys no managed secret uses")
-    audit.add_argument("--revoke-unused", action="store_true", help="also revoke keys unused for 30+ days")
-    audit.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    audit.add_argument("--audit-file", metavar="PATH",
-                       help="append audit records of revokes here (default: [audit] path)")
+    _review_arguments(sub.add_parser(
+        "review", help="the monthly review: every key the issuers list, flagged (--fix revokes orphans)",
+        description="The monthly key review: every key each issuer lists, classified (managed, orphan,\n"
+                    "unmanaged, credential) and flagged (expiring, expired, unused, unclear name, shared).\n"
+                    "--fix and --revoke-* revoke through the same gate as rotations."))
+    # one release of grace for scripts that still say `audit`; then "audit" is only the audit trail
+    _review_arguments(sub.add_parser("audit", help="deprecated alias of 'review' (for one release)"))
 
     revoke = sub.add_parser("revoke", help="incident: replace and immediately revoke a compromised key")
     revoke.add_argument("secret", metavar="SECRET")
@@ -57,40 +60,42 @@ def add_parsers(sub: Any, output_option: Callable[[argparse.ArgumentParser], Non
     output_option(resume)
 
 
-def _runtime(args: argparse.Namespace):
-    from rotator.cli import _runtime as build
+def _review_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--issuer", action="append", help="only this issuer (repeatable)")
+    parser.add_argument("-o", "--output", default="text", choices=["text", "json", "markdown"])
+    parser.add_argument("--fix", action="store_true",
+                        help="revoke orphans (keys rotator named but nothing uses) the run's sweep would revoke")
+    parser.add_argument("--revoke-unmanaged", action="store_true", help="also revoke keys no managed secret uses")
+    parser.add_argument("--revoke-unused", action="store_true", help="also revoke keys unused for 30+ days")
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument("--audit-file", metavar="PATH",
+                        help="append audit records of revokes here (default: [audit] path)")
 
-    return build(args)
+
+def runtime_for(args: argparse.Namespace):
+    """The Runtime every command works on, from ``--config`` (or ``$ROTATOR_CONFIG``)."""
+    from rotator import config
+    from rotator.runtime import Runtime
+
+    return Runtime(config.load(args.config))
+
+
+_runtime = runtime_for
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from rotator import drift
     from rotator.readahead import ReadAhead
-    from rotator.cli import print_json, table
 
     runtime = _runtime(args)
     rows, bad = [], 0
     try:
         secrets = runtime.select(args.secrets or None)
         ahead = ReadAhead(secrets, runtime.clock)
-        for secret in secrets:
-            try:
-                primary, report = drift.check(secret, ahead)
-                if args.repair or runtime.settings.rotator.repair_drift:
-                    drift.repair(secret, primary, report)
-            except Exception as exc:  # noqa: BLE001 - one secret never stops the others (I6)
-                rows.append({"secret": secret.name, "target": secret.primary.label, "state": "unreadable",
-                             "detail": describe(exc)})
-                bad += 1
-                continue
-            if report.primary_state != "ok":
-                rows.append({"secret": secret.name, "target": report.primary, "state": f"primary {report.primary_state}",
-                             "detail": "rotate adopts it" if report.primary_state != "empty" else ""})
-            for t in report.targets:
-                state = "repaired" if t.target in report.repaired else t.state
-                detail = report.repair_errors.get(t.target) or t.detail or report.note
-                rows.append({"secret": secret.name, "target": t.target, "state": state, "detail": detail})
-            bad += not report.healthy
+        with output.progress(len(secrets), "syncing", quiet=args.quiet) as tick:
+            for secret in secrets:
+                bad += _sync_one(args, runtime, secret, ahead, rows)
+                tick(secret.name)
     finally:
         runtime.close()
     if args.output == "json":
@@ -100,10 +105,31 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _sync_one(args: argparse.Namespace, runtime: Any, secret: Any, ahead: Any, rows: list[dict[str, Any]]) -> int:
+    """Check (and repair) one secret's targets, adding their rows; 1 when it is not healthy."""
+    from rotator import drift
+
+    try:
+        primary, report = drift.check(secret, ahead)
+        if args.repair or runtime.settings.rotator.repair_drift:
+            drift.repair(secret, primary, report)
+    except Exception as exc:  # noqa: BLE001 - one secret never stops the others (I6)
+        rows.append({"secret": secret.name, "target": secret.primary.label, "state": "unreadable",
+                     "detail": describe(exc)})
+        return 1
+    if report.primary_state != "ok":
+        rows.append({"secret": secret.name, "target": report.primary, "state": f"primary {report.primary_state}",
+                     "detail": "rotate adopts it" if report.primary_state != "empty" else ""})
+    for t in report.targets:
+        state = "repaired" if t.target in report.repaired else t.state
+        detail = report.repair_errors.get(t.target) or t.detail or report.note
+        rows.append({"secret": secret.name, "target": t.target, "state": state, "detail": detail})
+    return int(not report.healthy)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from rotator import drift, survey
     from rotator.readahead import ReadAhead
-    from rotator.cli import credential_row, print_json, table
 
     runtime = _runtime(args)
     rows, bad = [], 0
@@ -111,28 +137,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         secrets = runtime.select(args.secrets or None)
         ahead = ReadAhead(secrets, runtime.clock)
-        for secret in secrets:
-            problems: list[str] = []
-            key = expires = None
-            try:
-                primary, report = drift.check(secret, ahead)
-                problems += [f"{t.target}: {t.state}" for t in report.drifted]
-                if report.primary_state != "ok":
-                    problems.append(f"{secret.primary.label}: primary {report.primary_state}")
-                if primary.current is not None:
-                    key = f"…{primary.current.last4}"
-                    if not secret.issuer.verify(primary.current):
-                        problems.append(f"the issuer refuses the current key {key}")
-                record = primary.record
-                if record and record.current and record.current.expires_on:
-                    expires = record.current.expires_on
-                    if expires <= now:
-                        problems.append("the current key has expired")
-            except Exception as exc:  # noqa: BLE001 - one secret never stops the others (I6)
-                problems.append(describe(exc))
-            bad += bool(problems)
-            rows.append({"secret": secret.name, "ok": not problems, "key": key,
-                         "expires": format_instant(expires), "problems": problems})
+        with output.progress(len(secrets), "verifying", quiet=args.quiet) as tick:
+            for secret in secrets:
+                problems: list[str] = []
+                key = expires = None
+                try:
+                    primary, report = drift.check(secret, ahead)
+                    problems += [f"{t.target}: {t.state}" for t in report.drifted]
+                    if report.primary_state != "ok":
+                        problems.append(f"{secret.primary.label}: primary {report.primary_state}")
+                    if primary.current is not None:
+                        key = f"…{primary.current.last4}"
+                        if not secret.issuer.verify(primary.current):
+                            problems.append(f"the issuer refuses the current key {key}")
+                    record = primary.record
+                    if record and record.current and record.current.expires_on:
+                        expires = record.current.expires_on
+                        if expires <= now:
+                            problems.append("the current key has expired")
+                except Exception as exc:  # noqa: BLE001 - one secret never stops the others (I6)
+                    problems.append(describe(exc))
+                bad += bool(problems)
+                rows.append({"secret": secret.name, "ok": not problems, "key": key,
+                             "expires": format_instant(expires), "problems": problems})
+                tick(secret.name)
         # the key rotator itself signs in with: expired, or expiring with nobody to rotate it
         wanted = [s.issuer.name for s in secrets] if args.secrets else list(runtime.issuers)
         credentials = survey.credentials(runtime, survey.list_issuers(runtime, wanted), now)
@@ -157,10 +185,15 @@ def describe(exc: BaseException) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    """``rotator audit``: the deprecated name of ``review``, for one release."""
+    print(AUDIT_DEPRECATED, file=sys.stderr)
+    return cmd_review(args)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
     import json
 
     from rotator import review
-    from rotator.cli import table
     from rotator.engine import Engine, RunShared
     from rotator.readahead import ReadAhead
     from rotator.revoker import DEFAULT_IN_FLIGHT
@@ -175,21 +208,26 @@ def cmd_audit(args: argparse.Namespace) -> int:
         wanted = args.issuer or list(runtime.issuers)
         unknown = [n for n in wanted if n not in runtime.issuers]
         if unknown:
-            raise ConfigError(f"unknown issuer(s): {', '.join(unknown)} (configured: {', '.join(runtime.issuers)})")
+            raise UsageError(f"unknown issuer(s): {', '.join(unknown)} (configured: {', '.join(runtime.issuers)})")
         # Every revoke goes through the gate: the run's revoker gathers fresh evidence for each,
         # reusing the reads below while they are fresh, and confirms each revoke by a listing.
         shared = RunShared(Engine(runtime, on_event=trail))
-        for name in wanted:
-            issuer = runtime.issuers[name]
-            mine = [secret for secret in runtime.secrets if secret.issuer is issuer]
-            ahead = ReadAhead(mine, runtime.clock)        # batched where the backend can
-            managed = [_read_managed(secret, shared, problems, ahead) for secret in mine]
-            listing = shared.listings.fresh(issuer)
-            if not listing.usable:
-                problems.append(f"issuer {name}: its listing contradicts itself ({'; '.join(listing.problems[:3])});"
-                                " nothing is revoked on it")
-            bound = getattr(issuer, "in_flight_bound", None) or DEFAULT_IN_FLIGHT
-            findings += review.classify(name, listing, managed, now, runtime.credential_of(name), in_flight=bound)
+        total = sum(secret.issuer.name in wanted for secret in runtime.secrets)
+        with output.progress(total, "reviewing", quiet=args.quiet) as tick:
+            for name in wanted:
+                issuer = runtime.issuers[name]
+                mine = [secret for secret in runtime.secrets if secret.issuer is issuer]
+                ahead = ReadAhead(mine, runtime.clock)        # batched where the backend can
+                managed = []
+                for secret in mine:
+                    managed.append(_read_managed(secret, shared, problems, ahead))
+                    tick(secret.name)
+                listing = shared.listings.fresh(issuer)
+                if not listing.usable:
+                    problems.append(f"issuer {name}: its listing contradicts itself"
+                                    f" ({'; '.join(listing.problems[:3])}); nothing is revoked on it")
+                bound = getattr(issuer, "in_flight_bound", None) or DEFAULT_IN_FLIGHT
+                findings += review.classify(name, listing, managed, now, runtime.credential_of(name), in_flight=bound)
         flags = {"orphans": args.fix, "unmanaged": args.revoke_unmanaged, "unused": args.revoke_unused}
         for f in review.withheld(findings, **flags):
             results[(f.issuer, f.key_id)] = ("held", f.hold or "")
@@ -329,7 +367,7 @@ def _revoke_chosen(runtime: Any, shared: Any, chosen: list, yes: bool,
               file=sys.stderr)
     if not yes:
         if not sys.stdin.isatty():
-            raise ConfigError("refusing to revoke without confirmation: pass --yes")
+            raise UsageError("refusing to revoke without confirmation: pass --yes")
         if input("Revoke them? [y/N] ").strip().lower() not in ("y", "yes"):
             return {}
     if trail is not None:
@@ -358,7 +396,6 @@ def _revoke_chosen(runtime: Any, shared: Any, chosen: list, yes: bool,
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    from rotator.cli import print_json, table
     from rotator.engine import Engine
     from rotator.incident import revoke_compromised
 
@@ -404,7 +441,6 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_pause(args: argparse.Namespace) -> int:
     from rotator import pausing
-    from rotator.cli import print_json
 
     runtime = _runtime(args)
     try:
@@ -430,7 +466,6 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from rotator import pausing
-    from rotator.cli import print_json
 
     runtime = _runtime(args)
     try:
@@ -471,5 +506,5 @@ def _trail(runtime: Any, secret: str, action: str, detail: str, now: Any) -> Non
             sink.close()
 
 
-COMMANDS = {"sync": cmd_sync, "verify": cmd_verify, "audit": cmd_audit, "revoke": cmd_revoke,
-            "pause": cmd_pause, "resume": cmd_resume}
+COMMANDS = {"sync": cmd_sync, "verify": cmd_verify, "review": cmd_review, "audit": cmd_audit,
+            "revoke": cmd_revoke, "pause": cmd_pause, "resume": cmd_resume}

@@ -8,6 +8,10 @@ checks I1 from the outside: every target's current key must be accepted by the e
 
 The managed secrets start in different states: a hand-made key close to expiry, a younger one,
 a secret with no key yet, and the rotator's own admin key, which the rotator rotates too.
+
+``-o json`` prints one JSON document instead of the timeline and table: the simulated span, each
+secret's row of the table, the totals and whether the year went without an expired key, an
+outage or a failed run.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rotator import config, registry
-from rotator.cli import table
 from rotator.engine import Engine, Event
 from rotator.models import KeyRef, Secret
+from rotator.output import print_json, table
 from rotator.runtime import Runtime
 from rotator.testing import FakeClock
+from rotator.timeutil import format_instant
 
 ADMIN = "platform-bot@example.com"
 CHECK_INTERVAL = timedelta(days=1)
@@ -76,7 +81,9 @@ def _start_vault(root: Path) -> tuple[Any, str]:
     return vault, f"Vault target: prod-web-app's primary is KV v2 on an OpenBao dev server at {vault.url}"
 
 
-def run_demo(days: int = 365, quiet: bool = False, out: TextIO | None = None) -> int:
+def run_demo(days: int = 365, quiet: bool = False, out: TextIO | None = None, output: str = "text") -> int:
+    """Simulate ``days`` days; 0 when no key expired, no target went without a working key and no
+    run failed, else 1. ``output="json"``: one JSON summary on ``out``, no timeline."""
     out = out or sys.stdout
     start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     clock = FakeClock(start)
@@ -85,14 +92,14 @@ def run_demo(days: int = 365, quiet: bool = False, out: TextIO | None = None) ->
         root = Path(tmp)
         vault, vault_note = _start_vault(root)
         try:
-            return _run(emu, root, vault, vault_note, clock, start, days, quiet, out)
+            return _run(emu, root, vault, vault_note, clock, start, days, quiet or output == "json", out, output)
         finally:
             if vault is not None:
                 vault.stop()
 
 
 def _run(emu: Any, root: Path, vault: Any, vault_note: str, clock: FakeClock, start: datetime, days: int,
-         quiet: bool, out: TextIO) -> int:
+         quiet: bool, out: TextIO, output: str = "text") -> int:
     say = (lambda line: None) if quiet else (lambda line: print(line, file=out))
     runtime = Runtime(config.load(data=demo_config(emu.url, root, vault)), clock=clock, sleep=clock.sleep,
                       identity="demo-runner")
@@ -109,13 +116,20 @@ def _run(emu: Any, root: Path, vault: Any, vault_note: str, clock: FakeClock, st
         rows = _summary(runtime, events, health)
     finally:
         runtime.close()
+    totals = {"rotations": sum(r["rotations"] for r in rows), "revocations": sum(r["revoked"] for r in rows),
+              "expired_keys": sum(r["expired"] for r in rows), "outages": sum(r["outages"] for r in rows),
+              "failed_runs": sum(r["failures"] for r in rows)}
+    ok = totals["expired_keys"] == totals["outages"] == totals["failed_runs"] == 0
+    if output == "json":
+        print_json({"days": days, "start": format_instant(start), "end": format_instant(clock.now()),
+                    "vault": vault is not None, "vault_note": vault_note, "secrets": rows, "totals": totals, "ok": ok},
+                   out=out)
+        return 0 if ok else 1
     print(("\n" if not quiet else "") + table(rows, list(rows[0])), file=out)
-    outages = sum(r["outages"] for r in rows)
-    expired = sum(r["expired"] for r in rows)
-    failures = sum(r["failures"] for r in rows)
-    print(f"\nrotations: {sum(r['rotations'] for r in rows)}  revocations: {sum(r['revoked'] for r in rows)}"
-          f"  expired keys: {expired}  outages: {outages}  failed runs: {failures}", file=out)
-    return 0 if outages == expired == failures == 0 else 1
+    print(f"\nrotations: {totals['rotations']}  revocations: {totals['revocations']}"
+          f"  expired keys: {totals['expired_keys']}  outages: {totals['outages']}"
+          f"  failed runs: {totals['failed_runs']}", file=out)
+    return 0 if ok else 1
 
 
 def _seed(emu: Any, runtime: Runtime, now: datetime) -> None:

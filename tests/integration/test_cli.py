@@ -89,7 +89,7 @@ def test_a_failing_secret_exits_1_and_others_still_run(cli_world, capsys, emulat
 
 @pytest.mark.parametrize("content, expected", [
     ('[rotator]\nlead_time = "soon"\n', "rotator.lead_time: not a duration"),
-    ('[rotator]\ncolour = "blue"\n', "rotator.colour: unknown setting"),
+    ('[rotator]\ncolour = "blue"\n', "rotator.colour: unknown field"),
     ('[[secrets]]\nname = "x"\nissuer = "nope"\ntargets = [{ backend = "b", path = "p" }]\n',
      "secrets[0].issuer: unknown issuer 'nope'"),
     ('[issuers.q]\ntype = "quivaworks"\nadmin_key = "ms-0123456789abcdef"\n',
