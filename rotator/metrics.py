@@ -1,19 +1,25 @@
 """Prometheus metrics of the daemon, on a private registry (documented in docs/daemon.md).
 
-prometheus_client is imported when :class:`Metrics` is built — by the daemon only — so the
-one-shot commands never load it. Labels carry names and ids (secret, backend, target, provider,
-operation, status, phase, health, result), never a key value or a fragment of one.
+prometheus_client is imported when :class:`Metrics` is built — by the daemon, and by ``rotate``
+only when asked to export its run (:mod:`rotator.metrics_export`: the same families under the
+same names) — so the one-shot commands never load it otherwise. Labels carry names and ids
+(secret, backend, target, provider, operation, status, phase, health, result), never a key
+value or a fragment of one.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rotator import __version__
 from rotator.engine import Event
 from rotator.models import Phase
 from rotator.planner import PRECEDENCE, Assessment, CredentialAssessment
+
+if TYPE_CHECKING:
+    from rotator.report import Outcome
 
 PHASES = tuple(p.value for p in Phase) + ("none",)
 #: Every health a secret can have (rotator.planner.PRECEDENCE), in a stable order.
@@ -65,8 +71,12 @@ class Metrics:
                                     registry=r)
         self.reconciles = Counter("rotator_reconciles_total", "Reconcile runs by result (ok, failed).",
                                   ["result"], registry=r)
-        self.run_seconds = Histogram("rotator_run_duration_seconds", "Duration of daemon runs by kind (reconcile, wake).",
+        self.run_seconds = Histogram("rotator_run_duration_seconds",
+                                     "Duration of runs by kind (daemon: reconcile, wake; one-shot: rotate).",
                                      ["kind"], registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300))
+        self.last_run = Gauge("rotator_last_run_timestamp_seconds",
+                              "Unix time at which the last run of each kind ended (reconcile, wake, rotate).",
+                              ["kind"], registry=r)
         self.provider_up = Gauge("rotator_provider_up", "1 when the provider answered at the last check.",
                                  ["provider", "kind"], registry=r)
         self.alerts = Counter("rotator_alerts_total", "Alerts by kind and outcome (sent, failed, suppressed).",
@@ -101,6 +111,13 @@ class Metrics:
         self._one_hot(self.phase, secret, PHASES, assessment.phase or "none")
         self._one_hot(self.health, secret, HEALTHS, assessment.health)
 
+    def outcome(self, outcome: Outcome) -> None:
+        """Per-secret gauges from a run's outcome alone, when no assessment was made (the one-shot
+        ``rotate``): the phase it left and the next run it asked for. Health and expiry need an
+        assessment (:meth:`observe`)."""
+        _set_or_drop(self.next_action, outcome.secret, outcome.next_at)
+        self._one_hot(self.phase, outcome.secret, PHASES, outcome.phase if outcome.phase in PHASES else "none")
+
     def unreadable(self, secret: str, health: str = "unreadable") -> None:
         """A secret that could not be assessed (``unreadable`` or ``error``): no expiry is known."""
         _remove(self.key_expiry, secret)
@@ -120,8 +137,10 @@ class Metrics:
         if ok:
             self.last_reconcile.set(at.timestamp())
 
-    def run_took(self, kind: str, seconds: float) -> None:
+    def run_took(self, kind: str, seconds: float, ended: datetime | None = None) -> None:
+        """A run of ``kind`` ended (now, or at ``ended``) after ``seconds``."""
         self.run_seconds.labels(kind).observe(seconds)
+        self.last_run.labels(kind).set(ended.timestamp() if ended is not None else time.time())
 
     def alert(self, kind: str, outcome: str) -> None:
         self.alerts.labels(kind, outcome).inc()
