@@ -27,7 +27,7 @@ from rotator.errors import (
     CorruptPayload,
     SecretMissing,
 )
-from rotator.interfaces import ProviderContext
+from rotator.interfaces import Finding, ProviderContext
 from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, Snapshot
 from rotator.validation import StrictModel, parse
 
@@ -176,7 +176,86 @@ class FileBackend:
     def close(self) -> None:
         pass
 
+    def check_access(self, target: FileTarget, *, primary: bool, exists: bool) -> list[Finding]:
+        """For ``rotator check`` (:class:`rotator.interfaces.BackendAccessCheck`): what a write
+        here needs, found without writing: the directory (it must take a lock file, a temp file
+        and a rename), the lock file's flock, and the file's mode."""
+        findings: list[Finding] = []
+        directory = target.path.parent
+        creatable = self._settings.create_if_missing
+        if not directory.is_dir():
+            if not creatable:
+                why = f"directory {directory} does not exist and create_if_missing is false"
+                findings.append(Finding("write", "fail", f"{why}; create it (mode 0700) or set create_if_missing"))
+                return findings + ([Finding("cas", "fail", why)] if primary else [])
+            ancestor = _existing_ancestor(directory)
+            ok, why = _writable_directory(ancestor)
+            detail = (f"directory {directory} does not exist; the first write creates it under {ancestor}"
+                      if ok else f"directory {directory} does not exist and {ancestor} {why}")
+            findings.append(Finding("write", "ok" if ok else "fail", detail))
+            if primary:
+                findings.append(Finding("cas", "ok" if ok else "fail", "flock on a lock file beside the file,"
+                                        " sha256 of the content as the version, atomic rename" if ok else detail))
+            return findings
+        ok, why = _writable_directory(directory)
+        if not exists and not creatable:
+            findings.append(Finding("write", "fail", f"{target.path} does not exist and create_if_missing is false;"
+                                                     " put the file there or set create_if_missing = true"))
+        elif ok:
+            findings.append(Finding("write", "ok", f"directory {directory} is writable (lock file, temp file,"
+                                                   " atomic rename)"))
+        else:
+            findings.append(Finding("write", "fail", f"directory {directory} {why}: rotator writes a lock file and a"
+                                                     " temp file there, then renames it over the file"))
+        if primary:
+            findings.append(self._check_lock(target, ok, why))
+        if exists:
+            findings.extend(self._check_mode(target))
+        return findings
+
     # --- internals -------------------------------------------------------------------------
+
+    def _check_lock(self, target: FileTarget, writable: bool, why: str) -> Finding:
+        """The primary's compare-and-swap: flock on the lock file, then an atomic rename. The lock
+        file is created by the first write; when it exists, try a shared, non-blocking flock."""
+        lock = target.lock_path
+        if not writable:
+            return Finding("cas", "fail", f"directory {target.path.parent} {why}: no lock file, no rename")
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return Finding("cas", "ok", "flock on a lock file beside the file (made by the first write),"
+                                        " sha256 of the content as the version, atomic rename")
+        except OSError as exc:
+            return Finding("cas", "fail", f"cannot open the lock file {lock}: {exc.strerror}")
+        try:
+            if not os.access(lock, os.R_OK | os.W_OK):
+                return Finding("cas", "fail", f"the lock file {lock} is not readable and writable by rotator;"
+                                              " remove it (rotator makes a new one) or fix its owner")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                pass                    # another runner holds it right now: flock works here
+            except OSError as exc:
+                return Finding("cas", "fail", f"flock does not work on {lock} ({exc.strerror}); put the"
+                                              " file on a filesystem that supports it")
+        finally:
+            os.close(fd)
+        return Finding("cas", "ok", "flock on the lock file, sha256 of the content as the version, atomic rename")
+
+    def _check_mode(self, target: FileTarget) -> list[Finding]:
+        """The file's permission bits against the configured mode (the next write sets them)."""
+        try:
+            bits = os.stat(target.path).st_mode & 0o777
+        except OSError as exc:
+            return [Finding("mode", "warn", f"cannot stat {target.path}: {exc.strerror}")]
+        if bits & ~self._mode & 0o077:
+            return [Finding("mode", "warn", f"{target.path} has mode {bits:04o}, more open than the configured"
+                                            f" {self._mode:04o} (it holds key values); the next write sets"
+                                            f" {self._mode:04o}, or chmod it now")]
+        return [Finding("mode", "ok", f"mode {bits:04o}")]
+
 
     def _commit(self, op: str, target: FileTarget, record: RotationRecord, expect: str | None,
                 change: Callable[[Document], Document]) -> str:
@@ -384,3 +463,23 @@ def _make_private_dirs(directory: Path) -> None:
 def _unlink_if_present(path: Path) -> None:
     with suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _existing_ancestor(directory: Path) -> Path:
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    return directory
+
+
+def _writable_directory(directory: Path) -> tuple[bool, str]:
+    """Can this process make and rename files in ``directory``? (and if not, why, in words)."""
+    if not directory.is_dir():
+        return False, "is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return False, "is not writable by rotator's user (no write and search permission)"
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return False, "is on a read-only filesystem"
+    except OSError:
+        pass
+    return True, ""

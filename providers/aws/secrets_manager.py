@@ -51,7 +51,7 @@ from rotator.errors import (
     CorruptPayload,
     SecretMissing,
 )
-from rotator.interfaces import ProviderContext
+from rotator.interfaces import Finding, ProviderContext
 from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, Snapshot
 from rotator.validation import parse
 
@@ -177,6 +177,54 @@ class SecretsManagerBackend:
         with self._lock:
             self._heads.clear()
             self._values.clear()
+
+    def check_access(self, target: SecretsManagerTarget, *, primary: bool, exists: bool) -> list[Finding]:
+        """For ``rotator check`` (:class:`rotator.interfaces.BackendAccessCheck`), read-only:
+        DescribeSecret (deletion scheduled? Secrets Manager's own rotation on? a replica?). Write
+        permission is ``unknown``: PutSecretValue, UpdateSecretVersionStage and CreateSecret have
+        no dry run, so only a write would tell."""
+        no_dry_run = ("Secrets Manager has no dry run, so this shows at the first write (the IAM policy is in"
+                      " docs/backends/aws-secrets-manager.md)")
+        if target.replica:
+            if primary:
+                return [Finding("cas", "fail", "a read-only replica cannot be a primary; list the secret in its"
+                                               " primary region first")]
+            return [Finding("write", "ok", f"a replica{_in(target)}: AWS replication writes it, rotator only reads it")]
+        if not exists:
+            if target.is_arn or not self._settings.create_if_missing:
+                why = "an ARN can only name an existing secret" if target.is_arn else "create_if_missing is false"
+                findings = [Finding("write", "fail", f"secret {target.secret_id} does not exist{_in(target)} ({why});"
+                                                     " create it first, or set create_if_missing = true")]
+                return findings + ([Finding("cas", "fail", "no secret to hold the rotation record")] if primary else [])
+            return [Finding("write", "unknown", f"secret {target.secret_id} does not exist{_in(target)}: the first"
+                                                " write creates it (secretsmanager:CreateSecret, PutSecretValue,"
+                                                f" UpdateSecretVersionStage); {no_dry_run}")] + (
+                [Finding("cas", "ok", "version stages: once created, AWSCURRENT moves only off the version read")]
+                if primary else [])
+        findings = []
+        try:
+            described = self._call(target, "DescribeSecret", SecretId=target.secret_id)
+        except AwsFailure as failure:
+            error = self._translate("check", target, failure)
+            findings.append(Finding("describe", "fail" if error.transient else "warn", str(error)))
+            described = {}
+        if described.get("DeletedDate"):
+            findings.append(Finding("write", "fail", f"secret {target.secret_id} is scheduled for deletion; restore"
+                                                     " it (aws secretsmanager restore-secret)"))
+        if described.get("RotationEnabled"):
+            findings.append(Finding("rotation", "warn", "Secrets Manager's own rotation is enabled on this secret: its"
+                                                        " Lambda would replace the key rotator manages; turn it off"
+                                                        " (aws secretsmanager cancel-rotate-secret)"))
+        home = described.get("PrimaryRegion")
+        if primary and home and target.region and home != target.region:
+            findings.append(Finding("cas", "fail", f"this is a replica of the secret in {home}: a replica cannot be"
+                                                   f" a primary; list the secret in {home} first"))
+        elif primary:
+            findings.append(Finding("cas", "ok", "version stages: UpdateSecretVersionStage moves AWSCURRENT only off"
+                                                 " the version read (compare-and-swap)"))
+        findings.append(Finding("write", "unknown", "whether rotator's identity may PutSecretValue and"
+                                                    f" UpdateSecretVersionStage here: {no_dry_run}"))
+        return findings
 
     # --- reading -------------------------------------------------------------------------------
 

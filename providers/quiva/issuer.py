@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 
 from rotator import credentials
 from rotator.errors import IssuerError, IssuerPermissionError, UntrustedAnswer
-from rotator.interfaces import ProviderContext
+from rotator.interfaces import Finding, ProviderContext
 from rotator.models import IssuedKey, IssuerCapabilities, KeyInfo, Listing, Secret
 from rotator.retry import RetryPolicy, Throttle
 from rotator.timeutil import parse_duration
@@ -205,6 +205,30 @@ class QuivaIssuer:
         else:
             raise ValueError("revoke needs key_id or value")
         self.client.call("revoke", "DELETE", KEY_PATH, params=params)   # body not trusted: unread
+
+    def check_access(self) -> list[Finding]:
+        """For ``rotator check`` (:class:`rotator.interfaces.IssuerAccessCheck`): sign in with the
+        admin key (``POST /accounts/auth-with-api-key``, as every run does; nothing is issued or
+        revoked, and the session is not kept) and name the key lifetime rotator plans with."""
+        lifetime = Finding("key lifetime", "ok", f"{self.settings.key_lifetime_months} months"
+                                                 " (key_lifetime_months)")
+        value = self._resolve_admin_key()            # ConfigError: the reference does not resolve
+        try:
+            answer = self.client.send("check.auth", "POST", AUTH_PATH, json={"api_key": value.reveal()})
+        except IssuerError as exc:
+            return [Finding("sign-in", "fail", f"cannot reach {self.settings.base_url}: {exc}"), lifetime]
+        where = answer.where("sign-in", "POST", AUTH_PATH) + _paren(answer.error)
+        if answer.status == 401:
+            return [Finding("sign-in", "fail", f"{where}: the admin key …{value.last4} ({self._key_where}) was"
+                                               " refused: wrong, deleted or expired; give a valid key"), lifetime]
+        if not 200 <= answer.status < 300:
+            return [Finding("sign-in", "fail", f"{where}: not the documented success"), lifetime]
+        try:
+            answers.session(answer.body, where=where, provider=self.name)
+        except UntrustedAnswer as exc:
+            return [Finding("sign-in", "fail", str(exc)), lifetime]
+        return [Finding("sign-in", "ok", f"signed in at {self.settings.base_url} with the admin key"
+                                         f" …{value.last4}"), lifetime]
 
     def credential_changed(self) -> None:
         self.client.drop_session()

@@ -23,8 +23,8 @@ import logging
 import threading
 from typing import Any, Callable, Mapping
 
-from rotator.errors import BackendError, Conflict, CorruptPayload, SecretMissing
-from rotator.interfaces import ProviderContext
+from rotator.errors import BackendError, BackendPermissionError, Conflict, CorruptPayload, SecretMissing
+from rotator.interfaces import Finding, ProviderContext
 from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, Snapshot
 from rotator.redact import redact
 from rotator.validation import parse
@@ -174,6 +174,38 @@ class VaultKVBackend:
         with self._lock:
             self._cache.clear()
         self._connection.close()
+
+    def check_access(self, target: VaultTarget, *, primary: bool, exists: bool) -> list[Finding]:
+        """For ``rotator check`` (:class:`rotator.interfaces.BackendAccessCheck`), read-only: the
+        mount's kind and KV version (``sys/internal/ui/mounts``), the token's capabilities on the
+        paths a write uses (``sys/capabilities-self``: a query, nothing is written) and, on a KV v2
+        primary, the secret's metadata (``cas_required``)."""
+        findings: list[Finding] = []
+        mount = self._mount_finding(target)
+        findings.append(mount)
+        caps = self._capabilities(target)
+        if isinstance(caps, Finding):
+            findings.append(caps)
+            data_caps: set[str] | None = None
+            meta_caps: set[str] | None = None
+        else:
+            data_caps, meta_caps = caps.get(target.data_path), caps.get(target.metadata_path)
+        need = ("update",) if exists else ("create", "update")     # created now, updated by later writes
+        if not exists and not self._settings.create_if_missing:
+            findings.append(Finding("write", "fail", f"{target.label} does not exist and create_if_missing is"
+                                                     " false; create it or set create_if_missing = true"))
+        elif data_caps is not None:
+            findings.append(_capability_finding("write", data_caps, need, target.data_path, self._settings.namespace))
+        if target.kv_version == 2 and meta_caps is not None and (self._settings.custom_metadata or not exists):
+            found = _capability_finding("metadata", meta_caps, ("update",), target.metadata_path,
+                                        self._settings.namespace)
+            if found.status == "fail":     # best effort: the key is written all the same
+                found = Finding("metadata", "warn", found.detail + "; without it the key's description"
+                                " (custom_metadata) and cas_required are not set")
+            findings.append(found)
+        if primary:
+            findings.append(self._cas_finding(target, mount, exists, meta_caps))
+        return findings
 
     # --- KV v2 writes ---------------------------------------------------------------------------
 
@@ -433,6 +465,68 @@ class VaultKVBackend:
         self._mounts_checked.add(target.mount)
 
 
+    # --- rotator check ------------------------------------------------------------------------
+
+    def _mount_finding(self, target: VaultTarget) -> Finding:
+        """Is the mount KV, of the configured version? ``unknown`` when the token may not ask."""
+        url = api_url(f"/v1/sys/internal/ui/mounts/{target.mount}")
+        try:
+            response = self._connection.request(
+                Call("check.mount", target, "read", f"sys/internal/ui/mounts/{target.mount}"),
+                lambda c: c.adapter.get(url))
+        except BackendPermissionError:
+            return Finding("mount", "unknown", f"the token may not read sys/internal/ui/mounts/{target.mount}:"
+                                               " cannot tell the mount's kind and KV version")
+        except BackendError as exc:
+            return Finding("mount", "fail" if exc.transient else "unknown", redact(str(exc)))
+        data = (response or {}).get("data") or {}
+        kind = data.get("type")
+        version = str((data.get("options") or {}).get("version") or "1")
+        where = f"mount '{target.mount}'"
+        if kind not in ("kv", "generic"):
+            return Finding("mount", "fail", f"{where} is a {kind or 'unknown'} secrets engine, not KV")
+        if version != str(self._settings.kv_version):
+            return Finding("mount", "fail", f"{where} is KV v{version} but backends.{self.name}.kv_version is"
+                                            f" {self._settings.kv_version}; set kv_version = {version}")
+        return Finding("mount", "ok", f"{where} is KV v{version}")
+
+    def _capabilities(self, target: VaultTarget) -> dict[str, set[str]] | Finding:
+        """The token's capabilities on the data (and metadata) path: ``sys/capabilities-self``."""
+        paths = [target.data_path] + ([target.metadata_path] if target.kv_version == 2 else [])
+        try:
+            response = self._connection.request(
+                Call("check.capabilities", target, "update", "sys/capabilities-self"),
+                lambda c: c.sys.get_capabilities(paths=paths))
+        except BackendError as exc:
+            status = "fail" if exc.transient else "unknown"
+            return Finding("write", status, f"cannot ask Vault for the token's capabilities: {redact(str(exc))}")
+        data = (response or {}).get("data") or response or {}
+        return {path: {str(c) for c in (data.get(path) or ())} for path in paths}
+
+    def _cas_finding(self, target: VaultTarget, mount: Finding, exists: bool, meta_caps: set[str] | None) -> Finding:
+        """A primary's compare-and-swap: KV v2's check-and-set, plus what the metadata says."""
+        if target.kv_version != 2:
+            return Finding("cas", "fail", "KV v1 has no check-and-set: it cannot hold the rotation record")
+        if mount.status == "fail":
+            return Finding("cas", "fail", mount.detail)
+        base = "KV v2: every primary write is a check-and-set (cas = the version read)"
+        if not exists:
+            return Finding("cas", "ok", base + "; the first write creates it with cas_required set")
+        if meta_caps is None or not ({"read", "root"} & meta_caps):
+            return Finding("cas", "ok", base)
+        try:
+            response = self._connection.request(
+                Call("check.metadata", target, "read", target.metadata_path),
+                lambda c: c.secrets.kv.v2.read_secret_metadata(path=target.path, mount_point=target.mount))
+        except BackendError as exc:
+            return Finding("cas", "ok", f"{base} (metadata not read: {redact(str(exc))})")
+        meta = (response or {}).get("data") or {}
+        if meta.get("cas_required"):
+            return Finding("cas", "ok", base + "; cas_required is set")
+        return Finding("cas", "ok", base + "; cas_required is off (rotator sends cas anyway; set it so every"
+                                           " writer must)")
+
+
 # --- helpers -------------------------------------------------------------------------------------
 
 def _poorer(ref: KeyRef | None, existing: Mapping[str, str]) -> bool:
@@ -445,3 +539,17 @@ def _invalid_path() -> type[Exception]:
     import hvac.exceptions
 
     return hvac.exceptions.InvalidPath
+
+
+def _capability_finding(check: str, caps: set[str], need: tuple[str, ...], path: str,
+                        namespace: str | None) -> Finding:
+    """What ``sys/capabilities-self`` said about ``path``, as a finding: every capability of
+    ``need`` there, or which are missing."""
+    inside = f" in namespace '{namespace}'" if namespace else ""
+    shown = ", ".join(sorted(caps)) or "none"
+    missing = [] if "root" in caps else [c for c in need if "deny" in caps or c not in caps]
+    if not missing:
+        return Finding(check, "ok", f"the token may {' and '.join(need)} '{path}'{inside} ({shown})")
+    return Finding(check, "fail", f"no write permission: the token has [{shown}] on '{path}'{inside}; rotator"
+                                  f" needs {' and '.join(repr(c) for c in missing)} there (add it to the token's"
+                                  " policy)")
