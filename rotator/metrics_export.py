@@ -31,10 +31,12 @@ are this run's (a secret no longer configured drops out), except the last succes
 timestamp, which a failed run keeps.
 
 **Pushgateway grouping.** ``PUT /metrics/job/<job>/instance/<instance>``: the group is replaced
-at every run. ``instance`` defaults to the host name, so two hosts running ``rotate`` do not
-overwrite each other; a Kubernetes CronJob pod gets a new host name every run, which would leave
-one stale group per run behind, so the shipped CronJob sets a fixed ``hostname`` in its pod
-template (deploy/kubernetes/cronjob.yaml).
+at every run. ``instance`` is, in this order, the caller's, ``$ROTATOR_PUSHGATEWAY_INSTANCE``, or
+the host name — so two hosts running ``rotate`` from cron do not overwrite each other. A
+Kubernetes CronJob's pod has a new host name every run, which would leave one stale group per
+run behind (and start the counters afresh each time), so the shipped CronJob sets
+``ROTATOR_PUSHGATEWAY_INSTANCE`` (deploy/kubernetes/cronjob.yaml). The variable has one level, so
+it is not a configuration override.
 
 A Pushgateway that is down or refuses the push is a warning: the run's exit code does not change.
 A bad destination (a directory that does not exist or cannot be written, a URL that is not
@@ -71,6 +73,8 @@ log = logging.getLogger("rotator.metrics_export")
 KIND = "rotate"
 #: Families whose last value a run without one keeps (a failed run has no new success to report).
 STICKY = ("rotator_last_successful_reconcile_timestamp_seconds",)
+#: Names the Pushgateway group when the caller does not (a CronJob's pods each have a new host name).
+INSTANCE_ENV = "ROTATOR_PUSHGATEWAY_INSTANCE"
 #: Seconds to wait for the Pushgateway (read and push each).
 TIMEOUT = 10.0
 
@@ -167,7 +171,7 @@ def export_run(report: RunReport, events: Iterable[Event], *, metrics_file: str 
     """Export one ``rotate`` run's metrics to ``metrics_file`` and/or ``pushgateway``.
 
     ``report``/``events``: what the run returned and emitted. ``job`` and ``instance`` (default:
-    the host name): the Pushgateway grouping key. ``registry_factory``: makes the
+    :func:`instance_name`): the Pushgateway grouping key. ``registry_factory``: makes the
     ``prometheus_client.CollectorRegistry`` that is written and pushed (default: a fresh one;
     tests pass their own to look at it). ``recorder``, ``credentials``, ``survey``: more of what
     the daemon exports, when the caller has it (module docstring). ``duration``: seconds the run
@@ -188,7 +192,13 @@ def export_run(report: RunReport, events: Iterable[Event], *, metrics_file: str 
     if metrics_file is not None:
         _write_file(Path(metrics_file), metrics, registry_factory)
     if pushgateway is not None:
-        _push(pushgateway.rstrip("/"), job, instance or socket.gethostname() or "rotator", metrics, registry_factory)
+        _push(pushgateway.rstrip("/"), job, instance_name(instance), metrics, registry_factory)
+
+
+def instance_name(instance: str | None = None) -> str:
+    """The Pushgateway grouping key's ``instance``: given, else ``$ROTATOR_PUSHGATEWAY_INSTANCE``,
+    else the host name."""
+    return instance or os.environ.get(INSTANCE_ENV, "").strip() or socket.gethostname() or "rotator"
 
 
 def _duration(duration: float | None, recorder: Recorder | None) -> float:

@@ -310,13 +310,18 @@ def test_a_run_is_pushed_to_its_group_and_counters_continue_from_the_gateway(due
                                        (("job", "rotator"), ("instance", "rotator-cronjob"))}
 
 
-def test_the_job_and_the_default_instance_make_the_grouping_key(due_web, pushgateway):
+def test_the_job_and_the_default_instance_make_the_grouping_key(due_web, pushgateway, monkeypatch):
     import socket
 
     report, events, _ = run(due_web, Recorder())
+    monkeypatch.delenv("ROTATOR_PUSHGATEWAY_INSTANCE", raising=False)
     export_run(report, events, pushgateway=pushgateway.url, job="rotator-cron")
     method, path, _, _ = pushgateway.requests[-1]
     assert method == "PUT" and path == f"/metrics/job/rotator-cron/instance/{socket.gethostname()}"
+    # a CronJob's pods each have a new host name: the manifest names the group instead
+    monkeypatch.setenv("ROTATOR_PUSHGATEWAY_INSTANCE", "rotator")
+    export_run(report, events, pushgateway=pushgateway.url)
+    assert pushgateway.requests[-1][:2] == ("PUT", "/metrics/job/rotator/instance/rotator")
 
 
 def test_a_pushgateway_that_is_down_or_refuses_is_a_warning_only(due_web, tmp_path, caplog):
