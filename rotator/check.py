@@ -738,4 +738,6 @@ def _next(row: SecretRow, now: datetime | None) -> str:
     gist = a.action.split(" (", 1)[0].split(":", 1)[0]
     if a.health in ("blocked", "unreadable", "error"):
         return gist
-    return f"{gist}, {'now' if a.at is None or (now is not None and a.at <= now) else _when(a.at)}"
+    if a.at is None or (now is not None and a.at <= now):
+        return gist if gist.endswith(" now") else f"{gist} now"
+    return f"{gist} at {_when(a.at)}"
