@@ -23,6 +23,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
@@ -347,10 +348,12 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             engine = _counting_engine(runtime, on_event, tick)
             # SIGTERM (a CronJob pod stopped, `docker stop`): finish the step in flight, release the lease.
             previous = _on_signals(lambda signum, frame: engine.request_stop())
+            started = time.monotonic()
             try:
                 report = engine.run(args.secrets or None, force=args.force)
             finally:
                 _on_signals(previous)
+            took = time.monotonic() - started
         if notifier is not None:
             notify.Alerts(notifier.send).on_run(events, report.outcomes, runtime.clock.now())
         if not engine.stopping:
@@ -379,7 +382,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(f"  {redact(problem)}")
     sys.stdout.flush()
-    return _export_metrics(args, report, events) or report.exit_code
+    return _export_metrics(args, report, events, credentials=credentials, duration=took) or report.exit_code
 
 
 def _counting_engine(runtime: Any, on_event: Callable[[Any], None], tick: Callable[[str | None], None]) -> Any:
@@ -398,38 +401,38 @@ def _counting_engine(runtime: Any, on_event: Callable[[Any], None], tick: Callab
 
 
 def _check_metrics_options(args: argparse.Namespace) -> None:
-    """``--metrics-file`` and ``--pushgateway``, checked before the run: a typo must not cost a
-    run's metrics after its effects."""
-    from urllib.parse import urlsplit
+    """``--metrics-file`` and ``--pushgateway``, checked before the run (by
+    ``rotator.metrics_export.check_destinations``): a typo must not cost a run's metrics after its
+    effects. Exit 2 for a bad one, as for any usage error."""
+    if not (args.metrics_file or args.pushgateway):
+        return
+    import importlib.util
 
-    if args.metrics_file:
-        directory = os.path.dirname(os.path.abspath(os.path.expanduser(args.metrics_file)))
-        if os.path.isdir(args.metrics_file):
-            raise UsageError(f"--metrics-file {args.metrics_file}: is a directory (give a file name, e.g. "
-                             f"{os.path.join(args.metrics_file, 'rotator.prom')})")
-        if not os.path.isdir(directory):
-            raise UsageError(f"--metrics-file {args.metrics_file}: directory {directory} does not exist")
-    if args.pushgateway:
-        parts = urlsplit(args.pushgateway if "://" in args.pushgateway else f"http://{args.pushgateway}")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--pushgateway {args.pushgateway}: not an http(s) URL (e.g. http://pushgateway:9091)")
-    if args.metrics_file or args.pushgateway:
-        import importlib.util
+    if importlib.util.find_spec("rotator.metrics_export") is None:
+        raise UsageError("--metrics-file/--pushgateway: this build of rotator cannot export a run's metrics"
+                         " (rotator.metrics_export is missing)")
+    from rotator import metrics_export
 
-        if importlib.util.find_spec("rotator.metrics_export") is None:
-            raise UsageError("--metrics-file/--pushgateway: this build of rotator cannot export a run's metrics"
-                             " (rotator.metrics_export is missing)")
+    check = getattr(metrics_export, "check_destinations", None)
+    if check is not None:
+        check(metrics_file=args.metrics_file, pushgateway=args.pushgateway)
 
 
-def _export_metrics(args: argparse.Namespace, report: Any, events: list[Any]) -> int:
+def _export_metrics(args: argparse.Namespace, report: Any, events: list[Any], **more: Any) -> int:
     """Export the run's metrics when asked; 0, or the exit code of a failed export (the run's
-    summary is printed already): 2 for a bad path or URL, 1 when the export itself failed."""
+    summary is printed already): 2 for a bad path or URL, 1 when the export itself failed.
+    ``more`` (the issuers' credentials, the run's duration) is passed where ``export_run`` takes it."""
     if not (args.metrics_file or args.pushgateway):
         return 0
+    import inspect
+
     from rotator.metrics_export import export_run
 
+    accepted = inspect.signature(export_run).parameters
+    extra = {name: value for name, value in more.items() if name in accepted}
     try:
-        export_run(report, events, metrics_file=args.metrics_file, pushgateway=args.pushgateway, job="rotator")
+        export_run(report, events, metrics_file=args.metrics_file, pushgateway=args.pushgateway, job="rotator",
+                   **extra)
     except ConfigError as exc:
         print(f"rotator: could not export the run's metrics: {redact(str(exc))}", file=sys.stderr)
         return 2
@@ -568,7 +571,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     from rotator import registry
 
     serve = registry.load("emulator", "quivaworks-cli", "emulator")
-    return int(serve([*args.args, *(["--quiet"] if args.quiet else [])]) or 0)
+    return int(serve([*args.args, *(["--quiet"] if args.quiet else [])], prog="rotator emulator") or 0)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

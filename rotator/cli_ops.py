@@ -35,9 +35,12 @@ def add_parsers(sub: Any, output_option: Callable[[argparse.ArgumentParser], Non
 
     _review_arguments(sub.add_parser(
         "review", help="the monthly review: every key the issuers list, flagged (--fix revokes orphans)",
-        description="The monthly key review: every key each issuer lists, classified (managed, orphan,\n"
-                    "unmanaged, credential) and flagged (expiring, expired, unused, unclear name, shared).\n"
-                    "--fix and --revoke-* revoke through the same gate as rotations."))
+        description="The monthly key review: every key the issuers list, classified and flagged.\n\n"
+                    "Roles: current, pending, previous, held, credential, orphan, unmanaged. Flags: expired,\n"
+                    "expiring, unused-30d, unclear-name, shared, served, would-sweep, in-flight.\n"
+                    "--fix and --revoke-* revoke through the same gate as rotations.",
+        epilog="exit status: 0 reviewed (and every chosen revoke done or held); 1 a target or listing could\n"
+               "not be read, or a revoke failed; 2 usage or configuration error."))
     # one release of grace for scripts that still say `audit`; then "audit" is only the audit trail
     _review_arguments(sub.add_parser("audit", help="deprecated alias of 'review' (for one release)"))
 

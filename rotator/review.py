@@ -1,5 +1,5 @@
-"""``rotator audit``: the monthly key review the QuivaWorks guide asks for, done against each
-issuer's own key list.
+"""``rotator review`` (``rotator audit`` before, a deprecated alias for one release): the
+monthly key review the QuivaWorks guide asks for, done against each issuer's own key list.
 
 Every key the issuer lists is given a role — ``current`` / ``pending`` / ``previous`` of a managed
 secret, ``held`` (an old key whose revoke the gate held; the record says why), ``credential`` (the

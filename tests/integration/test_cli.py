@@ -116,7 +116,7 @@ def test_missing_config_file(tmp_path, capsys, monkeypatch):
 
 
 def test_environment_overrides_the_file(cli_world, capsys, monkeypatch):
-    monkeypatch.setenv("ROTATOR_ROTATOR__LEAD_TIME", "100d")     # makes a 5-day-old key due
+    monkeypatch.setenv("ROTATOR_ROTATOR__LEAD_TIME", "88d")      # makes a 5-day-old key due
     cli_world.seed("web", age=timedelta(days=5))
     code, out, _ = run(capsys, "plan", "-o", "json")
     plan = {p["secret"]: p for p in json.loads(out)["plan"]}

@@ -1,8 +1,15 @@
-"""Run the QuivaWorks emulator standalone: ``python -m providers.quiva.emulator``.
+"""Run the QuivaWorks emulator standalone: ``rotator emulator`` or ``python -m providers.quiva.emulator``.
 
-The user's key is taken from ``QUIVA_API_KEY`` when set (and registered as that user's key),
-otherwise minted and written to ``--admin-key-file`` (mode 0600). A key is never printed.
-Runs until SIGINT or SIGTERM, then exits 0.
+The first line on stdout is always ``QuivaWorks emulator listening on URL``. Then, unless
+``--quiet``, what a newcomer needs: the base URL, the admin key to configure and a config to
+start from. The admin key is taken from ``QUIVA_API_KEY`` when set (and registered as that user's
+key; not printed: you have it), else written to ``--admin-key-file`` (mode 0600; not printed:
+the config reads the file), else minted and printed — an emulator's throwaway key, good for
+nothing but this emulator.
+
+``--state-file PATH`` keeps users and keys across restarts: loaded at start, saved (atomically,
+mode 0600: it holds the emulator's key values) within half a second of any change and at exit.
+Sessions, faults, counters and the clock are not kept. Runs until SIGINT or SIGTERM, then exits 0.
 """
 
 from __future__ import annotations
@@ -15,23 +22,29 @@ import threading
 from typing import Sequence
 
 from providers.quiva.emulator.server import _FAULT_KNOBS, KNOB_PREFIX, Emulator
-from providers.quiva.emulator.state import ROLES
+from providers.quiva.emulator.state import ROLES, load_state, save_state
+
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def _parse_args(argv: Sequence[str] | None, prog: str | None = None) -> argparse.Namespace:
     knobs = ", ".join(_FAULT_KNOBS)
     parser = argparse.ArgumentParser(
-        prog="python -m providers.quiva.emulator", description="Serve an emulated QuivaWorks API.",
+        prog=prog or "python -m providers.quiva.emulator",
+        description="Serve an emulated QuivaWorks API, and print its URL, an admin key and a config to start from.",
         epilog=f"Knobs (no auth): {KNOB_PREFIX}users, keys, clock, counters, reset, faults. "
                f"POST {KNOB_PREFIX}faults arms faults by name: {knobs}; "
                "e.g. {\"mangle_next\": {\"n\": 1, \"mode\": \"html\", \"path\": \"GET /accounts/api-keys\"}} "
                "or {\"clear\": true}.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8787, help="0 picks a free port")
+    parser.add_argument("--port", type=int, default=8787, help="default 8787; 0 picks a free port")
     parser.add_argument("--user", default="admin@example.com", help="email of the user to create")
     parser.add_argument("--role", default="admin", choices=ROLES)
     parser.add_argument("--admin-key-file", metavar="PATH",
                         help="where to write a minted key (mode 0600) when QUIVA_API_KEY is unset")
+    parser.add_argument("--state-file", metavar="PATH",
+                        help="keep users and keys in this file (mode 0600) so they survive a restart")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the 'listening on' line")
     return parser.parse_args(argv)
 
 
@@ -45,30 +58,124 @@ def write_secret_file(path: str, value: str) -> None:
         os.close(fd)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = _parse_args(argv, prog)
     supplied = os.environ.get("QUIVA_API_KEY") or None
     emu = Emulator(host=args.host, port=args.port)
-    value = emu.add_user(args.user, role=args.role, key=supplied)
-    if supplied is None:
+    if args.state_file:
+        try:
+            restored = load_state(emu.state, args.state_file)
+        except ValueError as exc:
+            print(f"emulator: --state-file {exc}", file=sys.stderr)
+            return 2
+    else:
+        restored = False
+    # the user's admin key: QUIVA_API_KEY (registered once), or the one the state file kept, or a new one
+    if supplied is not None:
+        if not emu.state.is_registered(supplied):
+            emu.add_user(args.user, role=args.role, key=supplied)
+        value = supplied
+    else:
+        value = (emu.state.live_key_named(args.user, "admin") if emu.state.has_user(args.user) else None) \
+            or emu.add_user(args.user, role=args.role)
         if args.admin_key_file:
             write_secret_file(args.admin_key_file, value)
-        else:
-            print("note: no QUIVA_API_KEY and no --admin-key-file: the minted key is not kept; "
-                  "mint one with POST /_emulator/users", file=sys.stderr)
-    del value
 
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
-    emu.start()
+    try:
+        emu.start()
+    except OSError as exc:
+        print(f"emulator: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+              " (--port 0 picks a free port)", file=sys.stderr)
+        return 1
     print(f"QuivaWorks emulator listening on {emu.url}", flush=True)
+    if not args.quiet:
+        print(_welcome(emu, args, supplied is not None, value, restored), flush=True)
+    del value
+    saved = None
     try:
         while not stopping.wait(0.5):
-            pass
+            saved = _save_if_changed(emu, args.state_file, saved)
     finally:
         emu.stop()
+        _save_if_changed(emu, args.state_file, saved)
     return 0
+
+
+def _save_if_changed(emu: Emulator, path: str | None, saved: dict | None) -> dict | None:
+    if not path:
+        return None
+    now = emu.state.dump()
+    if now != saved:
+        try:
+            save_state(emu.state, path)
+        except OSError as exc:
+            print(f"emulator: cannot save the state to {path}: {exc.strerror or exc}", file=sys.stderr)
+            return saved
+    return now
+
+
+def _welcome(emu: Emulator, args: argparse.Namespace, from_env: bool, value: str, restored: bool) -> str:
+    """What to do next: the URL, the key and a config that works against this emulator."""
+    host = "127.0.0.1" if args.host in _ANY_ADDRESS else args.host
+    url = f"http://{host}:{emu.port}" if ":" not in host else f"http://[{host}]:{emu.port}"
+    if from_env:
+        key_line = "from $QUIVA_API_KEY (registered for this user)"
+        reference, export = '{ env = "QUIVA_API_KEY" }', None
+    elif args.admin_key_file:
+        path = os.path.abspath(args.admin_key_file)
+        key_line = f"written to {path} (mode 0600)"
+        reference, export = f'{{ file = "{_toml(path)}" }}', None
+    else:
+        key_line = f"{value}  (an emulator key: it works nowhere else)"
+        reference, export = '{ env = "QUIVA_API_KEY" }', f"export QUIVA_API_KEY={value}"
+    if args.state_file:
+        state_line = (f"{os.path.abspath(args.state_file)} ({'restored; ' if restored else ''}"
+                      "users and keys survive a restart)")
+    else:
+        state_line = "in memory only (--state-file PATH keeps users and keys across restarts)"
+    secrets_dir = os.path.abspath("rotator-secrets")
+    remote = "" if args.host not in _ANY_ADDRESS else \
+        "\n# reached from another host, the issuer also needs insecure_http = true (plain http)"
+    lines = [
+        "",
+        f"base URL:   {url}",
+        f"admin key:  {key_line}",
+        f"user:       {args.user} (role {args.role})",
+        f"state:      {state_line}",
+        "",
+        "A config to start from (save it as rotator.toml):",
+        "",
+        "# rotator.toml" + remote,
+        "[issuers.quiva]",
+        'type = "quivaworks"',
+        f'base_url = "{url}"',
+        f"admin_key = {reference}",
+        "",
+        "[backends.local]",
+        'type = "file"',
+        f'directory = "{_toml(secrets_dir)}"',
+        "",
+        "[[secrets]]",
+        'name = "my-app"',
+        'issuer = "quiva"',
+        'targets = [{ backend = "local", path = "my-app.json" }]',
+        "",
+        "Then, in this directory:",
+        *([f"  {export}"] if export else []),
+        "  rotator -c rotator.toml check     # configuration, credential, issuer and store: all reachable?",
+        "  rotator -c rotator.toml plan      # what would happen",
+        "  rotator -c rotator.toml rotate    # issue my-app's key into the file store",
+        "",
+        "Stop with Ctrl-C.",
+    ]
+    return "\n".join(lines)
+
+
+def _toml(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ UTC = timezone.utc
 ROLES = ("admin", "member", "viewer")
 _KEY_WRITERS = frozenset({"admin", "member"})
 _KEY_PREFIX = "ms-"
+STATE_SCHEMA = "quiva-emulator-state/1"
 
 
 # --------------------------------------------------------------------------- time helpers
@@ -782,6 +783,62 @@ class State:
                 if value not in self._key_ids_by_value and value[-4:] != unlike[-4:]:
                     return value
 
+    # ---- persistence (``--state-file``): users and keys survive a restart
+    def dump(self) -> dict[str, Any]:
+        """Users and keys as JSON-ready data, key values included (an emulator's keys are
+        throwaway keys; the file is written readable by its owner only). Sessions, faults,
+        counters and the clock are not kept: clients sign in again after a restart."""
+        with self.lock:
+            return {
+                "schema": STATE_SCHEMA,
+                "users": [{"email": u.email, "role": u.role} for u in self._users.values()],
+                "keys": [{"id": r.id, "name": r.name, "account": r.account, "value": r.value, "creds": r.creds,
+                          "created_on": iso(r.created_on), "expires_on": iso(r.expires_on),
+                          "deleted_on": iso(r.deleted_on), "last_used_on": iso(r.last_used_on),
+                          "delete_count": r.delete_count} for r in self._keys.values()],
+            }
+
+    def restore(self, data: Any) -> None:
+        """Replace users and keys with ``data`` (what :meth:`dump` made); ValueError, naming what
+        is wrong, for anything else (and nothing is changed then)."""
+        if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
+            raise ValueError(f"not an emulator state file (expected \"schema\": \"{STATE_SCHEMA}\")")
+        try:
+            users = {u["email"]: User(str(u["email"]), str(u["role"])) for u in data["users"]}
+            keys = {}
+            for k in data["keys"]:
+                keys[str(k["id"])] = KeyRecord(
+                    id=str(k["id"]), name=str(k["name"]), account=str(k["account"]), value=str(k["value"]),
+                    creds=str(k["creds"]), created_on=parse_iso(k["created_on"]), expires_on=parse_iso(k["expires_on"]),
+                    deleted_on=parse_iso(k["deleted_on"]) if k.get("deleted_on") else None,
+                    last_used_on=parse_iso(k["last_used_on"]) if k.get("last_used_on") else None,
+                    delete_count=int(k.get("delete_count", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"a user or key entry is malformed ({type(exc).__name__}: {exc})") from None
+        if any(u.role not in ROLES for u in users.values()):
+            raise ValueError(f"a user's role is not one of {', '.join(ROLES)}")
+        with self.lock:
+            self.reset()
+            self._users = users
+            self._keys = keys
+            self._key_ids_by_value = {r.value: r.id for r in keys.values()}
+            self._issued = [r.value for r in keys.values()]
+
+    def live_key_named(self, email: str, name: str) -> str | None:
+        """The value of the newest live key of ``email`` named ``name`` (None if there is none)."""
+        with self.lock:
+            now = self.now()
+            found = [r for r in self._keys.values() if r.account == email and r.name == name and r.is_live(now)]
+            return max(found, key=lambda r: r.created_on).value if found else None
+
+    def has_user(self, email: str) -> bool:
+        with self.lock:
+            return email in self._users
+
+    def is_registered(self, value: str) -> bool:
+        with self.lock:
+            return value in self._key_ids_by_value
+
     # ---- internals
     def _live_key(self, api_key: Any) -> KeyRecord:
         if not isinstance(api_key, str) or not api_key.strip():
@@ -802,3 +859,45 @@ class State:
         self._sessions[session.auth_token] = session
         self._refresh[session.refresh_token] = session.auth_token
         return session
+
+
+# --------------------------------------------------------------------------- the state file
+
+def save_state(state: State, path: str) -> None:
+    """Write ``state``'s users and keys to ``path`` atomically (a temporary file renamed over
+    it), readable by the owner only: it holds key values."""
+    import os
+
+    data = json.dumps(state.dump(), indent=1).encode("utf-8")
+    temporary = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def load_state(state: State, path: str) -> bool:
+    """Restore ``state`` from ``path``; False when there is no such file yet. ValueError, naming
+    the file and the problem, when it cannot be read or is not a state file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    try:
+        state.restore(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return True
