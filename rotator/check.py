@@ -601,12 +601,16 @@ def references(runtime: Any) -> list[tuple[str, Mapping[str, Any]]]:
     hooks and the alert channels. (``{ backend = ... }`` references are read by the checks.)"""
     settings = runtime.settings
     found: list[tuple[str, Mapping[str, Any]]] = []
-    for kind in ("issuers", "backends"):
+    for kind, providers in (("issuers", runtime.issuers), ("backends", runtime.backends)):
         for name, section in getattr(settings, kind).items():
-            found.extend(_walk(section.options(), f"{kind}.{name}"))
+            declared = getattr(providers.get(name), "references", None)    # field path -> reference
+            if isinstance(declared, Mapping):
+                found.extend((where, ref) for where, ref in declared.items() if _is_reference(ref))
+            else:
+                found.extend(_walk(section.options(), f"{kind}.{name}"))
     for name, issuer in runtime.issuers.items():
         ref = getattr(issuer, "credential", None)
-        if _is_reference(ref) and not any(r == ref and w.startswith(f"issuers.{name}.") for w, r in found):
+        if _is_reference(ref) and not any(r == ref and w.startswith(f"issuers.{name}") for w, r in found):
             found.append((f"issuers.{name} (its credential, by default)", ref))
     hooks = [(f"hooks[{i}]", h) for i, h in enumerate(getattr(settings, "hooks", None) or ())]
     for index, spec in enumerate(settings.secrets):
@@ -644,9 +648,11 @@ def _insecure_http(runtime: Any) -> dict[str, dict[str, str]]:
             options = section.options()
             if str(options.get("insecure_http", "")).strip().lower() not in ("true", "1", "yes"):
                 continue
-            url = options.get("base_url") or options.get("url") or options.get("endpoint_url") or "its URL"
-            line = (f"{kind}.{name}: insecure_http = true: its credential travels unencrypted over {url};"
-                    " use https:// outside a loopback or sidecar setup")
+            url = str(options.get("base_url") or options.get("url") or options.get("endpoint_url") or "")
+            if url and not url.lower().startswith("http://"):
+                continue                # https after all: nothing travels in clear
+            line = (f"{kind}.{name}: insecure_http = true: its credential travels unencrypted over"
+                    f" {url or 'plain http'}; use https:// outside a loopback or sidecar setup")
             out[kind][name] = line
     return out
 
