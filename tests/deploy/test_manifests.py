@@ -1,7 +1,8 @@
 """deploy/kubernetes and deploy/prometheus, offline: every manifest passes `kubernetes-validate
 --strict` against a pinned Kubernetes version, the manifests say what the docs promise (probes,
-security context, CronJob policy, no secret values), the ConfigMap's config builds a Runtime,
-and every alert rule parses and uses only metrics, labels and label values rotator exports."""
+security context, CronJob policy, the recommended labels, the NetworkPolicy example, no secret
+values), the ConfigMap's config builds a Runtime, and every alert rule parses and uses only
+metrics, labels and label values rotator exports."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pytest
 
 from rotator.timeutil import parse_duration
 from tests.deploy import (
-    KUBE, ROOT, RULES, container, dockerfile_stages, image_env, load_yaml_documents, manifests, pod_spec,
+    KUBE, ROOT, RULES, TARGET_LABELS, check_promql, container, dockerfile_stages, image_env, label_values,
+    load_yaml_documents, manifests, pod_spec, rotator_series,
 )
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install pyyaml)")
@@ -25,6 +27,10 @@ yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install 
 #: The Kubernetes version the manifests are pinned to (kubernetes-validate ships its schemas).
 KUBERNETES_VERSION = "1.32"
 POD_WORKLOADS = ("deployment.yaml", "cronjob.yaml")
+#: Shipped as examples to edit, not applied by the kustomization (listed there commented out).
+OPTIONAL = {"networkpolicy.yaml"}
+#: The recommended labels (kubernetes.io/docs/concepts/overview/working-with-objects/common-labels).
+RECOMMENDED_LABELS = ("name", "instance", "version", "component", "part-of", "managed-by")
 
 
 def kubernetes_validate() -> str:
@@ -56,7 +62,7 @@ def test_every_manifest_passes_kubernetes_validate_strict(version):
     version = newest_schema_version() if version == "newest" else version
     files = sorted(KUBE / name for name in manifests())
     assert {f.name for f in files} >= {"serviceaccount.yaml", "configmap.yaml", "deployment.yaml",
-                                        "service.yaml", "cronjob.yaml"}
+                                        "service.yaml", "cronjob.yaml", "networkpolicy.yaml"}
     result = subprocess.run([kubernetes_validate(), "--strict", "-k", version, *map(str, files)],
                             capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
@@ -81,7 +87,10 @@ def test_strict_validation_rejects_an_unknown_field():
 def test_the_kustomization_ties_every_manifest_and_sets_namespace_and_image():
     (kustomization,) = load_yaml_documents(KUBE / "kustomization.yaml")
     assert kustomization["kind"] == "Kustomization"
-    assert set(kustomization["resources"]) == set(manifests()), "every manifest listed, nothing else"
+    assert set(kustomization["resources"]) == set(manifests()) - OPTIONAL, "every manifest listed, nothing else"
+    text = (KUBE / "kustomization.yaml").read_text()
+    for name in OPTIONAL:
+        assert re.search(rf"^\s*# - {re.escape(name)}$", text, re.M), f"{name}: offered, commented out"
     assert kustomization["namespace"]
     resources = manifests()
     for name, resource in resources.items():
@@ -264,45 +273,12 @@ def test_the_config_map_config_builds_a_runtime_with_the_deployments_environment
 
 # --- alert rules ----------------------------------------------------------------------------------
 
-#: Labels Prometheus adds to every scraped series (target labels of common scrape configs).
-TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
 #: kube-state-metrics series used by the CronJob group (not exported by rotator; names and labels
 #: as kube-state-metrics documents them, which cannot be checked offline).
 KUBE_STATE_METRICS = {
     "kube_job_status_failed": {"job_name", "reason"},
     "kube_cronjob_status_last_successful_time": {"cronjob"},
 }
-
-
-def rotator_series() -> dict[str, set[str]]:
-    """Every series name rotator's daemon exports, with its label names (from rotator/metrics.py)."""
-    from rotator.metrics import Metrics
-
-    metrics = Metrics(process=True)
-    series: dict[str, set[str]] = {}
-    for collector in vars(metrics).values():
-        # prometheus_client keeps a metric's label names in _labelnames (no public accessor).
-        labels = set(getattr(collector, "_labelnames", ()))
-        for family in collector.collect() if hasattr(collector, "collect") else ():
-            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
-            for suffix in suffixes:
-                series[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
-    for family in metrics.registry.collect():       # the process collector and the build info
-        for sample in family.samples:
-            series.setdefault(sample.name, set(sample.labels))
-    return series
-
-
-def label_values() -> dict[tuple[str, str], set[str]]:
-    from rotator.metrics import HEALTHS, PHASES, ROTATION_RESULTS
-
-    return {
-        ("rotator_secret_health", "health"): set(HEALTHS),
-        ("rotator_secret_phase", "phase"): set(PHASES),
-        ("rotator_rotations_total", "result"): set(ROTATION_RESULTS.values()),
-        ("rotator_reconciles_total", "result"): {"ok", "failed"},
-        ("rotator_alerts_total", "outcome"): {"sent", "failed", "suppressed"},
-    }
 
 
 def heading_anchors(markdown: str) -> set[str]:
@@ -317,7 +293,7 @@ def heading_anchors(markdown: str) -> set[str]:
 
 
 def test_alert_rules_parse_and_use_only_real_metrics_labels_and_values():
-    promql = pytest.importorskip("promql_parser", reason="promql-parser is not installed (pip install promql-parser)")
+    pytest.importorskip("promql_parser", reason="promql-parser is not installed (pip install promql-parser)")
     document = yaml.safe_load(RULES.read_text())
     assert set(document) == {"groups"}
     series, values = rotator_series(), label_values()
@@ -335,22 +311,7 @@ def test_alert_rules_parse_and_use_only_real_metrics_labels_and_values():
             assert rule["annotations"]["summary"] and rule["annotations"]["description"], where
             if "for" in rule:
                 assert re.fullmatch(r"(\d+[smhd])+", rule["for"]), where
-            expr = promql.parse(rule["expr"])                  # raises on a syntax error
-
-            def visit(node: Any, where: str = where, known: dict[str, set[str]] = known) -> None:
-                if not isinstance(node, promql.VectorSelector):
-                    return
-                assert node.name in known, f"{where}: {node.name} is not a metric rotator exports"
-                used.add(node.name)
-                for matcher in node.matchers.matchers:
-                    assert matcher.name in known[node.name] | TARGET_LABELS, \
-                        f"{where}: {node.name} has no label {matcher.name}"
-                    allowed = values.get((node.name, matcher.name))
-                    if allowed is not None:
-                        chosen = matcher.value.split("|") if "Re" in str(matcher.op) else [matcher.value]
-                        assert set(chosen) <= allowed, f"{where}: {matcher.name}={matcher.value} never occurs"
-
-            promql.walk(expr, visit)
+            used |= check_promql(rule["expr"], known, where, values)     # raises on a syntax error
             for template_label in re.findall(r"\$labels\.(\w+)", str(rule["annotations"])):
                 selectors = re.findall(r"[a-z_]+(?=\{|\[| |$)", rule["expr"])
                 assert any(template_label in known.get(s, set()) | TARGET_LABELS for s in selectors), \
@@ -372,3 +333,142 @@ def test_the_rule_checker_catches_a_wrong_metric_name():
                 lambda node: found.append(node.name) if isinstance(node, promql.VectorSelector) else None)
     assert found == ["rotator_key_expiry_seconds", "rotator_backend_drift"]
     assert [name in series for name in found] == [False, True]
+
+
+@pytest.mark.parametrize("expr, message", [
+    ("rotator_key_expiry_seconds < 86400", "is not a metric rotator exports"),
+    ('increase(rotator_rotations_total{outcome="failed"}[1h])', "has no label outcome"),
+    ('rotator_secret_health{health="sick"} == 1', "health=sick never occurs"),
+    ('sum by (secret) (rotator_secret_phase{phase=~"grace|graceful"})', "never occurs"),
+    ("rate(rotator_events_total[5m]", "unexpected|expected|unclosed|parse|syntax|invalid"),
+])
+def test_the_promql_checker_refuses_a_wrong_name_label_or_value(expr, message):
+    """A control for check_promql, which checks the rules and the dashboard."""
+    pytest.importorskip("promql_parser", reason="promql-parser is not installed (pip install promql-parser)")
+    with pytest.raises(Exception, match=message):
+        check_promql(expr, rotator_series(), "control")
+    assert check_promql('sum(increase(rotator_rotations_total{result!~"completed"}[1h]))', rotator_series(),
+                        "control") == {"rotator_rotations_total"}
+
+
+# --- labels, and the NetworkPolicy example --------------------------------------------------------
+
+def labelled_objects() -> list[tuple[str, dict[str, Any]]]:
+    """(where, metadata) of every object the manifests create, pod and job templates included."""
+    found = []
+    for name, resource in manifests().items():
+        found.append((name, resource["metadata"]))
+        if resource["kind"] == "CronJob":
+            found.append((f"{name} jobTemplate", resource["spec"]["jobTemplate"]["metadata"]))
+        if resource["kind"] in ("CronJob", "Deployment"):
+            template = (resource["spec"]["jobTemplate"]["spec"] if resource["kind"] == "CronJob" else resource["spec"])
+            found.append((f"{name} pod template", template["template"]["metadata"]))
+    return found
+
+
+def test_every_object_carries_the_recommended_labels():
+    from rotator import __version__
+
+    (kustomization,) = load_yaml_documents(KUBE / "kustomization.yaml")
+    (image,) = kustomization["images"]
+    components = {}
+    for where, metadata in labelled_objects():
+        labels = metadata.get("labels", {})
+        missing = [k for k in RECOMMENDED_LABELS if f"app.kubernetes.io/{k}" not in labels]
+        assert not missing, f"{where}: no app.kubernetes.io/{', '.join(missing)}"
+        assert labels["app.kubernetes.io/name"] == labels["app.kubernetes.io/part-of"] == "rotator", where
+        assert labels["app.kubernetes.io/instance"] == "rotator", where
+        assert labels["app.kubernetes.io/managed-by"] == "kustomize", where
+        assert labels["app.kubernetes.io/version"] == __version__ == str(image["newTag"]), \
+            f"{where}: the version label follows the release and the image tag"
+        components.setdefault(where.split()[0], set()).add(labels["app.kubernetes.io/component"])
+    assert all(len(c) == 1 for c in components.values()), f"one component per file, templates alike: {components}"
+    assert components["deployment.yaml"] == components["service.yaml"] == {"daemon"}
+    assert components["cronjob.yaml"] == {"cronjob"}
+
+
+def test_selectors_use_only_labels_that_never_change():
+    """A Deployment's selector is immutable: version (or anything an upgrade changes) stays out."""
+    resources = manifests()
+    stable = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component"}
+    selectors = {
+        "deployment.yaml": resources["deployment.yaml"]["spec"]["selector"]["matchLabels"],
+        "service.yaml": resources["service.yaml"]["spec"]["selector"],
+        "networkpolicy.yaml": resources["networkpolicy.yaml"]["spec"]["podSelector"]["matchLabels"],
+    }
+    for name, selector in selectors.items():
+        assert set(selector) <= stable, f"{name}: selects on {sorted(set(selector) - stable)}"
+
+
+def _peer_ports(rule: dict[str, Any]) -> set[tuple[str, int]]:
+    return {(p.get("protocol", "TCP"), p["port"]) for p in rule.get("ports", [])}
+
+
+def test_the_network_policy_opens_only_what_rotator_needs():
+    """Egress: DNS, Vault, the issuer and AWS over HTTPS, the Pushgateway; ingress: the metrics port."""
+    from urllib.parse import urlsplit
+
+    resources = manifests()
+    policy = resources["networkpolicy.yaml"]
+    spec = policy["spec"]
+    assert policy["kind"] == "NetworkPolicy" and set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    for name in POD_WORKLOADS:                                   # the daemon's pods and the CronJob's
+        pod_labels = (resources[name]["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+                      if name == "cronjob.yaml" else resources[name]["spec"]["template"]["metadata"]["labels"])
+        assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items(), f"{name}'s pods are not selected"
+
+    # ingress: the daemon's metrics port, from Prometheus, nothing else
+    metrics_port = {p["name"]: p["containerPort"] for p in container(resources["deployment.yaml"])["ports"]}["http"]
+    assert spec["ingress"], "ingress is closed except for the rules listed"
+    for rule in spec["ingress"]:
+        assert _peer_ports(rule) == {("TCP", metrics_port)}, rule
+        assert rule.get("from"), "from named peers only"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer and peer["podSelector"]["matchLabels"], peer
+
+    # egress: everything the shipped config talks to
+    config = tomllib.loads(config_map_toml())
+    wanted = {("UDP", 53), ("TCP", 53)}
+    for url in [i["base_url"] for i in config["issuers"].values()] + \
+               [b["url"] for b in config["backends"].values() if "url" in b]:
+        parts = urlsplit(url)
+        wanted.add(("TCP", parts.port or {"https": 443, "http": 80}[parts.scheme]))
+    wanted.add(("TCP", 443))                                     # AWS Secrets Manager and STS (IRSA)
+    pushgateway = urlsplit(_commented_pushgateway_args()[-1])
+    wanted.add(("TCP", pushgateway.port))
+    opened = set().union(*(_peer_ports(rule) for rule in spec["egress"]))
+    assert wanted <= opened, f"not allowed: {sorted(wanted - opened)}"
+    assert opened <= wanted, f"more than needed: {sorted(opened - wanted)}"
+    for rule in spec["egress"]:
+        assert rule.get("to") and rule.get("ports"), "every egress rule names its peers and ports"
+        for peer in rule["to"]:
+            block = peer.get("ipBlock")
+            if block is not None:                                 # the public internet, private ranges excluded
+                assert _peer_ports(rule) == {("TCP", 443)}, "only HTTPS goes to addresses outside the cluster"
+                assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(block["except"])
+
+
+def _commented_pushgateway_args() -> list[str]:
+    """The CronJob's commented-out alternative `args:` line (the Pushgateway variant)."""
+    text = (KUBE / "cronjob.yaml").read_text()
+    (line,) = re.findall(r"^\s*# (args: \[.*--pushgateway.*\])\s*$", text, re.M)
+    return yaml.safe_load(line)["args"]
+
+
+def test_the_cronjobs_pushgateway_variant_is_a_valid_command_and_manifest(tmp_path):
+    """Swapping the CronJob's two args lines, as its comment says, gives a valid manifest whose
+    command pushes to the Pushgateway under a fixed group (not one per pod)."""
+    import kubernetes_validate
+
+    from rotator.metrics_export import INSTANCE_ENV, check_destinations
+
+    args = _commented_pushgateway_args()
+    assert args[:2] == ["rotate", "--pushgateway"] and len(args) == 3
+    check_destinations(pushgateway=args[2])
+    cronjob = manifests()["cronjob.yaml"]
+    container(cronjob)["args"] = args
+    kubernetes_validate.validate(cronjob, KUBERNETES_VERSION, strict=True)
+    assert literal_env(cronjob)[INSTANCE_ENV], "a fixed Pushgateway group for every run's pod"
+    result = subprocess.run([sys.executable, "-m", "rotator.cli", "rotate", "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "--pushgateway" in result.stdout, result.stderr[-2000:]
