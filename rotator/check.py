@@ -75,7 +75,8 @@ def add_parser(sub: Any, output_option: Callable[[argparse.ArgumentParser], None
     parser = sub.add_parser(
         "check", help="is the configuration ready? reach every issuer and store read-only; exit 1 if anything fails",
         description=DESCRIPTION, epilog=EXIT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("secrets", nargs="*", metavar="SECRET", help="only these secrets (with their issuers and stores)")
+    parser.add_argument("secrets", nargs="*", metavar="SECRET",
+                        help="only these secrets (with their issuers and stores)")
     parser.add_argument("--timeout", default=DEFAULT_TIMEOUT, metavar="DURATION",
                         help="give up on a check still running after this long, e.g. 30s, 2m (default 60s);"
                              " each provider also keeps its own timeouts and retries")
@@ -373,7 +374,7 @@ def run_check(runtime: Any, names: list[str] | None = None, *, timeout: float = 
         row = issuers[name] = IssuerRow(name, runtime.settings.issuers[name].type)
         if ("issuer", name) in first:
             row.findings.extend(_findings_of(done[("issuer", name)], "sign-in", report, timeout))
-        if (sign_in := row.find("sign-in")) is not None and sign_in.status == "fail":
+        if (sign_in := row.find("sign-in")) is not None and sign_in.status == "fail" or row.find("config"):
             continue
         second[("listing", name)] = _listing_task(runtime, name, now)
     listed = _parallel(second, time.monotonic() + timeout, threads)
@@ -423,7 +424,8 @@ def _findings_of(result: Any, check: str, report: CheckReport, timeout: float) -
         return [Finding(check, "fail", f"no answer within {timeout:g}s (--timeout): unreachable or hanging;"
                                        " check the address and the network path")]
     if isinstance(result, ConfigError):
-        report.config_errors.append(redact(str(result)))
+        if redact(str(result)) not in report.config_errors:
+            report.config_errors.append(redact(str(result)))
         return [Finding("config", "fail", str(result))]
     if isinstance(result, BaseException):
         return [Finding(check, "fail", _describe(result))]
@@ -554,7 +556,7 @@ def _secret_row(runtime: Any, secret: Any, reads: list[Any], listing: Any, now: 
                   " there (rotator adopts it) or set create_if_missing = true")
     row.findings.append(Finding("health", status, detail))
     others: dict[str, Any] = {}
-    for bound, read in zip(secret.secondaries, reads[1:]):
+    for bound, read in zip(secret.secondaries, reads[1:], strict=True):
         if isinstance(read, _TimedOut) or read is None:
             read = BackendUnavailable(f"{bound.target.label}: no answer within {timeout:g}s")
         others[bound.label] = read

@@ -160,7 +160,8 @@ def test_a_refused_admin_key_exits_1(world, checker, monkeypatch, emulator):
     data = json.loads(out)
     assert code == 1 and data["ok"] is False
     sign_in = finding(data["issuers"][0], "sign-in")
-    assert sign_in["status"] == "fail" and "refused" in sign_in["detail"] and "issuers.quiva.admin_key" in sign_in["detail"]
+    assert sign_in["status"] == "fail" and "refused" in sign_in["detail"]
+    assert "issuers.quiva.admin_key" in sign_in["detail"]
     assert "keys" not in [f["check"] for f in data["issuers"][0]["findings"]]   # no listing with a refused key
     assert emulator.counters().get(LIST, 0) == 0
 
@@ -331,7 +332,7 @@ def test_no_key_value_in_any_output(world, checker, vault, aws, openbao, emulato
     outputs.append(checker())
     values = set(emulator.issued_values()) | {openbao.root_token, "ms-" + "c" * 32}
     assert len(values) >= 4
-    for code, out, err in outputs:
+    for _code, out, err in outputs:
         for value in values:
             assert value not in out and value not in err
             assert value[-8:] not in out, "more than the last 4 characters shown"
