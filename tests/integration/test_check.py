@@ -182,6 +182,17 @@ def test_a_vault_token_without_write_capability_says_so(world, checker, vault, o
     assert "no write permission" in problem and f"secret/data/{vault}/web" in problem and "'update'" in problem
 
 
+def test_a_vault_backend_set_to_the_wrong_kv_version_fails(world, checker, vault):
+    world.backends["vault1"] = {**world.backends["vault"], "kv_version": 1}     # secret/ is KV v2
+    world.add_secret("web", targets=[{"backend": "store", "path": "web.json"},
+                                     {"backend": "vault1", "path": f"{vault}/web"}])
+    code, out, _ = checker("-o", "json")
+    assert code == 1
+    row = rows(json.loads(out), "backends", backend="vault1")[0]
+    assert row["result"] == "fail"
+    assert any("kv_version = 2" in f["detail"] for f in row["findings"] if f["status"] == "fail"), row
+
+
 def test_an_aws_secret_missing_with_create_if_missing_false_fails(world, checker, aws):
     world.backends["aws"]["create_if_missing"] = False
     world.add_secret("web", targets=[{"backend": "store", "path": "web.json"},
