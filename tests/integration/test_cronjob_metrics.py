@@ -400,3 +400,60 @@ def test_nothing_asked_nothing_loaded():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
+
+
+# --- from the command line ------------------------------------------------------------------------
+
+def rotator_command(world, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+                    ) -> subprocess.CompletedProcess[str]:
+    """The installed ``rotator`` entry point, as a CronJob runs it, on the real clock."""
+    from tests.world import to_toml
+
+    config_file = tmp_path / "rotator.toml"
+    config_file.write_text(to_toml(world.config_data()))
+    entry = Path(sys.executable).parent / "rotator"
+    return subprocess.run([str(entry), "--config", str(config_file), "--log-format", "text", *args],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def due_now(world, clock):
+    from datetime import datetime, timezone
+
+    clock.set(datetime.now(timezone.utc))                 # the subprocess runs on the real clock
+    world.add_secret("web")
+    world.seed("web", age=timedelta(days=80))
+    return world
+
+
+def test_rotate_exports_its_run_to_a_file_and_a_pushgateway(due_now, tmp_path, pushgateway):
+    prom = tmp_path / "rotator.prom"
+    result = rotator_command(due_now, tmp_path, "rotate", "--metrics-file", str(prom),
+                             "--pushgateway", pushgateway.url, env={"ROTATOR_PUSHGATEWAY_INSTANCE": "cron"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, values = parse(prom.read_text())
+    assert value(values, "rotator_rotations_total", secret="web", result="completed") == 1
+    assert value(values, "rotator_reconciles_total", result="ok") == 1
+    assert value(values, "rotator_issuer_credential_expiry_timestamp_seconds", issuer="quiva") is not None
+    assert value(values, "rotator_run_duration_seconds_count", kind="rotate") == 1
+    method, path, _, body = pushgateway.requests[-1]
+    assert (method, path) == ("PUT", "/metrics/job/rotator/instance/cron")
+    assert value(parse(body.decode())[1], "rotator_rotations_total", secret="web", result="completed") == 1
+
+
+def test_rotate_with_a_bad_destination_stops_before_any_effect(due_now, tmp_path):
+    result = rotator_command(due_now, tmp_path, "rotate", "--pushgateway", "pushgateway:9091")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "--pushgateway" in result.stderr and "Traceback" not in result.stderr
+    assert due_now.record("web") is None, "nothing adopted or rotated"
+    result = rotator_command(due_now, tmp_path, "rotate", "--metrics-file", str(tmp_path / "no" / "such.prom"))
+    assert result.returncode == 2 and "does not exist" in result.stderr, result.stderr[-3000:]
+    assert due_now.record("web") is None
+
+
+def test_rotate_with_a_pushgateway_down_still_exits_with_the_runs_status(due_now, tmp_path):
+    with socket_closed() as url:
+        result = rotator_command(due_now, tmp_path, "rotate", "--pushgateway", url)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "is not reachable" in result.stderr
+    assert due_now.record("web").rotations == 1
