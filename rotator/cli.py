@@ -346,13 +346,15 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         chosen = runtime.select(args.secrets or None)
         with output.progress(len(chosen), "rotating", quiet=args.quiet) as tick:
             engine = _counting_engine(runtime, on_event, tick)
-            # SIGTERM (a CronJob pod stopped, `docker stop`): finish the step in flight, release the lease.
-            previous = _on_signals(lambda signum, frame: engine.request_stop())
+            # SIGTERM (a CronJob pod stopped, `docker stop`): finish the step in flight, release the
+            # lease. Ctrl-C: the same, and the command ends as interrupted (130) once they have.
+            previous = _on_signals(lambda signum, frame: engine.request_stop(),
+                                   interrupt=lambda signum, frame: _interrupt(engine))
             started = time.monotonic()
             try:
                 report = engine.run(args.secrets or None, force=args.force)
             finally:
-                _on_signals(previous)
+                _restore_signals(previous)
             took = time.monotonic() - started
         if notifier is not None:
             notify.Alerts(notifier.send).on_run(events, report.outcomes, runtime.clock.now())
@@ -457,19 +459,38 @@ def _credentials_after_run(runtime: Any, names: list[str] | None) -> list[Any]:
         return []
 
 
-def _on_signals(handler: Any) -> Any:
-    """Install ``handler`` for SIGTERM (main thread only); return the old one. SIGINT stays
-    KeyboardInterrupt: a person at a terminal wants it to stop now."""
+def _on_signals(handler: Any, *, interrupt: Any = None) -> dict[int, Any] | None:
+    """Install ``handler`` for SIGTERM and ``interrupt`` (if given) for SIGINT, in the main
+    thread only; return the old handlers for :func:`_restore_signals`."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or handler is None:
         return None
-    if handler is None:
-        return None
-    old = signal.getsignal(signal.SIGTERM)
+    old = {signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
     signal.signal(signal.SIGTERM, handler)
+    if interrupt is not None:
+        old[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, interrupt)
     return old
+
+
+def _restore_signals(old: dict[int, Any] | None) -> None:
+    import signal
+
+    for signum, handler in (old or {}).items():
+        signal.signal(signum, handler)
+
+
+def _interrupt(engine: Any) -> None:
+    """Ctrl-C during a run: every secret stops at its next step boundary (releasing its lease, so
+    the next run resumes at once), then KeyboardInterrupt ends the command as interrupted. A
+    second Ctrl-C while they finish is an ordinary KeyboardInterrupt."""
+    import signal
+
+    engine.request_stop()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise KeyboardInterrupt
 
 
 # --- plan and status -------------------------------------------------------------------------

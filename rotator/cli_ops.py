@@ -87,7 +87,6 @@ _runtime = runtime_for
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from rotator import drift
     from rotator.readahead import ReadAhead
 
     runtime = _runtime(args)

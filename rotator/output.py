@@ -130,10 +130,11 @@ def progress(total: int, description: str, *, quiet: bool = False,
     ``tick(name)``, to call once per secret done (a name counted twice counts once; the bar never
     runs past ``total``). Without a terminal ``tick`` does nothing and nothing is imported.
 
-    rich's ``Progress`` draws it: a maintained library whose live display redraws the bar below
-    the log lines written while it runs (the log handler is pointed at its console for that
-    time), so logs and bar do not tear each other; the bar is transient: it is erased when done,
-    leaving only the command's own output.
+    rich's ``Progress`` draws it (rather than tqdm): a maintained library whose live display
+    redraws the bar below whatever is written to stderr while it runs — log lines (the log
+    handler is pointed at its console for that time) and notes printed to ``sys.stderr`` (rich
+    redirects it) — so they do not tear each other; the bar is transient: it is erased when
+    done, leaving only the command's own output.
     """
     stream = stream if stream is not None else sys.stderr
     if total <= 0 or not wants_progress(quiet, stream):
@@ -143,8 +144,9 @@ def progress(total: int, description: str, *, quiet: bool = False,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(file=stream, force_terminal=True, highlight=False)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
-                   TimeElapsedColumn(), console=console, transient=True, redirect_stderr=False, redirect_stdout=False)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=console, transient=True,
+                   redirect_stderr=True, redirect_stdout=False)
     task = bar.add_task(description, total=total, last="")
     seen: set[str] = set()
     done = [0]

@@ -116,8 +116,8 @@ def test_missing_config_file(tmp_path, capsys, monkeypatch):
 
 
 def test_environment_overrides_the_file(cli_world, capsys, monkeypatch):
-    monkeypatch.setenv("ROTATOR_ROTATOR__LEAD_TIME", "88d")      # makes a 5-day-old key due
-    cli_world.seed("web", age=timedelta(days=5))
+    monkeypatch.setenv("ROTATOR_ROTATOR__LEAD_TIME", "85d")      # makes a 10-day-old key due (85d + 48h grace
+    cli_world.seed("web", age=timedelta(days=10))                # still fit the 3-month key lifetime)
     code, out, _ = run(capsys, "plan", "-o", "json")
     plan = {p["secret"]: p for p in json.loads(out)["plan"]}
     assert plan["web"]["next"].startswith("adopt")

@@ -145,6 +145,14 @@ def test_a_bad_config_is_exit_2_with_file_and_field_in_every_command_also_rotate
         assert_user_error(result, "bad.toml", where)
 
 
+def test_a_credential_that_does_not_resolve_is_exit_2_also_for_rotate_and_daemon(cfg, monkeypatch):
+    monkeypatch.delenv("QUIVA_API_KEY")
+    config = str(cfg.config)
+    for result in many([("rotate", "-c", config), ("daemon", "-c", config), ("status", "-c", config)], timeout=30):
+        assert_user_error(result, "rotator.toml", "QUIVA_API_KEY")
+    assert not (cfg.root / "store").exists()                     # nothing was done
+
+
 def test_user_errors_are_one_line_without_traceback_and_debug_adds_it(cfg, tmp_path):
     config = str(cfg.config)
     not_utf8 = tmp_path / "latin1.toml"
@@ -189,14 +197,15 @@ def test_an_unreadable_config_is_exit_2_without_traceback(tmp_path):
     assert_user_error(rotator("plan", "-c", str(path)), "secret.toml")
 
 
-def test_ctrl_c_is_exit_130_with_one_line(cfg, emulator):
-    emulator.faults.set_latency(3)                  # the issuer answers slowly: plan is still waiting
+@pytest.mark.parametrize("command", ["plan", "rotate"])
+def test_ctrl_c_is_exit_130_with_one_line(cfg, emulator, command):
+    emulator.faults.set_latency(3)                  # the issuer answers slowly: the command is still waiting
     try:
-        proc = subprocess.Popen([ROTATOR, "plan", "-c", str(cfg.config), "--log-level", "error"],
+        proc = subprocess.Popen([ROTATOR, command, "-c", str(cfg.config), "--log-level", "error"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
         wait_for(lambda: sum(emulator.counters().values()), what="the request to reach the emulator")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         emulator.faults.set_latency(0)
     assert proc.returncode == 130, err
