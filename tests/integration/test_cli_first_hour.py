@@ -408,7 +408,7 @@ def test_emulator_refuses_a_broken_state_file_in_one_line(tmp_path):
     state = tmp_path / "broken.json"
     state.write_text("{not json")
     result = rotator("emulator", "--port", "0", "--state-file", str(state), timeout=20)
-    assert result.returncode == 2 and "broken.json: not JSON" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "rotator emulator: --state-file" in result.stderr and "broken.json: not JSON" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_emulator_with_a_key_file_prints_the_file_not_the_key(tmp_path):

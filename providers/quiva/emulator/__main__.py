@@ -60,13 +60,14 @@ def write_secret_file(path: str, value: str) -> None:
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = _parse_args(argv, prog)
+    me = prog or "emulator"
     supplied = os.environ.get("QUIVA_API_KEY") or None
     emu = Emulator(host=args.host, port=args.port)
     if args.state_file:
         try:
             restored = load_state(emu.state, args.state_file)
         except ValueError as exc:
-            print(f"emulator: --state-file {exc}", file=sys.stderr)
+            print(f"{me}: --state-file {exc}", file=sys.stderr)
             return 2
     else:
         restored = False
@@ -81,20 +82,26 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         if args.admin_key_file:
             write_secret_file(args.admin_key_file, value)
 
+    if args.state_file:                 # written now: a path that cannot be written fails before serving
+        try:
+            save_state(emu.state, args.state_file)
+        except OSError as exc:
+            print(f"{me}: --state-file {args.state_file}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
     try:
         emu.start()
     except OSError as exc:
-        print(f"emulator: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        print(f"{me}: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
               " (--port 0 picks a free port)", file=sys.stderr)
         return 1
     print(f"QuivaWorks emulator listening on {emu.url}", flush=True)
     if not args.quiet:
         print(_welcome(emu, args, supplied is not None, value, restored), flush=True)
     del value
-    saved = None
+    saved = emu.state.dump() if args.state_file else None
     try:
         while not stopping.wait(0.5):
             saved = _save_if_changed(emu, args.state_file, saved)
@@ -105,6 +112,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
 
 def _save_if_changed(emu: Emulator, path: str | None, saved: dict | None) -> dict | None:
+    """Save when users or keys changed since ``saved``; what is saved now. A failed save is said
+    once and tried again at the next change."""
     if not path:
         return None
     now = emu.state.dump()
@@ -113,7 +122,6 @@ def _save_if_changed(emu: Emulator, path: str | None, saved: dict | None) -> dic
             save_state(emu.state, path)
         except OSError as exc:
             print(f"emulator: cannot save the state to {path}: {exc.strerror or exc}", file=sys.stderr)
-            return saved
     return now
 
 
