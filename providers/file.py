@@ -50,6 +50,13 @@ class FileSettings(StrictModel):
     create_if_missing: bool = True
     mode: str = "0600"
 
+    @field_validator("directory")
+    @classmethod
+    def _no_nul(cls, path: Path | None) -> Path | None:
+        if path is not None and "\0" in str(path):
+            raise ValueError("must not contain a NUL character")
+        return path
+
     @field_validator("mode")
     @classmethod
     def _private_octal(cls, text: str) -> str:
@@ -81,6 +88,8 @@ class FileTargetSpec(StrictModel):
     def _no_nul(cls, text: str) -> str:
         if "\0" in text:
             raise ValueError("must not contain a NUL character")
+        if text.endswith(("/", "/.", "/..")) or text.strip() in (".", ".."):
+            raise ValueError("names a directory, not a file (give a file's path, e.g. 'web/quiva.json')")
         return text
 
     @field_validator("field")

@@ -1,16 +1,22 @@
 """Configuration: a TOML file plus environment overrides, validated with pydantic-settings.
 
 The file comes from ``--config`` or ``ROTATOR_CONFIG``. Any setting can be overridden from the
-environment with the ``ROTATOR_`` prefix and ``__`` between levels, e.g.
-``ROTATOR_ROTATOR__GRACE=24h`` or ``ROTATOR_ISSUERS__QUIVA_PROD__BASE_URL=http://127.0.0.1:8787``.
+environment with the ``ROTATOR_`` prefix and ``__`` between levels, each level being a name from
+the file upper-cased with ``-`` and ``.`` turned into ``_``: ``ROTATOR_ROTATOR__GRACE=24h``,
+``ROTATOR_ISSUERS__QUIVA_PROD__BASE_URL=http://127.0.0.1:8787`` (the issuer ``quiva-prod``),
+``ROTATOR_SECRETS__PROD_WEB_APP__GRACE=72h`` (the secret named ``prod-web-app``). The rules are in
+:mod:`rotator.overrides`, a pydantic-settings source, and in docs/configuration.md.
 
-This module validates the core shape (durations, names, references between sections). Each
-provider validates its own section and targets when it is built (see ``rotator.runtime``), so
-every error names the file and the field path either way.
+:func:`load` validates the core shape (durations, names, references between sections, timing
+that needs no issuer) and reports every problem at once, one line each, naming the file and the
+field path. Each provider validates its own section and targets when :class:`rotator.runtime.Runtime`
+builds it, which also resolves every credential reference and checks timing against each issuer's
+key lifetime; it reports all its problems at once the same way. Both happen before any effect.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
 import tomllib
@@ -19,13 +25,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import (
-    BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator,
+    BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rotator.errors import ConfigError
+from rotator.overrides import Applied, EnvOverrides
 from rotator.timeutil import format_duration, parse_duration
-from rotator.validation import StrictModel, describe
+from rotator.validation import StrictModel, closest, describe
 
 CONFIG_ENV = "ROTATOR_CONFIG"
 DEFAULT_KEY_NAME = "{secret} [{rotation}]"
@@ -96,12 +104,44 @@ class Defaults(StrictModel):
 
     @model_validator(mode="after")
     def _positive(self) -> Defaults:
-        for name in ("lead_time", "check_interval", "lease"):
-            if getattr(self, name) <= timedelta(0):
-                raise ValueError(f"{name} must be positive")
+        problems = [f"{name}: must be positive" for name in ("lead_time", "check_interval", "lease")
+                    if getattr(self, name) <= timedelta(0)]
         if self.grace < timedelta(0):
-            raise ValueError("grace must not be negative")
+            problems.append("grace: must not be negative")
+        if not problems:
+            problems += timing_problems(self.lead_time, self.grace, self.check_interval)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+
+def timing_problems(lead_time: timedelta, grace: timedelta, check_interval: timedelta, *,
+                    where: str = "", secret: str = "", own_lead: bool = True, own_grace: bool = True) -> list[str]:
+    """Timing that cannot work, whatever the issuer (docs/configuration.md, "Timing"):
+
+    * ``grace`` must be shorter than ``lead_time``: a key is rotated when it has at most
+      ``lead_time`` left, so an old key kept for ``grace`` after that would expire first;
+    * ``check_interval`` must not be longer than ``lead_time``: a key could come due and reach its
+      expiry between two checks.
+
+    ``where`` prefixes the field names (``secrets[1].``); ``own_*`` say which values the secret
+    sets itself (a problem of inherited values is reported once, on ``[rotator]``).
+    """
+    named = f" (secret {secret!r})" if secret else ""
+    problems = []
+    if (own_lead or own_grace) and grace >= lead_time:
+        field = "grace" if own_grace else "lead_time"
+        problems.append(
+            f"{where}{field}: grace {format_duration(grace)} is not shorter than lead_time"
+            f" {format_duration(lead_time)}{named}: a key is rotated when it has at most lead_time left,"
+            " so the old key would expire before the grace period ends (shorten grace or lengthen lead_time)")
+    if own_lead and check_interval > lead_time:
+        field = "lead_time" if where else "check_interval"
+        problems.append(
+            f"{where}{field}: rotator.check_interval {format_duration(check_interval)} is longer than lead_time"
+            f" {format_duration(lead_time)}{named}: a key could come due and expire between two checks"
+            " (shorten check_interval or lengthen lead_time)")
+    return problems
 
 
 class ProviderSection(BaseModel):
@@ -206,7 +246,7 @@ class SecretSpec(StrictModel):
         try:
             rendered = self.key_name.format(secret=self.name, rotation="r-00000000")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"key_name: bad template ({exc}); use {{secret}} and {{rotation}}") from None
+            raise ValueError(f"key_name: bad template ({exc}): use {{secret}} and {{rotation}}") from None
         if "{rotation}" not in self.key_name or not rendered.strip():
             raise ValueError("key_name must contain {rotation} so stray keys can be recognised")
         return self
@@ -328,14 +368,52 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     alerts: AlertSettings = AlertSettings()
 
+    #: the file the settings came from ("<embedded>" for a configuration built in code), and the
+    #: variable behind each overridden value ("secrets[1].grace" -> "ROTATOR_SECRETS__WEB__GRACE")
+    _source: str = PrivateAttr(default="<embedded>")
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
     @classmethod
     def settings_customise_sources(
         cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file's content arrives as init kwargs; the environment overrides it.
-        return env_settings, init_settings
+        # The file's content arrives as init kwargs; EnvOverrides applies the environment to it,
+        # matching each variable against the names in the file (pydantic-settings' own env source
+        # cannot map QUIVA_PROD to "quiva-prod", nor a secret's name to its place in the list).
+        loading = _LOADING.get()
+        source = EnvOverrides(settings_cls, getattr(init_settings, "init_kwargs", {}),
+                              environ=loading.environ if loading else None)
+        if loading is not None:
+            loading.sources.append(source)
+        else:
+            source = _Strict(source)
+        return (source,)
+
+    @property
+    def source(self) -> str:
+        """The file these settings were read from ("<embedded>" when built in code)."""
+        return self._source
+
+    def origin(self, where: str) -> str | None:
+        """The environment variable that set ``where`` (or a setting inside or around it)."""
+        for path, name in self._origins.items():
+            if _within(where, path) or _within(path, where):
+                return name
+        return None
+
+    @property
+    def from_file(self) -> bool:
+        """Whether these settings were read from a file (not built in code)."""
+        return self._source != "<embedded>"
+
+    def report(self, lines: list[str]) -> str:
+        """Problem lines ("path: problem") as one message: each names the file (settings built in
+        code have none), and the variable when the value came from the environment."""
+        if not self.from_file:
+            return "\n".join(_located("", line, self._origins)[2:] for line in lines)
+        return "\n".join(_located(self._source, line, self._origins) for line in lines)
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
@@ -351,17 +429,46 @@ class Settings(BaseSettings):
                 problems.append(f"{where}.name: duplicate secret name {secret.name!r}")
             seen.add(secret.name)
             if secret.issuer not in self.issuers:
-                problems.append(f"{where}.issuer: unknown issuer {secret.issuer!r}{_known(self.issuers)}")
+                problems.append(f"{where}.issuer: unknown issuer {secret.issuer!r}{_known(self.issuers, secret.issuer)}")
             for t_index, target in enumerate(secret.targets):
                 if target.backend not in self.backends:
                     problems.append(
                         f"{where}.targets[{t_index}].backend: unknown backend"
-                        f" {target.backend!r}{_known(self.backends)}"
+                        f" {target.backend!r}{_known(self.backends, target.backend)}"
                     )
+            problems += timing_problems(self.lead_time(secret), self.grace(secret), self.rotator.check_interval,
+                                        where=f"{where}.", secret=secret.name,
+                                        own_lead=secret.lead_time is not None, own_grace=secret.grace is not None)
+        problems.extend(self._reference_problems())
         problems.extend(self._hook_problems())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _reference_problems(self) -> list[str]:
+        """``{ backend = NAME, ... }`` credential references name a configured backend (reading
+        the value is a run-time matter)."""
+        problems = []
+        for where, ref in self.references():
+            if isinstance(ref, Mapping) and "backend" in ref and ref["backend"] not in self.backends:
+                problems.append(f"{where}.backend: unknown backend {ref['backend']!r}"
+                                f"{_known(self.backends, str(ref['backend']))}")
+        return problems
+
+    def references(self) -> list[tuple[str, Any]]:
+        """The credential references of the core sections, with their field paths: hooks (url,
+        signing_secret) and alert webhooks (url). An issuer or backend declares its own (defaults
+        included) through its ``references`` attribute; :class:`rotator.runtime.Runtime` checks both."""
+        found: list[tuple[str, Any]] = []
+        for where, hook in self._all_hooks():
+            for name in ("url", "signing_secret"):
+                value = getattr(hook, name)
+                if isinstance(value, Mapping):
+                    found.append((f"{where}.{name}", value))
+        for index, channel in enumerate(self.alerts.webhooks):
+            if isinstance(channel.url, Mapping):
+                found.append((f"alerts.webhooks[{index}].url", channel.url))
+        return found
 
     def _hook_problems(self) -> list[str]:
         problems = []
@@ -433,15 +540,73 @@ class Settings(BaseSettings):
         return self.rotator.grace if secret.grace is None else secret.grace
 
 
-def _known(names: Mapping[str, Any]) -> str:
-    return f" (configured: {', '.join(sorted(names))})" if names else " (none configured)"
+def _known(names: Mapping[str, Any], wrong: str | None = None) -> str:
+    if not names:
+        return " (none configured)"
+    close = closest(wrong, names) if wrong is not None else None
+    hint = f"did you mean {close!r}? " if close else ""
+    return f" ({hint}configured: {', '.join(sorted(names))})"
 
 
-def load(path: str | os.PathLike[str] | None = None, *, data: Mapping[str, Any] | None = None) -> Settings:
-    """Read and validate the configuration; raise ConfigError naming the file and the field.
+def _within(inner: str, outer: str) -> bool:
+    """Whether the field path ``inner`` is ``outer`` or lies inside it."""
+    return inner == outer or inner.startswith((outer + ".", outer + "[", outer + " "))
+
+
+def _located(source: str, line: str, origins: Mapping[str, str]) -> str:
+    where = line.split(": ", 1)[0]
+    names = [name for path, name in origins.items() if _within(where, path) or _within(path, where)]
+    note = f" (set by {', '.join(dict.fromkeys(names))})" if names and not line.startswith("ROTATOR_") else ""
+    return f"{source}: {line}{note}"
+
+
+class _Loading:
+    """What :func:`load` hands the settings source it is about to run (a context variable, so
+    concurrent loads in threads stay apart), and gets back from it."""
+
+    def __init__(self, environ: Mapping[str, str] | None) -> None:
+        self.environ = environ
+        self.sources: list[EnvOverrides] = []
+
+    @property
+    def applied(self) -> Applied:
+        return self.sources[-1].applied if self.sources else Applied()
+
+
+_LOADING: contextvars.ContextVar[_Loading | None] = contextvars.ContextVar("rotator_config_loading", default=None)
+
+
+class _Strict(PydanticBaseSettingsSource):
+    """EnvOverrides outside :func:`load` (``Settings(**data)`` directly): a refused override
+    raises at once, since there is no report to add it to."""
+
+    def __init__(self, source: EnvOverrides) -> None:
+        super().__init__(source.settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = self._source()
+        if self._source.applied.problems:
+            raise ConfigError("\n".join(f"environment: {p}" for p in self._source.applied.problems))
+        return values
+
+
+def load(path: str | os.PathLike[str] | None = None, *, data: Mapping[str, Any] | None = None,
+         environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the configuration; raise one ConfigError listing every problem found,
+    one line each, naming the file and the field path (or the environment variable).
 
     ``path`` defaults to ``$ROTATOR_CONFIG``. ``data`` (already-parsed TOML) is for callers that
-    build a config in code, such as ``rotator demo``.
+    build a config in code, such as ``rotator demo``. Environment overrides (``ROTATOR_...``) apply
+    to both; ``environ`` replaces ``os.environ`` for them (``{}``: none).
+
+    Nothing is resolved or contacted here: credential references, provider sections, targets and
+    timing against the issuers' key lifetimes are checked when :class:`rotator.runtime.Runtime` is
+    built. When this check fails, the providers' checks that can run on the document are added to
+    the same report (best effort), so one run shows every problem.
     """
     source = "<embedded>"
     if data is None:
@@ -449,28 +614,73 @@ def load(path: str | os.PathLike[str] | None = None, *, data: Mapping[str, Any] 
         if not path:
             raise ConfigError(f"no configuration: pass --config FILE or set {CONFIG_ENV}")
         source = str(path)
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: file not found") from None
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+        data = read_document(path)
+    loading = _Loading(environ)
+    token = _LOADING.set(loading)
     try:
-        return Settings(**data)
-    except ValidationError as exc:
-        lines = []
-        for line in describe(exc):
-            # A model's own checks arrive as one "where: Value error, a; b" line: one line each,
-            # and "field: problem" parts join the path ("hooks[0].url: ...").
-            where, _, message = line.partition(": ")
-            for part in message.removeprefix("Value error, ").split("; "):
-                part = part.strip()
-                if where == "(top level)":
-                    lines.append(part)
-                elif re.match(r"^[a-z_]+(\[\d+\])?: ", part):
-                    lines.append(f"{where}.{part}")
-                else:
-                    lines.append(f"{where}: {part}")
-        raise ConfigError("\n".join(f"{source}: {line}" for line in lines)) from None
+        try:
+            settings: Settings | None = Settings(**data)
+            lines: list[str] = []
+        except ValidationError as exc:
+            settings, lines = None, describe(exc, model=Settings)
+    finally:
+        _LOADING.reset(token)
+    applied = loading.applied
+    problems = [*applied.problems, *lines]
+    if settings is not None and not problems:
+        settings._source = source
+        settings._origins = dict(applied.origins)
+        return settings
+    from rotator.runtime import section_problems
+
+    problems += [p for p in section_problems(applied.document or data) if p not in problems]
+    raise ConfigError("\n".join(_located(source, line, applied.origins) for line in problems))
+
+
+def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The TOML document in ``path``; ConfigError naming the file, and the line and column of a
+    byte that is not UTF-8 or of what is not TOML."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{source}: is a directory, not a configuration file") from None
+    except PermissionError:
+        raise ConfigError(f"{source}: cannot read: permission denied") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(f"{source}: line {line}, column {column}: not UTF-8 (byte 0x{raw[exc.start]:02x} at"
+                          f" offset {exc.start}); save the file as UTF-8") from None
+    text = text.removeprefix("\ufeff")          # a byte-order mark some editors write
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {_toml_problem(str(exc), text)}") from None
+
+
+def _toml_problem(message: str, text: str) -> str:
+    """tomllib's "Invalid value (at line 3, column 9)" as "line 3, column 9: not valid TOML:
+    invalid value", with a hint for the usual slip (a string without quotes)."""
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)\s*$", message)
+    if match is None:
+        end = re.search(r"\s*\(at end of document\)\s*$", message)
+        if end is None:
+            return f"not valid TOML: {message}"
+        return f"at the end of the file: not valid TOML: {message[:end.start()]}"
+    line, column = int(match.group(1)), int(match.group(2))
+    problem = message[:match.start()]
+    hint = ""
+    lines = text.splitlines()
+    if problem.startswith("Invalid value") and 0 < line <= len(lines):
+        assignment = re.match(r"\s*([A-Za-z0-9_.\-\"']+)\s*=\s*([^\s\"'\[{#][^#]*)", lines[line - 1])
+        if assignment is not None:
+            key = assignment.group(1)
+            hint = f" (a text value needs quotes: {key} = \"...\")"
+    return f"line {line}, column {column}: not valid TOML: {problem[:1].lower()}{problem[1:]}{hint}"

@@ -1,15 +1,22 @@
 """Builds the live objects from validated settings: providers, targets, managed secrets.
 
 Construction does no network I/O (each provider validates its own section and targets), so a
-bad config fails here, before anything is touched, with an error naming the field.
+bad config fails here, before anything is touched. Every problem found while building is
+collected and reported at once, one line each, naming the file and the field path: provider
+sections and targets, credential references (an unset variable, a missing or unreadable file, a
+``backend`` reference to no backend), timing against each issuer's key lifetime, targets shared
+by two secrets. Warnings (plain http allowed with ``insecure_http``, TLS verification off, a
+credential file others can read) are in :attr:`Runtime.warnings` and logged once per process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets as _random
 import socket
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Callable, Mapping
 
 from rotator import credentials, registry
@@ -20,6 +27,10 @@ from rotator.interfaces import Backend, Clock, Issuer, ProviderContext, Target
 from rotator.lease import keeping_sleep
 from rotator.machine import Policy
 from rotator.models import Secret
+from rotator.timeutil import format_duration
+from rotator.validation import did_you_mean
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,19 +95,21 @@ def _addresses(bound: Bound) -> frozenset[tuple[str, ...]]:
             or frozenset({("backend", bound.backend.name, bound.target.label)}))
 
 
-def _refuse_shared_targets(secrets: list[ManagedSecret]) -> None:
-    """Raise ConfigError, listing every clash, when two targets address the same place.
+def _shared_target_problems(secrets: list[tuple[int, ManagedSecret]]) -> list[str]:
+    """One line for every clash of two targets that address the same place.
 
     Two managed secrets writing one place would overwrite each other's key and rotation record
     (a copy-paste slip in ``[[secrets]]``), and so would one secret listing a place twice. Places
     are compared by what targets address (:class:`rotator.interfaces.Target`'s ``addresses``), so
     two spellings of one file, secret or KV path meet; a target without ``addresses`` is compared
     by its backend's name and its label. An issuer's credential reference is not a target: it
-    may point at a managed secret's target (self-rotation).
+    may point at a managed secret's target (self-rotation). ``secrets`` pairs each secret with its
+    index in ``[[secrets]]``.
     """
     owners: dict[tuple[str, ...], list[tuple[int, int]]] = {}
     clashes: dict[tuple[int, int, int], int] = {}     # (secret, target, earlier secret) -> its target
-    for index, secret in enumerate(secrets):
+    by_index = dict(secrets)
+    for index, secret in secrets:
         for position, bound in enumerate(secret.targets):
             keys = _addresses(bound)
             for key in keys:
@@ -106,7 +119,7 @@ def _refuse_shared_targets(secrets: list[ManagedSecret]) -> None:
                 owners.setdefault(key, []).append((index, position))
     lines = []
     for (index, position, earlier), at in clashes.items():
-        secret, other = secrets[index], secrets[earlier]
+        secret, other = by_index[index], by_index[earlier]
         here, there = secret.targets[position].label, other.targets[at].label
         spelled = "" if there == here else f", written there as {there}"
         if earlier == index:
@@ -116,20 +129,133 @@ def _refuse_shared_targets(secrets: list[ManagedSecret]) -> None:
             lines.append(f"secrets[{index}] ({secret.name}) and secrets[{earlier}] ({other.name}) both use the"
                          f" target {here} (targets[{position}] and targets[{at}]{spelled});"
                          " a target belongs to one secret")
+    return lines
+
+
+def _refuse_shared_targets(secrets: list[ManagedSecret]) -> None:
+    """Raise ConfigError, listing every clash, when two targets address the same place."""
+    lines = _shared_target_problems(list(enumerate(secrets)))
     if lines:
         raise ConfigError("\n".join(lines))
 
 
+def _lines(exc: ConfigError) -> list[str]:
+    return [line for line in str(exc).splitlines() if line.strip()]
+
+
+def _relocate(exc: ConfigError, backend: str, where: str) -> list[str]:
+    """A backend's target error ("backends.local target.pth: unknown field") at the place the
+    target was written ("secrets[0].targets[1].pth: unknown field")."""
+    prefix = f"backends.{backend} target"
+    out = []
+    for line in _lines(exc):
+        if line.startswith((prefix + ".", prefix + ":")):
+            out.append(where + line[len(prefix):])
+        elif line.startswith(where):
+            out.append(line)
+        else:
+            out.append(f"{where}: {line}")
+    return out
+
+
+def _build_provider(kind: str, name: str, type_name: str, options: Mapping[str, Any],
+                    context: ProviderContext) -> Any:
+    cls = registry.load(kind, type_name, f"{kind}s.{name}")
+    return cls(name, options, context)
+
+
+def _declared_references(provider: Any, where: str) -> list[tuple[str, Any]]:
+    """The credential references a provider declares (``references``: field path -> reference,
+    defaults included), or an issuer's ``credential``."""
+    declared = getattr(provider, "references", None)
+    if isinstance(declared, Mapping):
+        return list(declared.items())
+    ref = getattr(provider, "credential", None)
+    return [(where, ref)] if ref is not None else []
+
+
+def _no_credentials(ref: Any, where: str) -> Secret:
+    raise ConfigError(f"{where}: credentials are not resolved while checking a configuration")
+
+
+def section_problems(document: Mapping[str, Any]) -> list[str]:
+    """The problems the providers find in a raw document's sections and targets, for a report
+    that the core check already failed (:func:`rotator.config.load`): best effort, no I/O, no
+    credential resolved. Sections the core check refused on their own are skipped."""
+    problems: list[str] = []
+    context = ProviderContext(clock=SystemClock(), sleep=lambda seconds: None,
+                              resolve_credential=_no_credentials)
+    built: dict[str, Any] = {}
+    opened: list[Any] = []
+    try:
+        for kind in ("issuer", "backend"):
+            sections = document.get(f"{kind}s")
+            if not isinstance(sections, Mapping):
+                continue
+            for name, raw in sections.items():
+                if not isinstance(raw, Mapping) or not isinstance(raw.get("type"), str):
+                    continue
+                options = {k: v for k, v in raw.items() if k != "type"}
+                try:
+                    provider = _build_provider(kind, str(name), raw["type"], options, context)
+                except ConfigError as exc:
+                    problems += _lines(exc)
+                    continue
+                except Exception:  # noqa: BLE001 - best effort: the core report stands on its own
+                    continue
+                opened.append(provider)
+                if kind == "backend":
+                    built[str(name)] = provider
+        secrets = document.get("secrets")
+        for index, secret in enumerate(secrets if isinstance(secrets, list) else []):
+            if not isinstance(secret, Mapping) or not isinstance(secret.get("targets"), list):
+                continue
+            field_name = secret.get("field") if isinstance(secret.get("field"), str) else "api_key"
+            for position, entry in enumerate(secret["targets"]):
+                if not isinstance(entry, Mapping) or entry.get("backend") not in built:
+                    continue
+                backend = built[entry["backend"]]
+                spec = {"field": field_name, **{k: v for k, v in entry.items() if k != "backend"}}
+                try:
+                    backend.target(spec)
+                except ConfigError as exc:
+                    problems += _relocate(exc, backend.name, f"secrets[{index}].targets[{position}]")
+                except Exception:  # noqa: BLE001 - best effort
+                    continue
+    finally:
+        for provider in opened:
+            try:
+                provider.close()
+            except Exception:  # noqa: BLE001 - closing a provider that never connected
+                pass
+    return problems
+
+
 class Runtime:
-    """Everything a run needs, built once from the settings."""
+    """Everything a run needs, built once from the settings.
+
+    Building checks the whole configuration before anything is contacted and raises one
+    ConfigError listing every problem (see the module's docstring).
+
+    ``check_references``: whether every ``env`` and ``file`` credential reference must resolve
+    now. By default it is checked for settings read from a file (every command of the CLI) and not
+    for settings built in code (``rotator demo``, tests), which may leave references they never use
+    unresolvable. ``environ`` replaces ``os.environ`` for that check (the providers resolve the
+    references later, when they need them, from ``os.environ``).
+    """
 
     def __init__(self, settings: Settings, *, clock: Clock | None = None,
                  sleep: Callable[[float], None] | None = None,
                  on_call: Callable[[str, str, str], None] | None = None,
-                 identity: str | None = None) -> None:
+                 identity: str | None = None, check_references: bool | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.identity = identity or runner_identity(settings.rotator.runner_id)
+        #: what the configuration allows but should not (plain http with insecure_http, TLS
+        #: verification off, a credential file others can read): logged once per process here,
+        #: shown by ``rotator check``
+        self.warnings: list[str] = []
         # a wait a provider makes for a run that holds a claim renews the claim's lease (rotator.lease)
         self._sleep = keeping_sleep(sleep or SystemClock().sleep)
         self.context = ProviderContext(
@@ -139,23 +265,40 @@ class Runtime:
             on_call=on_call or (lambda provider, op, outcome: None),
             workers=settings.rotator.workers,
         )
-        self.backends: dict[str, Backend] = {
-            name: self._build("backend", name, section.type, section.options())
-            for name, section in settings.backends.items()
-        }
-        self.issuers: dict[str, Issuer] = {
-            name: self._build("issuer", name, section.type, section.options())
-            for name, section in settings.issuers.items()
-        }
+        problems: list[str] = []
+        self.backends: dict[str, Backend] = {}
+        self.issuers: dict[str, Issuer] = {}
+        for kind, built, sections in (("backend", self.backends, settings.backends),
+                                      ("issuer", self.issuers, settings.issuers)):
+            for name, section in sections.items():
+                try:
+                    built[name] = self._build(kind, name, section.type, section.options())
+                except ConfigError as exc:
+                    problems += _lines(exc)
         self._built_hooks: dict[str, tuple[Any, Any]] = {}
         self._hook_runner: Any = None
-        self.secrets: list[ManagedSecret] = [self._manage(i, spec) for i, spec in enumerate(settings.secrets)]
-        _refuse_shared_targets(self.secrets)
+        managed: list[tuple[int, ManagedSecret]] = []
+        for index, spec in enumerate(settings.secrets):
+            secret = self._manage(index, spec, problems)
+            if secret is not None:
+                managed.append((index, secret))
+        self.secrets: list[ManagedSecret] = [secret for _, secret in managed]
+        problems += _shared_target_problems(managed)
+        problems += self._timing_problems()
+        if check_references is None:
+            check_references = settings.from_file
+        problems += self._reference_problems(environ, resolve=check_references)
+        for provider in (*self.issuers.values(), *self.backends.values()):
+            self.warnings += [str(w) for w in getattr(provider, "warnings", ()) or ()]
+        self.warnings = list(dict.fromkeys(self.warnings))
+        if problems:
+            self.close()
+            raise ConfigError(settings.report(list(dict.fromkeys(problems))))
+        for warning in self.warnings:
+            credentials.warn_once(warning)
 
     def _build(self, kind: str, name: str, type_name: str, options: Mapping[str, Any]) -> Any:
-        where = f"{kind}s.{name}"
-        cls = registry.load(kind, type_name, where)
-        return cls(name, options, self.context)
+        return _build_provider(kind, name, type_name, options, self.context)
 
     def _bind(self, entry: Mapping[str, Any], field: str, where: str) -> Bound:
         backend = self.backends[entry["backend"]]
@@ -163,23 +306,41 @@ class Runtime:
         try:
             return Bound(backend, backend.target(spec))
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+            raise ConfigError("\n".join(_relocate(exc, backend.name, where))) from None
 
-    def _manage(self, index: int, spec: SecretSpec) -> ManagedSecret:
-        bound = [
-            self._bind({"backend": t.backend, **t.options()}, spec.field, f"secrets[{index}].targets[{i}]")
-            for i, t in enumerate(spec.targets)
-        ]
+    def _manage(self, index: int, spec: SecretSpec, problems: list[str]) -> ManagedSecret | None:
+        """The managed secret, or None with its problems added to ``problems`` (a secret whose
+        issuer or backend failed to build is skipped: that failure is reported already)."""
+        where = f"secrets[{index}]"
+        bound: list[Bound] = []
+        complete = spec.issuer in self.issuers
+        for i, t in enumerate(spec.targets):
+            if t.backend not in self.backends:
+                complete = False
+                continue
+            try:
+                bound.append(self._bind({"backend": t.backend, **t.options()}, spec.field, f"{where}.targets[{i}]"))
+            except ConfigError as exc:
+                problems += _lines(exc)
+                complete = False
+        try:
+            hooks = self._hooks(index, spec)
+        except ConfigError as exc:
+            problems += _lines(exc)
+            complete = False
+        if not complete:
+            return None
         labels = [b.label for b in bound]
         if len(set(labels)) != len(labels):
-            raise ConfigError(f"secrets[{index}].targets: the same target is listed twice")
+            problems.append(f"{where}.targets: the same target is listed twice")
+            return None
         primary = bound[0]
         if not primary.backend.capabilities.holds_record:
-            raise ConfigError(
-                f"secrets[{index}].targets[0]: backend {primary.backend.name!r} cannot be a primary"
+            problems.append(
+                f"{where}.targets[0]: backend {primary.backend.name!r} cannot be a primary"
                 " (it has no compare-and-swap to hold the rotation record); list it after one that can"
             )
-        hooks = self._hooks(index, spec)
+            return None
         policy = Policy(
             lead_time=self.settings.lead_time(spec),
             grace=self.settings.grace(spec),
@@ -194,6 +355,68 @@ class Runtime:
         )
         return ManagedSecret(spec, self.issuers[spec.issuer], primary, tuple(bound[1:]), policy,
                              signs_in=self._issuers_signing_in_with(bound), hooks=hooks)
+
+    def _timing_problems(self) -> list[str]:
+        """``lead_time`` at or beyond an issuer's key lifetime is impossible: every key would be due
+        as soon as it is issued, so every run would rotate it again (docs/configuration.md,
+        "Timing"). An issuer that does not know its keys' lifetime (``key_lifetime`` None) is not
+        checked. A problem with a value a secret inherits is reported once, on ``[rotator]``.
+        """
+        problems: list[str] = []
+        for index, spec in enumerate(self.settings.secrets):
+            issuer = self.issuers.get(spec.issuer)
+            lifetime = getattr(issuer, "key_lifetime", None) if issuer is not None else None
+            if not isinstance(lifetime, timedelta):
+                continue
+            lead = self.settings.lead_time(spec)
+            if lead >= lifetime:
+                at = f"secrets[{index}].lead_time" if spec.lead_time is not None else "rotator.lead_time"
+                whose = f" (secret {spec.name!r})" if spec.lead_time is not None else ""
+                problems.append(f"{at}: lead_time {format_duration(lead)} is not shorter than the key lifetime of"
+                                f" issuer {spec.issuer!r} ({format_duration(lifetime)} at the shortest){whose}:"
+                                " every key would be due as soon as it is issued, and every run would rotate it"
+                                " again (shorten lead_time)")
+        return list(dict.fromkeys(problems))
+
+    def _reference_problems(self, environ: Mapping[str, str] | None, *, resolve: bool) -> list[str]:
+        """Every credential reference where it is declared: a ``backend`` reference names a
+        backend and a target it accepts (nothing is read from it here); with ``resolve``, an
+        ``env`` variable is set and a ``file`` can be read (a warning when others may read it)."""
+        refs = list(self.settings.references())
+        for name, issuer in self.issuers.items():
+            refs += _declared_references(issuer, f"issuers.{name}")
+        for name, backend in self.backends.items():
+            refs += _declared_references(backend, f"backends.{name}")
+        problems: list[str] = []
+        seen: set[str] = set()
+        for where, ref in refs:
+            if where in seen:
+                continue
+            seen.add(where)
+            try:
+                if isinstance(ref, Mapping) and "backend" in ref:
+                    credentials.check_reference(ref, where)
+                    name = str(ref["backend"])
+                    if name not in self.settings.backends:
+                        problems.append(f"{where}.backend: unknown backend {name!r}"
+                                        f"{did_you_mean(name, self.settings.backends)}"
+                                        f" (configured: {', '.join(sorted(self.settings.backends)) or 'none'})")
+                    elif name in self.backends:
+                        backend = self.backends[name]
+                        try:
+                            backend.target({"field": "api_key", **{k: v for k, v in ref.items() if k != "backend"}})
+                        except ConfigError as exc:
+                            problems += _relocate(exc, name, where)
+                    continue
+                if not resolve:
+                    credentials.check_reference(ref, where)
+                    continue
+                warning = credentials.check(ref, where, environ=environ)
+                if warning:
+                    self.warnings.append(warning)
+            except ConfigError as exc:
+                problems += _lines(exc)
+        return problems
 
     def _hooks(self, index: int, spec: SecretSpec) -> dict[str, Any]:
         """The secret's hooks, built once (a shared [[hooks]] entry is one object for all)."""
@@ -220,7 +443,11 @@ class Runtime:
             if isinstance(ref, Mapping) and ref.get("backend") in self.backends:
                 backend = self.backends[ref["backend"]]
                 spec = {"field": "api_key", **{k: v for k, v in ref.items() if k != "backend"}}
-                if places & _addresses(Bound(backend, backend.target(spec))):
+                try:
+                    target = backend.target(spec)
+                except ConfigError:
+                    continue            # reported by the references' check
+                if places & _addresses(Bound(backend, target)):
                     found.append(issuer)
         return tuple(found)
 

@@ -73,3 +73,16 @@ def short_instant(moment: datetime | None) -> str:
         return moment.strftime("%Y-%m-%d %H:%MZ")
     except ValueError:
         return moment.isoformat()
+
+
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def shortest_months(months: int) -> timedelta:
+    """The shortest time ``months`` calendar months can span: 3 -> 89 days (February to April of
+    a common year), 1 -> 28 days, 12 -> 365 days. A key that lives "3 months" lives at least this."""
+    if months <= 0:
+        return timedelta(0)
+    years, rest = divmod(months, 12)
+    spans = [sum(_MONTH_DAYS[(start + i) % 12] for i in range(rest)) for start in range(12)]
+    return timedelta(days=365 * years + min(spans))

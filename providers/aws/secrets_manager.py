@@ -87,6 +87,7 @@ class SecretsManagerBackend:
     def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
         self.name = name
         self._settings = s = parse(SecretsManagerSettings, settings, f"backends.{name}")
+        self.warnings = s.warnings(f"backends.{name}")   # logged at start, shown by ``rotator check``
         endpoints = {key: url for key, url in ((SERVICE, s.endpoint_url), ("sts", s.sts_endpoint_url)) if url}
         options = AwsOptions(region=s.region, profile=s.profile, role_arn=s.role_arn,
                              role_session_name=s.role_session_name, external_id=s.external_id,

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from providers.addresses import normal_url
 from providers.document import reserved_field
-from rotator.validation import StrictModel
+from rotator.validation import StrictModel, insecure_http_problem, insecure_http_warning
 
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 _NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
@@ -48,6 +48,7 @@ class SecretsManagerSettings(StrictModel):
     connect_timeout: float = Field(default=5.0, gt=0, le=300)
     read_timeout: float = Field(default=15.0, gt=0, le=300)
     replica_wait: float = Field(default=30.0, ge=0, le=900)
+    insecure_http: bool = False    # allow a plain http:// endpoint that is not loopback (warns at every start)
 
     @field_validator("region")
     @classmethod
@@ -87,9 +88,26 @@ class SecretsManagerSettings(StrictModel):
 
     @model_validator(mode="after")
     def _replicas_elsewhere(self) -> SecretsManagerSettings:
+        problems = []
         if self.region is not None and self.region in self.replica_regions:
-            raise ValueError("replica_regions must not include the secret's own region")
+            problems.append("replica_regions must not include the secret's own region")
+        if not self.insecure_http:
+            for field, sends in (("endpoint_url", "every key"), ("sts_endpoint_url", "the assumed role's credentials")):
+                url = getattr(self, field)
+                problem = insecure_http_problem(url, field, sends) if url else None
+                if problem:
+                    problems.append(problem)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def warnings(self, where: str) -> list[str]:
+        """What this section allows but should not (a plain http endpoint with ``insecure_http``)."""
+        if not self.insecure_http:
+            return []
+        found = [insecure_http_warning(url, where, what) for url, what in (
+            (self.endpoint_url, "every key"), (self.sts_endpoint_url, "the assumed role's credentials")) if url]
+        return [w for w in found if w]
 
 
 class SecretsManagerTargetSpec(StrictModel):

@@ -11,15 +11,15 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rotator import credentials
 from rotator.errors import IssuerError, IssuerPermissionError, UntrustedAnswer
 from rotator.interfaces import Finding, ProviderContext
 from rotator.models import IssuedKey, IssuerCapabilities, KeyInfo, Listing, Secret
 from rotator.retry import RetryPolicy, Throttle
-from rotator.timeutil import parse_duration
-from rotator.validation import StrictModel, parse
+from rotator.timeutil import parse_duration, shortest_months
+from rotator.validation import StrictModel, insecure_http_problem, insecure_http_warning, parse
 
 from providers.quiva import answers
 from providers.quiva.client import AUTH_PATH, QuivaClient
@@ -50,6 +50,7 @@ class QuivaSettings(StrictModel):
     rate_burst: int = Field(default=5, ge=1)
     key_lifetime_months: int = Field(default=3, ge=1, le=120)   # the documented key lifetime
     max_pages: int = Field(default=100, ge=1, le=100_000)       # a longer listing is not trusted
+    insecure_http: bool = False    # allow plain http:// to a host that is not loopback (warns at every start)
 
     @field_validator("base_url")
     @classmethod
@@ -57,6 +58,25 @@ class QuivaSettings(StrictModel):
         if not value.startswith(("https://", "http://")):
             raise ValueError("must start with https:// (or http:// for a local emulator)")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _no_clear_text(self) -> QuivaSettings:
+        problem = insecure_http_problem(self.base_url, "base_url", "the admin key and every new key")
+        if problem and not self.insecure_http:
+            raise ValueError(problem)
+        return self
+
+    def warnings(self, where: str) -> list[str]:
+        """What this section allows but should not (plain http with ``insecure_http``)."""
+        if not self.insecure_http:
+            return []
+        warning = insecure_http_warning(self.base_url, where, "the admin key, with every new key,")
+        return [warning] if warning else []
+
+    @property
+    def key_lifetime(self) -> timedelta:
+        """The shortest time ``key_lifetime_months`` can be (3 months: 89 days)."""
+        return shortest_months(self.key_lifetime_months)
 
     @field_validator("timeout", "max_retry_wait", mode="before")
     @classmethod
@@ -102,6 +122,22 @@ class QuivaIssuer:
             throttle=Throttle(self.settings.rate_limit, self.settings.rate_burst,
                               lambda: context.clock.now().timestamp(), context.sleep),
         )
+
+    @property
+    def key_lifetime(self) -> timedelta | None:
+        """How long a key lives at the shortest (``key_lifetime_months``, counted as the shortest
+        run of calendar months): the core refuses a ``lead_time`` that does not fit in it."""
+        return self.settings.key_lifetime
+
+    @property
+    def references(self) -> dict[str, Any]:
+        """The credential references of this section, by field path (the default included)."""
+        return {self._key_where: self._admin_ref}
+
+    @property
+    def warnings(self) -> list[str]:
+        """Allowed but unsafe settings, logged at start and shown by ``rotator check``."""
+        return self.settings.warnings(f"issuers.{self.name}")
 
     @property
     def in_flight_bound(self) -> timedelta:

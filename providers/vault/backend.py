@@ -112,6 +112,10 @@ class VaultKVBackend:
         self._lock = threading.RLock()
         self._cache: dict[tuple[str, str], _Entry] = {}
         self._mounts_checked: set[str] = set()
+        #: credential references by field path (the core checks them before any effect), and
+        #: what the section allows but should not (logged at start, shown by ``rotator check``)
+        self.references = self._settings.references(where)
+        self.warnings = self._settings.warnings(where)
 
     # --- the Protocol ---------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from rotator.credentials import check_reference
 from rotator.timeutil import parse_duration
-from rotator.validation import StrictModel, parse
+from rotator.validation import StrictModel, insecure_http_problem, insecure_http_warning, parse
 
 from providers.document import reserved_field
 
@@ -82,7 +82,8 @@ class VaultSettings(StrictModel):
     max_versions: int | None = Field(default=None, ge=2, le=1000)
     create_if_missing: bool = True
     custom_metadata: bool = True
-    verify: bool = True
+    verify: bool = True            # false: Vault's certificate is not checked (warned about at every start)
+    insecure_http: bool = False    # allow plain http:// to a host that is not loopback (warned about too)
     ca_cert: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
@@ -107,11 +108,40 @@ class VaultSettings(StrictModel):
 
     @model_validator(mode="after")
     def _tls(self) -> VaultSettings:
+        problems = []
         if (self.client_cert is None) != (self.client_key is None):
-            raise ValueError("client_cert and client_key go together: give both or neither")
+            problems.append("client_cert and client_key go together: give both or neither")
         if self.ca_cert is not None and not self.verify:
-            raise ValueError("ca_cert is set but verify = false turns verification off; drop one")
+            problems.append("ca_cert is set but verify = false turns verification off; drop one")
+        clear = insecure_http_problem(self.url, "url", "Vault's token and every key")
+        if clear and not self.insecure_http:
+            problems.append(clear)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def warnings(self, where: str) -> list[str]:
+        """What this section allows but should not: plain http with ``insecure_http``, and TLS
+        verification turned off with ``verify = false``."""
+        found = []
+        if self.insecure_http:
+            warning = insecure_http_warning(self.url, where, "Vault's token, with every key,")
+            if warning:
+                found.append(warning)
+        if not self.verify and self.url.lower().startswith("https://"):
+            found.append(f"{where}: verify = false: Vault's TLS certificate is not checked, so anyone on the"
+                         " path can impersonate Vault and read its token and every key; give the CA with"
+                         " ca_cert instead")
+        return found
+
+    def references(self, where: str) -> dict[str, Any]:
+        """The credential references of this section, by field path (the default token included)."""
+        auth = self.auth
+        if isinstance(auth, TokenAuth):
+            return {f"{where}.auth.token": auth.token}
+        if isinstance(auth, AppRoleAuth):
+            return {f"{where}.auth.role_id": auth.role_id, f"{where}.auth.secret_id": auth.secret_id}
+        return {}
 
     @property
     def tls_verify(self) -> bool | str:

@@ -330,15 +330,29 @@ def test_a_learned_throttle_returns_to_unlimited_when_the_limit_goes_away():
     assert [throttle.acquire() for _ in range(50)] == [0] * 50
 
 
-def test_the_example_config_loads_builds_and_rotates_its_own_admin_key():
+def test_the_example_config_loads_builds_and_rotates_its_own_admin_key(tmp_path, monkeypatch):
     """config.example.toml stays true to the code: it loads, every provider accepts its section
-    (no network), and the prod issuer's admin key is managed by rotator itself."""
+    (no network), every credential reference it declares resolves once its variables are set and
+    its files exist (here under tmp_path instead of /var/run/secrets), and the prod issuer's admin
+    key is managed by rotator itself."""
     from pathlib import Path
 
     from rotator import config
     from rotator.runtime import Runtime
 
-    runtime = Runtime(config.load(Path(__file__).parents[2] / "config.example.toml"))
+    text = (Path(__file__).parents[2] / "config.example.toml").read_text()
+    for name in ("RELOAD_HOOK_URL", "ALERT_WEBHOOK_URL", "SLACK_WEBHOOK_URL"):
+        monkeypatch.setenv(name, "https://hooks.example/rotator-example-0001")
+    for line in text.splitlines():
+        if "{ file = \"/var/run/secrets/" in line and not line.lstrip().startswith("#"):
+            relative = line.split("{ file = \"/var/run/secrets/", 1)[1].split("\"", 1)[0]
+            secret = tmp_path / relative
+            secret.parent.mkdir(parents=True, exist_ok=True)
+            secret.write_text("example-credential-0001\n")
+            secret.chmod(0o600)
+    example = tmp_path / "config.toml"
+    example.write_text(text.replace("{ file = \"/var/run/secrets/", f"{{ file = \"{tmp_path}/"))
+    runtime = Runtime(config.load(example))
     try:
         managed = {issuer: [s.name for s in runtime.secrets if runtime.issuers[issuer] in s.signs_in]
                    for issuer in runtime.issuers}
