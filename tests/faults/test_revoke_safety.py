@@ -42,7 +42,7 @@ def test_a_shared_key_is_revoked_only_by_the_last_secret_to_move_away(world, emu
     key is still B's current key, so the revoke is held (A finishes otherwise, and says why).
     When B rotates and its grace ends, B revokes the key; A's next run drops the held entry."""
     world.add_secret("a")
-    world.add_secret("b", lead_time="1d")                       # b is not due yet
+    world.add_secret("b", lead_time="1d", grace="12h")          # b is not due yet (grace < lead_time)
     shared = world.seed("a", age=timedelta(days=80))
     world.seed_value("b", shared)
     first = world.rotate()

@@ -120,14 +120,14 @@ def test_importing_and_configuring_loads_no_aws_sdk():
 
 
 @pytest.mark.parametrize("settings, expected", [
-    ({"region": "Europe"}, "backends.aws.region: Value error, expected an AWS region name"),
-    ({"colour": "red"}, "backends.aws.colour: unknown setting"),
-    ({"tags": {"aws:owner": "x"}}, "backends.aws.tags: Value error, tag key 'aws:owner'"),
-    ({"role_arn": "rotator"}, "backends.aws.role_arn: Value error, expected an IAM role ARN"),
-    ({"endpoint_url": "localhost:4566"}, "backends.aws.endpoint_url: Value error, expected an http"),
+    ({"region": "Europe"}, "backends.aws.region: expected an AWS region name"),
+    ({"colour": "red"}, "backends.aws.colour: unknown field"),
+    ({"tags": {"aws:owner": "x"}}, "backends.aws.tags: tag key 'aws:owner'"),
+    ({"role_arn": "rotator"}, "backends.aws.role_arn: expected an IAM role ARN"),
+    ({"endpoint_url": "localhost:4566"}, "backends.aws.endpoint_url: expected an http"),
     ({"region": "eu-west-1", "replica_regions": ["eu-west-1"]}, "must not include the secret's own region"),
     ({"max_attempts": 0}, "backends.aws.max_attempts"),
-    ({"aws_secret_access_key": "x"}, "backends.aws.aws_secret_access_key: unknown setting"),
+    ({"aws_secret_access_key": "x"}, "backends.aws.aws_secret_access_key: unknown field"),
 ])
 def test_bad_settings_name_the_field(settings, expected):
     with pytest.raises(ConfigError) as caught:
@@ -143,9 +143,9 @@ def test_targets_are_validated_and_take_their_region_from_an_arn():
     assert backend.target({"secret_id": "a/b", "region": "eu-west-1"}).region == "eu-west-1"
     for spec, expected in [
         ({"secret_id": arn, "region": "us-east-1"}, "differs from the region in the secret's ARN"),
-        ({"secret_id": "has space"}, "target.secret_id: Value error"),
+        ({"secret_id": "has space"}, "target.secret_id: expected a secret name"),
         ({"secret_id": "a", "field": "rotator"}, "reserved"),
-        ({"secret_id": "a", "path": "x"}, "target.path: unknown setting"),
+        ({"secret_id": "a", "path": "x"}, "target.path: unknown field"),
     ]:
         with pytest.raises(ConfigError, match=expected):
             backend.target(spec)

@@ -99,7 +99,7 @@ def test_defaults_resolve_relative_paths_against_the_working_directory(tmp_path,
 
 
 @pytest.mark.parametrize(("settings", "expected"), [
-    ({"colour": "blue"}, "backends.files.colour: unknown setting"),
+    ({"colour": "blue"}, "backends.files.colour: unknown field"),
     ({"mode": "0644"}, "backends.files.mode"),
     ({"mode": "0400"}, "backends.files.mode"),
     ({"mode": "rw-------"}, "backends.files.mode"),
@@ -112,7 +112,7 @@ def test_invalid_settings_are_refused_with_the_field_path(settings, expected):
 
 
 @pytest.mark.parametrize(("spec", "expected"), [
-    ({"path": "a.json", "colour": "blue"}, "backends.files target.colour: unknown setting"),
+    ({"path": "a.json", "colour": "blue"}, "backends.files target.colour: unknown field"),
     ({"field": "api_key"}, "backends.files target.path: Field required"),
     ({"path": ""}, "backends.files target.path"),
     ({"path": "a.json", "field": "rotator"}, "backends.files target.field: .*reserved"),

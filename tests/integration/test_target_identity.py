@@ -250,7 +250,7 @@ def test_vault_kv_v1_and_v2_at_one_mount_and_path_collide() -> None:
      {"path": "apps/web/quiva"}, {"backend": "w", "path": "apps/web/quiva"}),
     ({"v": kv(), "w": kv(url="https://vault.internal:8201")},
      {"path": "apps/web/quiva"}, {"backend": "w", "path": "apps/web/quiva"}),
-    ({"v": kv(), "w": kv(url="http://vault.internal:8200")},
+    ({"v": kv(), "w": kv(url="http://vault.internal:8200", insecure_http=True)},
      {"path": "apps/web/quiva"}, {"backend": "w", "path": "apps/web/quiva"}),
     ({"v": kv()}, {"path": "apps/web/quiva"}, {"path": "apps/web/quiva", "mount_point": "kv"}),
     ({"v": kv(), "w": kv(namespace="team")},

@@ -113,9 +113,9 @@ def target(backend, vault_prefix):
     ({"auth": {"method": "approle", "role_id": {"env": "R"}, "secret_id": "literal"}},
      "auth.secret_id: key values never live in the config"),
     ({"auth": {"method": "kerberos"}}, "backends.v.auth"),
-    ({"auth": {"method": "kubernetes"}}, "backends.v.auth.kubernetes.role: Field required"),
+    ({"auth": {"method": "kubernetes"}}, "backends.v.auth.role: Field required"),
     ({"kv_version": 3}, "backends.v.kv_version"),
-    ({"colour": "blue"}, "backends.v.colour: unknown setting"),
+    ({"colour": "blue"}, "backends.v.colour: unknown field"),
     ({"client_cert": "/c.pem"}, "client_cert and client_key go together"),
     ({"ca_cert": "/ca.pem", "verify": False}, "verify = false"),
     ({"max_versions": 1}, "backends.v.max_versions"),
@@ -140,7 +140,7 @@ def test_url_is_required_and_must_be_http():
     ({"path": "apps/../other"}, "path: "),
     ({"path": "/"}, "path: "),
     ({"path": "apps/web", "field": "rotator"}, "reserved"),
-    ({"path": "apps/web", "engine": "kv"}, "engine: unknown setting"),
+    ({"path": "apps/web", "engine": "kv"}, "engine: unknown field"),
 ])
 def test_bad_target_entries_are_refused(spec, message):
     backend = VaultKVBackend("v", {"url": "http://127.0.0.1:1"}, provider_context())

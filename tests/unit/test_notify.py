@@ -334,7 +334,7 @@ def test_webhook_urls_resolve_from_references_and_are_masked(monkeypatch):
     ({"webhooks": [{"url": {"env": "A", "file": "/b"}}]}, "exactly one of env, file or backend"),
     ({"webhooks": [{"url": "https://x", "format": "teams"}]}, "alerts.webhooks[0].format"),
     ({"escalate_at": ["7d", "0s"]}, "escalate_at: every lead time must be positive"),
-    ({"repeat": "1h"}, "alerts.repeat: unknown setting"),
+    ({"repeat": "1h"}, "alerts.repeat: unknown field"),
 ])
 def test_bad_alert_settings_name_the_field(alerts, expected):
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")

@@ -530,7 +530,7 @@ def test_literal_admin_key_is_refused(api, make):
 
 
 def test_unknown_setting_is_named(make):
-    with pytest.raises(ConfigError, match=r"issuers\.quiva-test\.bogus: unknown setting"):
+    with pytest.raises(ConfigError, match=r"issuers\.quiva-test\.bogus: unknown field"):
         make(bogus=1)
 
 
