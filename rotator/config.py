@@ -20,9 +20,10 @@ import contextvars
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Collection, Literal, Mapping, TypeVar
 
 from pydantic import (
     BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
@@ -38,6 +39,7 @@ from rotator.validation import StrictModel, closest, describe
 CONFIG_ENV = "ROTATOR_CONFIG"
 DEFAULT_KEY_NAME = "{secret} [{rotation}]"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+M = TypeVar("M", bound=BaseModel)
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Reference = dict[str, Any]     # a credential reference: { env = ... }, { file = ... } or { backend = ..., ... }
@@ -417,103 +419,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _references(self) -> Settings:
-        problems = []
-        for section in ("issuers", "backends"):
-            for name in getattr(self, section):
-                if not re.match(_NAME, name):
-                    problems.append(f"{section}.{name}: names use letters, digits, '.', '_' and '-'")
-        seen: set[str] = set()
-        for index, secret in enumerate(self.secrets):
-            where = f"secrets[{index}]"
-            if secret.name in seen:
-                problems.append(f"{where}.name: duplicate secret name {secret.name!r}")
-            seen.add(secret.name)
-            if secret.issuer not in self.issuers:
-                problems.append(f"{where}.issuer: unknown issuer {secret.issuer!r}{_known(self.issuers, secret.issuer)}")
-            for t_index, target in enumerate(secret.targets):
-                if target.backend not in self.backends:
-                    problems.append(
-                        f"{where}.targets[{t_index}].backend: unknown backend"
-                        f" {target.backend!r}{_known(self.backends, target.backend)}"
-                    )
-            problems += timing_problems(self.lead_time(secret), self.grace(secret), self.rotator.check_interval,
-                                        where=f"{where}.", secret=secret.name,
-                                        own_lead=secret.lead_time is not None, own_grace=secret.grace is not None)
-        problems.extend(self._reference_problems())
-        problems.extend(self._hook_problems())
+        problems = _cross_problems(_Parts.of(self))
         if problems:
             raise ValueError("; ".join(problems))
         return self
-
-    def _reference_problems(self) -> list[str]:
-        """``{ backend = NAME, ... }`` credential references name a configured backend (reading
-        the value is a run-time matter)."""
-        problems = []
-        for where, ref in self.references():
-            if isinstance(ref, Mapping) and "backend" in ref and ref["backend"] not in self.backends:
-                problems.append(f"{where}.backend: unknown backend {ref['backend']!r}"
-                                f"{_known(self.backends, str(ref['backend']))}")
-        return problems
 
     def references(self) -> list[tuple[str, Any]]:
         """The credential references of the core sections, with their field paths: hooks (url,
         signing_secret) and alert webhooks (url). An issuer or backend declares its own (defaults
         included) through its ``references`` attribute; :class:`rotator.runtime.Runtime` checks both."""
-        found: list[tuple[str, Any]] = []
-        for where, hook in self._all_hooks():
-            for name in ("url", "signing_secret"):
-                value = getattr(hook, name)
-                if isinstance(value, Mapping):
-                    found.append((f"{where}.{name}", value))
-        for index, channel in enumerate(self.alerts.webhooks):
-            if isinstance(channel.url, Mapping):
-                found.append((f"alerts.webhooks[{index}].url", channel.url))
-        return found
-
-    def _hook_problems(self) -> list[str]:
-        problems = []
-        third = self.rotator.lease / 3
-        for where, hook in self._all_hooks():
-            if hook.timeout > third:      # a hook runs as one step: the lease is renewed around it, not during
-                problems.append(f"{where}.timeout: {format_duration(hook.timeout)} is longer than a third of"
-                                f" rotator.lease ({format_duration(self.rotator.lease)}): a rotation's claim could"
-                                " run out while the hook runs (shorten the timeout or lengthen the lease)")
-        named: dict[str, int] = {}
-        for index, hook in enumerate(self.hooks):
-            if hook.name in named:
-                problems.append(f"hooks[{index}].name: duplicate hook name {hook.name!r}")
-            named[hook.name] = index
-        used = set()
-        for index, secret in enumerate(self.secrets):
-            inline = set()
-            for h_index, entry in enumerate(secret.hooks):
-                where = f"secrets[{index}].hooks[{h_index}]"
-                if isinstance(entry, str):
-                    if entry not in named:
-                        problems.append(f"{where}: unknown hook {entry!r}{_known(named)}")
-                    used.add(entry)
-                    name = entry
-                else:
-                    if entry.all_secrets:
-                        problems.append(f"{where}.all_secrets: only for [[hooks]]")
-                    if entry.name in named:
-                        problems.append(f"{where}.name: {entry.name!r} is also a [[hooks]] name; inline hooks"
-                                        " need a name of their own")
-                    name = entry.name
-                if name in inline:
-                    problems.append(f"{where}: hook {name!r} listed twice")
-                inline.add(name)
-        for name, index in named.items():
-            if name not in used and not self.hooks[index].all_secrets:
-                problems.append(f"hooks[{index}] ({name}): no secret uses it (list it in a secret's hooks or set"
-                                " all_secrets = true)")
-        return problems
+        return _core_references(_Parts.of(self))
 
     def _all_hooks(self) -> list[tuple[str, HookSpec]]:
-        found = [(f"hooks[{i}]", h) for i, h in enumerate(self.hooks)]
-        for index, secret in enumerate(self.secrets):
-            found += [(f"secrets[{index}].hooks[{i}]", h) for i, h in enumerate(secret.hooks) if isinstance(h, HookSpec)]
-        return found
+        return _Parts.of(self).all_hooks()
 
     def hooks_of(self, secret: SecretSpec) -> list[HookSpec]:
         """The hooks that run for ``secret``: every all_secrets hook, then its own list."""
@@ -538,6 +456,144 @@ class Settings(BaseSettings):
 
     def grace(self, secret: SecretSpec) -> timedelta:
         return self.rotator.grace if secret.grace is None else secret.grace
+
+
+@dataclass
+class _Parts:
+    """What the checks across sections look at: the whole settings, or, when they failed to
+    validate, the pieces of the raw document that did (so those checks still report)."""
+
+    issuers: Collection[str]
+    backends: Collection[str]
+    secrets: list[tuple[int, SecretSpec]]
+    hooks: list[tuple[int, HookSpec]]
+    rotator: Defaults | None
+    alerts: AlertSettings | None
+
+    @classmethod
+    def of(cls, settings: Settings) -> _Parts:
+        return cls(settings.issuers, settings.backends, list(enumerate(settings.secrets)),
+                   list(enumerate(settings.hooks)), settings.rotator, settings.alerts)
+
+    @classmethod
+    def salvage(cls, document: Mapping[str, Any]) -> _Parts:
+        """The pieces of a document that failed validation which validate on their own."""
+        def each(model: type[M], key: str) -> list[tuple[int, M]]:
+            items = document.get(key)
+            found = []
+            for index, item in enumerate(items if isinstance(items, list) else []):
+                try:
+                    found.append((index, model.model_validate(item)))
+                except ValidationError:
+                    pass
+            return found
+
+        def one(model: type[M], key: str) -> M | None:
+            try:
+                return model.model_validate(document.get(key, {}))
+            except ValidationError:
+                return None
+
+        def names(key: str) -> list[str]:
+            value = document.get(key, {})
+            return [str(n) for n in value] if isinstance(value, Mapping) else []
+
+        return cls(names("issuers"), names("backends"), each(SecretSpec, "secrets"), each(HookSpec, "hooks"),
+                   one(Defaults, "rotator"), one(AlertSettings, "alerts"))
+
+    def all_hooks(self) -> list[tuple[str, HookSpec]]:
+        found = [(f"hooks[{i}]", h) for i, h in self.hooks]
+        for index, secret in self.secrets:
+            found += [(f"secrets[{index}].hooks[{i}]", h) for i, h in enumerate(secret.hooks) if isinstance(h, HookSpec)]
+        return found
+
+
+def _core_references(parts: _Parts) -> list[tuple[str, Any]]:
+    found: list[tuple[str, Any]] = []
+    for where, hook in parts.all_hooks():
+        for name in ("url", "signing_secret"):
+            value = getattr(hook, name)
+            if isinstance(value, Mapping):
+                found.append((f"{where}.{name}", value))
+    for index, channel in enumerate(parts.alerts.webhooks if parts.alerts else []):
+        if isinstance(channel.url, Mapping):
+            found.append((f"alerts.webhooks[{index}].url", channel.url))
+    return found
+
+
+def _cross_problems(parts: _Parts) -> list[str]:
+    """What no single section shows: names, references between sections, timing per secret."""
+    problems = []
+    for section in ("issuers", "backends"):
+        for name in getattr(parts, section):
+            if not re.match(_NAME, name):
+                problems.append(f"{section}.{name}: names use letters, digits, '.', '_' and '-'")
+    seen: set[str] = set()
+    defaults = parts.rotator
+    for index, secret in parts.secrets:
+        where = f"secrets[{index}]"
+        if secret.name in seen:
+            problems.append(f"{where}.name: duplicate secret name {secret.name!r}")
+        seen.add(secret.name)
+        if secret.issuer not in parts.issuers:
+            problems.append(f"{where}.issuer: unknown issuer {secret.issuer!r}{_known(parts.issuers, secret.issuer)}")
+        for t_index, target in enumerate(secret.targets):
+            if target.backend not in parts.backends:
+                problems.append(f"{where}.targets[{t_index}].backend: unknown backend"
+                                f" {target.backend!r}{_known(parts.backends, target.backend)}")
+        if defaults is not None:
+            lead = secret.lead_time or defaults.lead_time
+            grace = defaults.grace if secret.grace is None else secret.grace
+            problems += timing_problems(lead, grace, defaults.check_interval, where=f"{where}.", secret=secret.name,
+                                        own_lead=secret.lead_time is not None, own_grace=secret.grace is not None)
+    for where, ref in _core_references(parts):
+        if isinstance(ref, Mapping) and "backend" in ref and ref["backend"] not in parts.backends:
+            problems.append(f"{where}.backend: unknown backend {ref['backend']!r}"
+                            f"{_known(parts.backends, str(ref['backend']))}")
+    problems += _hook_problems(parts)
+    return problems
+
+
+def _hook_problems(parts: _Parts) -> list[str]:
+    problems = []
+    if parts.rotator is not None:
+        lease = parts.rotator.lease
+        for where, hook in parts.all_hooks():
+            if hook.timeout > lease / 3:   # a hook runs as one step: the lease is renewed around it, not during
+                problems.append(f"{where}.timeout: {format_duration(hook.timeout)} is longer than a third of"
+                                f" rotator.lease ({format_duration(lease)}): a rotation's claim could"
+                                " run out while the hook runs (shorten the timeout or lengthen the lease)")
+    named: dict[str, int] = {}
+    shared = dict(parts.hooks)
+    for index, hook in parts.hooks:
+        if hook.name in named:
+            problems.append(f"hooks[{index}].name: duplicate hook name {hook.name!r}")
+        named[hook.name] = index
+    used = set()
+    for index, secret in parts.secrets:
+        inline = set()
+        for h_index, entry in enumerate(secret.hooks):
+            where = f"secrets[{index}].hooks[{h_index}]"
+            if isinstance(entry, str):
+                if entry not in named:
+                    problems.append(f"{where}: unknown hook {entry!r}{_known(named, entry)}")
+                used.add(entry)
+                name = entry
+            else:
+                if entry.all_secrets:
+                    problems.append(f"{where}.all_secrets: only for [[hooks]]")
+                if entry.name in named:
+                    problems.append(f"{where}.name: {entry.name!r} is also a [[hooks]] name (inline hooks"
+                                    " need a name of their own)")
+                name = entry.name
+            if name in inline:
+                problems.append(f"{where}: hook {name!r} listed twice")
+            inline.add(name)
+    for name, index in named.items():
+        if name not in used and not shared[index].all_secrets:
+            problems.append(f"hooks[{index}] ({name}): no secret uses it (list it in a secret's hooks or set"
+                            " all_secrets = true)")
+    return problems
 
 
 def _known(names: Mapping[str, Any], wrong: str | None = None) -> str:
@@ -633,7 +689,10 @@ def load(path: str | os.PathLike[str] | None = None, *, data: Mapping[str, Any] 
         return settings
     from rotator.runtime import section_problems
 
-    problems += [p for p in section_problems(applied.document or data) if p not in problems]
+    document = applied.document or data
+    if settings is None:           # the checks across sections did not run: run them on what validates
+        problems += [p for p in _cross_problems(_Parts.salvage(document)) if p not in problems]
+    problems += [p for p in section_problems(document) if p not in problems]
     raise ConfigError("\n".join(_located(source, line, applied.origins) for line in problems))
 
 
@@ -678,9 +737,13 @@ def _toml_problem(message: str, text: str) -> str:
     problem = message[:match.start()]
     hint = ""
     lines = text.splitlines()
-    if problem.startswith("Invalid value") and 0 < line <= len(lines):
-        assignment = re.match(r"\s*([A-Za-z0-9_.\-\"']+)\s*=\s*([^\s\"'\[{#][^#]*)", lines[line - 1])
+    slips = ("Invalid value", "Expected newline or end of document after a statement")
+    if problem.startswith(slips) and 0 < line <= len(lines):
+        assignment = re.match(r"\s*([A-Za-z0-9_.\-\"']+)\s*=\s*([^\s\"'\[{#][^#]*?)\s*(#.*)?$", lines[line - 1])
         if assignment is not None:
-            key = assignment.group(1)
-            hint = f" (a text value needs quotes: {key} = \"...\")"
+            key, bare = assignment.group(1), assignment.group(2)
+            if bare.lower() in ("true", "false"):
+                hint = f" (TOML's booleans are lower-case: {key} = {bare.lower()})"
+            else:
+                hint = f" (a text value needs quotes: {key} = \"...\")"
     return f"line {line}, column {column}: not valid TOML: {problem[:1].lower()}{problem[1:]}{hint}"

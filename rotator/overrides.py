@@ -176,7 +176,10 @@ class EnvOverrides(PydanticBaseSettingsSource):
             fields = {env_level(f): f for f in model.model_fields}
             if wanted in fields:
                 name = fields[wanted]
-                return name, _node_of(model.model_fields[name].annotation, name)
+                field = model.model_fields[name]
+                # pydantic keeps a field's Annotated metadata (a BeforeValidator) apart: put it back
+                annotation = typing.Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+                return name, _node_of(annotation, name)
             present = _match(container, wanted, here)
             if present is not None:
                 return present, _Node("open")
