@@ -132,7 +132,7 @@ def test_help_documents_the_exit_codes():
 
 
 @pytest.mark.parametrize("content, where, commands", [
-    ('[rotator]\nlead_time = "soon"\n', "rotator.lead_time", list(CONFIG_COMMANDS)),
+    ('[rotator]\nlead_time = "soon"\n', "rotator.lead_time", ["rotate", "daemon", "status", "review", "pause"]),
     ('[backends.b]\ntype = "nosuch"\n', "backends.b.type", ["rotate", "daemon"]),
     ("this is = = not toml", "line 1", ["rotate", "daemon"]),
 ])
@@ -335,6 +335,8 @@ def test_a_progress_bar_on_a_terminal_and_none_in_logs(cfg, command, label):
     assert label in shown and b"/2" in shown, shown           # "rotating ━━━ 1/2 web"
     assert b"\x1b[" in shown                                  # drawn (and erased: transient)
     assert "\x1b[" not in out and label.decode() not in out  # stdout is the command's output only
+    if command != "rotate":
+        return                                # (one command is enough for what output.progress decides)
     piped = rotator(command, "-c", config, "--log-level", "error")
     assert piped.stderr == "" or "\x1b[" not in piped.stderr
     assert label.decode() not in piped.stderr
