@@ -690,9 +690,12 @@ def load(path: str | os.PathLike[str] | None = None, *, data: Mapping[str, Any] 
     from rotator.runtime import section_problems
 
     document = applied.document or data
+    parts = _Parts.of(settings) if settings is not None else _Parts.salvage(document)
     if settings is None:           # the checks across sections did not run: run them on what validates
-        problems += [p for p in _cross_problems(_Parts.salvage(document)) if p not in problems]
-    problems += [p for p in section_problems(document) if p not in problems]
+        problems += [p for p in _cross_problems(parts) if p not in problems]
+    problems += [p for p in section_problems(
+        document, secrets=parts.secrets, default_lead=parts.rotator.lead_time if parts.rotator else None,
+        references=_core_references(parts), resolve=source != "<embedded>") if p not in problems]
     raise ConfigError("\n".join(_located(source, line, applied.origins) for line in problems))
 
 

@@ -17,7 +17,7 @@ import secrets as _random
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from rotator import credentials, registry
 from rotator.clock import SystemClock
@@ -178,15 +178,87 @@ def _no_credentials(ref: Any, where: str) -> Secret:
     raise ConfigError(f"{where}: credentials are not resolved while checking a configuration")
 
 
-def section_problems(document: Mapping[str, Any]) -> list[str]:
-    """The problems the providers find in a raw document's sections and targets, for a report
-    that the core check already failed (:func:`rotator.config.load`): best effort, no I/O, no
-    credential resolved. Sections the core check refused on their own are skipped."""
+def _lifetime_problems(issuers: Mapping[str, Any], secrets: Iterable[tuple[int, SecretSpec]],
+                       default_lead: timedelta | None) -> list[str]:
+    """``lead_time`` at or beyond an issuer's key lifetime is impossible: every key would be due as
+    soon as it is issued, so every run would rotate it again (docs/configuration.md, "Timing"). An
+    issuer that does not know its keys' lifetime (``key_lifetime`` None) is not checked. A problem
+    with a value a secret inherits is reported once, on ``[rotator]``."""
+    problems: list[str] = []
+    for index, spec in secrets:
+        issuer = issuers.get(spec.issuer)
+        lifetime = getattr(issuer, "key_lifetime", None) if issuer is not None else None
+        lead = spec.lead_time or default_lead
+        if not isinstance(lifetime, timedelta) or lead is None or lead < lifetime:
+            continue
+        at = f"secrets[{index}].lead_time" if spec.lead_time is not None else "rotator.lead_time"
+        whose = f" (secret {spec.name!r})" if spec.lead_time is not None else ""
+        problems.append(f"{at}: lead_time {format_duration(lead)} is not shorter than the key lifetime of"
+                        f" issuer {spec.issuer!r} ({format_duration(lifetime)} at the shortest){whose}:"
+                        " every key would be due as soon as it is issued, and every run would rotate it"
+                        " again (shorten lead_time)")
+    return list(dict.fromkeys(problems))
+
+
+def _provider_references(issuers: Mapping[str, Any], backends: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    refs: list[tuple[str, Any]] = []
+    for name, issuer in issuers.items():
+        refs += _declared_references(issuer, f"issuers.{name}")
+    for name, backend in backends.items():
+        refs += _declared_references(backend, f"backends.{name}")
+    return refs
+
+
+def _reference_problems(refs: Iterable[tuple[str, Any]], backends: Mapping[str, Any], backend_names: Iterable[str],
+                        *, resolve: bool, environ: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of credential references where they are declared: a ``backend``
+    reference names a configured backend and a target it accepts (nothing is read from it here);
+    with ``resolve``, an ``env`` variable is set and a ``file`` can be read (a warning when others
+    may read it). ``backends`` are the built ones, ``backend_names`` every configured name."""
+    names = sorted(backend_names)
+    problems: list[str] = []
+    warnings: list[str] = []
+    seen: set[str] = set()
+    for where, ref in refs:
+        if where in seen:
+            continue
+        seen.add(where)
+        try:
+            if isinstance(ref, Mapping) and "backend" in ref:
+                credentials.check_reference(ref, where)
+                name = str(ref["backend"])
+                if name not in names:
+                    problems.append(f"{where}.backend: unknown backend {name!r}{did_you_mean(name, names)}"
+                                    f" (configured: {', '.join(names) or 'none'})")
+                elif name in backends:
+                    try:
+                        backends[name].target({"field": "api_key", **{k: v for k, v in ref.items() if k != "backend"}})
+                    except ConfigError as exc:
+                        problems += _relocate(exc, name, where)
+                continue
+            if not resolve:
+                credentials.check_reference(ref, where)
+                continue
+            warning = credentials.check(ref, where, environ=environ)
+            if warning:
+                warnings.append(warning)
+        except ConfigError as exc:
+            problems += _lines(exc)
+    return problems, warnings
+
+
+def section_problems(document: Mapping[str, Any], *, secrets: Iterable[tuple[int, SecretSpec]] = (),
+                     default_lead: timedelta | None = None, references: Iterable[tuple[str, Any]] = (),
+                     resolve: bool = False) -> list[str]:
+    """The problems the providers find in a document, for a report :func:`rotator.config.load`
+    already has to make: each issuer's and backend's section, every target, ``lead_time`` against
+    the key lifetimes, and the credential references (resolved when ``resolve``). Best effort and
+    without I/O beyond reading credential files: ``secrets`` are the ``[[secrets]]`` entries that
+    validated, ``references`` the core sections' references."""
     problems: list[str] = []
     context = ProviderContext(clock=SystemClock(), sleep=lambda seconds: None,
                               resolve_credential=_no_credentials)
-    built: dict[str, Any] = {}
-    opened: list[Any] = []
+    built: dict[str, dict[str, Any]] = {"issuer": {}, "backend": {}}
     try:
         for kind in ("issuer", "backend"):
             sections = document.get(f"{kind}s")
@@ -197,36 +269,38 @@ def section_problems(document: Mapping[str, Any]) -> list[str]:
                     continue
                 options = {k: v for k, v in raw.items() if k != "type"}
                 try:
-                    provider = _build_provider(kind, str(name), raw["type"], options, context)
+                    built[kind][str(name)] = _build_provider(kind, str(name), raw["type"], options, context)
                 except ConfigError as exc:
                     problems += _lines(exc)
+                except Exception:  # noqa: BLE001, S112 - best effort: the core report stands on its own
                     continue
-                except Exception:  # noqa: BLE001 - best effort: the core report stands on its own
-                    continue
-                opened.append(provider)
-                if kind == "backend":
-                    built[str(name)] = provider
-        secrets = document.get("secrets")
-        for index, secret in enumerate(secrets if isinstance(secrets, list) else []):
+        backends = built["backend"]
+        raw_secrets = document.get("secrets")
+        for index, secret in enumerate(raw_secrets if isinstance(raw_secrets, list) else []):
             if not isinstance(secret, Mapping) or not isinstance(secret.get("targets"), list):
                 continue
             field_name = secret.get("field") if isinstance(secret.get("field"), str) else "api_key"
             for position, entry in enumerate(secret["targets"]):
-                if not isinstance(entry, Mapping) or entry.get("backend") not in built:
+                if not isinstance(entry, Mapping) or entry.get("backend") not in backends:
                     continue
-                backend = built[entry["backend"]]
+                backend = backends[entry["backend"]]
                 spec = {"field": field_name, **{k: v for k, v in entry.items() if k != "backend"}}
                 try:
                     backend.target(spec)
                 except ConfigError as exc:
                     problems += _relocate(exc, backend.name, f"secrets[{index}].targets[{position}]")
-                except Exception:  # noqa: BLE001 - best effort
+                except Exception:  # noqa: BLE001, S112 - best effort
                     continue
+        problems += _lifetime_problems(built["issuer"], secrets, default_lead)
+        names = document.get("backends") if isinstance(document.get("backends"), Mapping) else {}
+        found, _ = _reference_problems([*references, *_provider_references(built["issuer"], backends)],
+                                       backends, [str(n) for n in names], resolve=resolve)
+        problems += found
     finally:
-        for provider in opened:
+        for provider in (*built["issuer"].values(), *built["backend"].values()):
             try:
                 provider.close()
-            except Exception:  # noqa: BLE001 - closing a provider that never connected
+            except Exception:  # noqa: BLE001, S110 - closing a provider that never connected
                 pass
     return problems
 
@@ -357,65 +431,13 @@ class Runtime:
                              signs_in=self._issuers_signing_in_with(bound), hooks=hooks)
 
     def _timing_problems(self) -> list[str]:
-        """``lead_time`` at or beyond an issuer's key lifetime is impossible: every key would be due
-        as soon as it is issued, so every run would rotate it again (docs/configuration.md,
-        "Timing"). An issuer that does not know its keys' lifetime (``key_lifetime`` None) is not
-        checked. A problem with a value a secret inherits is reported once, on ``[rotator]``.
-        """
-        problems: list[str] = []
-        for index, spec in enumerate(self.settings.secrets):
-            issuer = self.issuers.get(spec.issuer)
-            lifetime = getattr(issuer, "key_lifetime", None) if issuer is not None else None
-            if not isinstance(lifetime, timedelta):
-                continue
-            lead = self.settings.lead_time(spec)
-            if lead >= lifetime:
-                at = f"secrets[{index}].lead_time" if spec.lead_time is not None else "rotator.lead_time"
-                whose = f" (secret {spec.name!r})" if spec.lead_time is not None else ""
-                problems.append(f"{at}: lead_time {format_duration(lead)} is not shorter than the key lifetime of"
-                                f" issuer {spec.issuer!r} ({format_duration(lifetime)} at the shortest){whose}:"
-                                " every key would be due as soon as it is issued, and every run would rotate it"
-                                " again (shorten lead_time)")
-        return list(dict.fromkeys(problems))
+        return _lifetime_problems(self.issuers, enumerate(self.settings.secrets), self.settings.rotator.lead_time)
 
     def _reference_problems(self, environ: Mapping[str, str] | None, *, resolve: bool) -> list[str]:
-        """Every credential reference where it is declared: a ``backend`` reference names a
-        backend and a target it accepts (nothing is read from it here); with ``resolve``, an
-        ``env`` variable is set and a ``file`` can be read (a warning when others may read it)."""
-        refs = list(self.settings.references())
-        for name, issuer in self.issuers.items():
-            refs += _declared_references(issuer, f"issuers.{name}")
-        for name, backend in self.backends.items():
-            refs += _declared_references(backend, f"backends.{name}")
-        problems: list[str] = []
-        seen: set[str] = set()
-        for where, ref in refs:
-            if where in seen:
-                continue
-            seen.add(where)
-            try:
-                if isinstance(ref, Mapping) and "backend" in ref:
-                    credentials.check_reference(ref, where)
-                    name = str(ref["backend"])
-                    if name not in self.settings.backends:
-                        problems.append(f"{where}.backend: unknown backend {name!r}"
-                                        f"{did_you_mean(name, self.settings.backends)}"
-                                        f" (configured: {', '.join(sorted(self.settings.backends)) or 'none'})")
-                    elif name in self.backends:
-                        backend = self.backends[name]
-                        try:
-                            backend.target({"field": "api_key", **{k: v for k, v in ref.items() if k != "backend"}})
-                        except ConfigError as exc:
-                            problems += _relocate(exc, name, where)
-                    continue
-                if not resolve:
-                    credentials.check_reference(ref, where)
-                    continue
-                warning = credentials.check(ref, where, environ=environ)
-                if warning:
-                    self.warnings.append(warning)
-            except ConfigError as exc:
-                problems += _lines(exc)
+        refs = [*self.settings.references(), *_provider_references(self.issuers, self.backends)]
+        problems, warnings = _reference_problems(refs, self.backends, self.settings.backends, resolve=resolve,
+                                                 environ=environ)
+        self.warnings += warnings
         return problems
 
     def _hooks(self, index: int, spec: SecretSpec) -> dict[str, Any]:

@@ -113,8 +113,9 @@ def test_each_malformed_config_is_one_line_naming_the_file_and_the_field(tmp_pat
 
 
 def test_several_problems_in_one_file_are_all_reported_in_one_error(tmp_path, monkeypatch):
-    """A core problem (bad duration, unknown issuer) and a provider problem (unknown field) in one
-    file: load() fails on the core ones and adds the providers' own findings to the same report."""
+    """Core problems (bad duration, unknown issuer), a provider's (unknown field) and a credential
+    reference's (unset variable) in one file: load() fails on the core ones and adds what the
+    providers and the references' check find to the same report."""
     monkeypatch.delenv(ADMIN_ENV)
     text = ('[rotator]\ngrace = "soon"\n' + ISSUER + BACKEND.replace("directory", "directori")
             + SECRET.replace('issuer = "quiva"', 'issuer = "nope"'))
@@ -123,6 +124,23 @@ def test_several_problems_in_one_file_are_all_reported_in_one_error(tmp_path, mo
         f"{path}: rotator.grace: not a duration: 'soon' (use e.g. '14d', '48h', '1h30m', '90s')",
         f"{path}: secrets[0].issuer: unknown issuer 'nope' (configured: quiva)",
         f"{path}: backends.local.directori: unknown field (did you mean 'directory'?)",
+        f"{path}: issuers.quiva.admin_key: environment variable {ADMIN_ENV} is not set",
+    ]
+
+
+def test_an_override_problem_comes_with_the_runtimes_findings(tmp_path, monkeypatch):
+    """The file validates but a variable is refused: the report still holds the timing and the
+    credential problems the runtime would have found."""
+    monkeypatch.delenv(ADMIN_ENV)
+    monkeypatch.setenv("ROTATOR_DAEMON__HTTP_ADRESS", ":9464")
+    path = write(tmp_path, '[rotator]\nlead_time = "100d"\n' + VALID)
+    assert report(path) == [
+        f"{path}: ROTATOR_DAEMON__HTTP_ADRESS: daemon has no setting 'http_adress' (did you mean"
+        " ROTATOR_DAEMON__HTTP_ADDRESS?)",
+        f"{path}: rotator.lead_time: lead_time 100d is not shorter than the key lifetime of issuer 'quiva' (89d at"
+        " the shortest): every key would be due as soon as it is issued, and every run would rotate it again"
+        " (shorten lead_time)",
+        f"{path}: issuers.quiva.admin_key: environment variable {ADMIN_ENV} is not set",
     ]
 
 

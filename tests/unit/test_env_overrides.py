@@ -29,6 +29,7 @@ def _no_outside_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.upper().startswith("ROTATOR_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("QUIVA_API_KEY", "admin-key-0001")      # what BASE's issuer signs in with
 
 
 def load(tmp_path: Path, text: str, env: dict[str, str], name: str = "config.toml") -> config.Settings:
@@ -127,8 +128,8 @@ def test_documented_example(tmp_path, name):
         assert expected(settings)
         where = settings._origins
         assert list(where.values()) == [name]
-    else:
-        assert refused(tmp_path, text, {name: value}) == [expected]
+    else:   # (the example's other references do not resolve here: only the variable's line counts)
+        assert [line for line in refused(tmp_path, text, {name: value}) if line.startswith("ROTATOR_")] == [expected]
 
 
 def test_the_example_headers_overrides_all_at_once(tmp_path):
@@ -275,8 +276,7 @@ def test_a_bad_value_names_the_field_and_the_variable_that_set_it(tmp_path):
         "rotator.grace: not a duration: 'soon' (use e.g. '14d', '48h', '1h30m', '90s') (set by ROTATOR_ROTATOR__GRACE)"]
 
 
-def test_a_provider_setting_set_by_a_variable_is_checked_by_the_provider(tmp_path, monkeypatch):
-    monkeypatch.setenv("QUIVA_API_KEY", "admin-key-0001")
+def test_a_provider_setting_set_by_a_variable_is_checked_by_the_provider(tmp_path):
     settings = load(tmp_path, BASE, {"ROTATOR_ISSUERS__QUIVA_PROD__RETRYS": "2"})
     with pytest.raises(ConfigError) as caught:
         Runtime(settings)
