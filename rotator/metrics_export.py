@@ -172,8 +172,8 @@ def export_run(report: RunReport, events: Iterable[Event], *, metrics_file: str 
 
     ``report``/``events``: what the run returned and emitted. ``job`` and ``instance`` (default:
     :func:`instance_name`): the Pushgateway grouping key. ``registry_factory``: makes the
-    ``prometheus_client.CollectorRegistry`` that is written and pushed (default: a fresh one;
-    tests pass their own to look at it). ``recorder``, ``credentials``, ``survey``: more of what
+    ``prometheus_client.CollectorRegistry`` that is written or pushed, called once per
+    destination (default: a fresh one; tests pass their own to look at it). ``recorder``, ``credentials``, ``survey``: more of what
     the daemon exports, when the caller has it (module docstring). ``duration``: seconds the run
     took (default: since ``recorder.started``, else since the process started). ``now``: when
     it ended (default: the wall clock).

@@ -457,3 +457,20 @@ def test_rotate_with_a_pushgateway_down_still_exits_with_the_runs_status(due_now
     assert result.returncode == 0, result.stderr[-3000:]
     assert "is not reachable" in result.stderr
     assert due_now.record("web").rotations == 1
+
+
+def test_registry_factory_gets_one_registry_per_destination(due_web, tmp_path, pushgateway):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    made: list[CollectorRegistry] = []
+
+    def factory() -> CollectorRegistry:
+        made.append(CollectorRegistry())
+        return made[-1]
+
+    report, events, _ = run(due_web, Recorder())
+    export_run(report, events, metrics_file=tmp_path / "rotator.prom", pushgateway=pushgateway.url,
+               registry_factory=factory)
+    assert len(made) == 2
+    assert generate_latest(made[0]) == (tmp_path / "rotator.prom").read_bytes()
+    assert generate_latest(made[1]) == pushgateway.requests[-1][3]
