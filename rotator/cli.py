@@ -318,10 +318,10 @@ def _silence_stdout() -> None:
         pass
 
 
-def _runtime(args: argparse.Namespace):
+def _runtime(args: argparse.Namespace, **options: Any):
     from rotator.cli_ops import runtime_for
 
-    return runtime_for(args)
+    return runtime_for(args, **options)
 
 
 # --- rotate ----------------------------------------------------------------------------------
@@ -330,10 +330,17 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     from rotator import audit, notify
 
     _check_metrics_options(args)                     # a bad --metrics-file fails before any effect
-    runtime = _runtime(args)
+    recorder = None
+    if args.metrics_file or args.pushgateway:       # what the events do not say: calls, 429s, deliveries
+        from rotator.metrics_export import Recorder
+
+        recorder = Recorder()
+    runtime = _runtime(args, on_call=recorder.on_call if recorder else None)
     sink = audit.open_sink(runtime.settings.audit, args.audit_file)    # the same records as the daemon
     # [alerts] webhooks: a failed run pages from here as from the daemon (one-shot: no reminders)
-    notifier = notify.Notifier.from_settings(runtime.settings.alerts, runtime.context.resolve_credential)
+    notifier = notify.Notifier.from_settings(runtime.settings.alerts, runtime.context.resolve_credential,
+                                             **({"metrics": recorder, "on_delivery": recorder.delivered}
+                                                if recorder else {}))
     events: list[Any] = []
 
     def on_event(event: Any) -> None:
@@ -358,7 +365,16 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             took = time.monotonic() - started
         if notifier is not None:
             notify.Alerts(notifier.send).on_run(events, report.outcomes, runtime.clock.now())
-        if not engine.stopping:
+        found = None
+        if recorder is not None and not engine.stopping:   # per-secret expiry and health, as the daemon exports
+            from rotator import survey
+
+            try:
+                found = survey.survey(runtime, args.secrets or None, runtime.clock.now())
+                credentials = found.credentials
+            except Exception as exc:  # noqa: BLE001 - the metrics never fail the run
+                log.warning("could not assess the secrets for the metrics: %s", redact(str(exc)))
+        if not engine.stopping and found is None:
             credentials = _credentials_after_run(runtime, args.secrets or None)
     finally:
         runtime.close()
@@ -384,22 +400,16 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         for problem in report.problems:
             print(f"  {redact(problem)}")
     sys.stdout.flush()
-    return _export_metrics(args, report, events, credentials=credentials, duration=took) or report.exit_code
+    return _export_metrics(args, report, events, credentials=credentials, duration=took, recorder=recorder,
+                           survey=found) or report.exit_code
 
 
 def _counting_engine(runtime: Any, on_event: Callable[[Any], None], tick: Callable[[str | None], None]) -> Any:
-    """An Engine that ticks the progress bar as each secret's run ends (its Outcome is made).
-    A secret run twice in one run (its key found gone) ticks once."""
+    """An Engine that ticks the progress bar as each secret's run ends. A secret run twice in
+    one run (its key found gone) ticks once."""
     from rotator.engine import Engine
 
-    class CountingEngine(Engine):
-        def run_secret(self, secret: Any, **kwargs: Any) -> Any:
-            try:
-                return super().run_secret(secret, **kwargs)
-            finally:
-                tick(secret.name)
-
-    return CountingEngine(runtime, on_event=on_event)
+    return Engine(runtime, on_event=on_event, on_outcome=lambda outcome: tick(outcome.secret))
 
 
 def _check_metrics_options(args: argparse.Namespace) -> None:

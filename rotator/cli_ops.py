@@ -75,12 +75,13 @@ def _review_arguments(parser: argparse.ArgumentParser) -> None:
                         help="append audit records of revokes here (default: [audit] path)")
 
 
-def runtime_for(args: argparse.Namespace):
-    """The Runtime every command works on, from ``--config`` (or ``$ROTATOR_CONFIG``)."""
+def runtime_for(args: argparse.Namespace, **options: Any):
+    """The Runtime every command works on, from ``--config`` (or ``$ROTATOR_CONFIG``);
+    ``options`` go to :class:`Runtime` (``on_call``)."""
     from rotator import config
     from rotator.runtime import Runtime
 
-    return Runtime(config.load(args.config))
+    return Runtime(config.load(args.config), **{k: v for k, v in options.items() if v is not None})
 
 
 _runtime = runtime_for

@@ -66,8 +66,10 @@ class RunShared:
 
 
 class Engine:
-    def __init__(self, runtime: Runtime, *, on_event: Callable[[Event], None] | None = None) -> None:
+    def __init__(self, runtime: Runtime, *, on_event: Callable[[Event], None] | None = None,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
         self.runtime = runtime
+        self._on_outcome = on_outcome or (lambda outcome: None)   # each secret's run as it ends (progress)
         self.clock = runtime.clock
         self.me = runtime.identity
         self._on_event = on_event or (lambda event: None)
@@ -117,11 +119,13 @@ class Engine:
         shared = shared or RunShared(self)
         run = SecretRun(self, secret, force, shared, ahead, compromised=compromised)
         try:
-            return run.drive()
+            outcome = run.drive()
         except Exception as exc:   # noqa: BLE001 - per-secret isolation (I6)
-            return run.failed(exc)
+            outcome = run.failed(exc)
         finally:
             shared.ran(secret.name, run.snapshots.get(secret.policy.primary))
+        self._on_outcome(outcome)
+        return outcome
 
     # --- the sweep -------------------------------------------------------------------------------
 

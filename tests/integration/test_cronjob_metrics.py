@@ -436,6 +436,11 @@ def test_rotate_exports_its_run_to_a_file_and_a_pushgateway(due_now, tmp_path, p
     assert value(values, "rotator_reconciles_total", result="ok") == 1
     assert value(values, "rotator_issuer_credential_expiry_timestamp_seconds", issuer="quiva") is not None
     assert value(values, "rotator_run_duration_seconds_count", kind="rotate") == 1
+    record = due_now.record("web")                 # per secret, as the daemon: assessed after the run
+    assert value(values, "rotator_key_expiry_timestamp_seconds", secret="web") == record.current.expires_on.timestamp()
+    assert value(values, "rotator_secret_health", secret="web", health="grace") == 1
+    calls = {labels for name, labels in values if name == "rotator_provider_calls_total"}
+    assert any(("provider", "quiva") in labels for labels in calls), "the run's issuer calls are counted"
     method, path, _, body = pushgateway.requests[-1]
     assert (method, path) == ("PUT", "/metrics/job/rotator/instance/cron")
     assert value(parse(body.decode())[1], "rotator_rotations_total", secret="web", result="completed") == 1
