@@ -80,10 +80,9 @@ USER 10001:10001
 WORKDIR /tmp
 EXPOSE 9464
 
-# No init process: rotator runs as PID 1. The daemon installs SIGTERM/SIGINT handlers (PID 1 gets
-# no other signals) and stops at a step boundary within [daemon] shutdown_timeout; rotator
-# starts no child processes, so there are no zombies to reap. The one-shot `rotate` installs no
-# SIGTERM handler: as PID 1 it runs on until the grace period ends and it is killed, and every
-# step being crash-safe, the next run resumes what it left.
+# No init process: rotator runs as PID 1. The daemon and `rotate` install SIGTERM/SIGINT handlers
+# (PID 1 gets no other signals) and stop at a step boundary within [daemon] shutdown_timeout. The
+# only child processes are exec hooks; what a hook leaves running is re-parented to PID 1 when it
+# exits, and rotator reaps it (rotator.hooks: never a hook it still waits for), so no zombies pile up.
 ENTRYPOINT ["rotator"]
 CMD ["daemon"]

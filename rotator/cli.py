@@ -520,6 +520,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     found = _survey(args, at)
     rows = [secret_row(v) for v in found.secrets]
     warnings = [s.warning for s in found.shared]
+    for view in found.secrets:              # said ahead: a pause, a rotation forced outside its window
+        a = view.assessment
+        if a.paused is not None:
+            warnings.append(f"{view.secret.name}: {a.reason}")
+        if a.outside_window:
+            warnings.append(f"{view.secret.name}: {a.action}")
     credentials = [credential_row(c) for c in found.credentials]
     if args.output == "json":
         print_json({"at": format_instant(at), "plan": rows, "credentials": credentials, "warnings": warnings,
@@ -534,12 +540,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
             why.append(held["why"])
     print(table(lines, ["secret", "health", "key", "expires", "next", "at"]))
     print_credentials(found.credentials)
-    for view in found.secrets:
-        a = view.assessment
-        if a.paused is not None:
-            warnings.append(f"{view.secret.name}: {a.reason}")
-        if a.outside_window:
-            warnings.append(f"{view.secret.name}: {a.action}")
     print_notes(why, found.problems, warnings, why_title="held revokes")
     return 0
 

@@ -546,6 +546,13 @@ def _cross_problems(parts: _Parts) -> list[str]:
             grace = defaults.grace if secret.grace is None else secret.grace
             problems += timing_problems(lead, grace, defaults.check_interval, where=f"{where}.", secret=secret.name,
                                         own_lead=secret.lead_time is not None, own_grace=secret.grace is not None)
+            window = defaults.window if secret.window == "inherit" else secret.window
+            margin = defaults.safety_margin if secret.safety_margin is None else secret.safety_margin
+            if window is not None and margin >= lead:
+                problems.append(
+                    f"{where}.safety_margin: {format_duration(margin)} is not shorter than lead_time"
+                    f" {format_duration(lead)} (secret {secret.name!r}): every rotation would start at its due"
+                    " instant, outside the window (shorten safety_margin or lengthen lead_time)")
     for where, ref in _core_references(parts):
         if isinstance(ref, Mapping) and "backend" in ref and ref["backend"] not in parts.backends:
             problems.append(f"{where}.backend: unknown backend {ref['backend']!r}"

@@ -101,7 +101,8 @@ def run_demo(days: int = 365, quiet: bool = False, out: TextIO | None = None, ou
 def _run(emu: Any, root: Path, vault: Any, vault_note: str, clock: FakeClock, start: datetime, days: int,
          quiet: bool, out: TextIO, output: str = "text") -> int:
     say = (lambda line: None) if quiet else (lambda line: print(line, file=out))
-    runtime = Runtime(config.load(data=demo_config(emu.url, root, vault)), clock=clock, sleep=clock.sleep,
+    # environ={}: the demo runs on its embedded config alone, whatever ROTATOR_* overrides a shell sets
+    runtime = Runtime(config.load(data=demo_config(emu.url, root, vault), environ={}), clock=clock, sleep=clock.sleep,
                       identity="demo-runner")
     try:
         _seed(emu, runtime, start)

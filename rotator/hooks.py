@@ -338,10 +338,10 @@ class ExecHook(Hook):
                 value.reveal() in part for part in (*self.argv, *env.values())):
             return Result(False, "refused: the key's value would be in the hook's argv or environment", 0.0)
         try:
-            proc = subprocess.Popen(
+            proc = _REAPER.spawn(lambda: subprocess.Popen(
                 self.argv, stdin=subprocess.PIPE if self.pass_value else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.working_dir, env=env,
-                start_new_session=True, close_fds=True)
+                start_new_session=True, close_fds=True))
         except OSError as exc:
             return Result(False, f"cannot run: {_mask(str(exc), value)}"[:DETAIL_CHARS],
                           time.monotonic() - started)
@@ -354,6 +354,7 @@ class ExecHook(Hook):
         finally:
             if proc.returncode is None:       # stopped, timed out, or something above raised
                 _terminate(proc, tails)
+            _REAPER.done(proc.pid)
         if stopped is None and not all(t.wait(max(0.0, DRAIN_GRACE)) for t in tails):
             # exited, but a child it left behind still holds its output: it would hang the runner
             log.info("hook %s left processes holding its output; stopping them", self.name)
@@ -551,6 +552,60 @@ def build(spec: HookSpec, resolve: Callable[[Any, str], Secret], where: str) -> 
 # --- the runner ----------------------------------------------------------------------------------
 
 NOT_RUN = "not run: shutting down"
+
+
+class _OrphanReaper:
+    """The image has no init: rotator runs as PID 1, and a process a hook leaves behind (a
+    daemonised child, ``kubectl``'s helpers) is re-parented to it when the hook exits. As PID 1,
+    rotator reaps those orphans once a second — never a hook it waits for itself: it only peeks
+    (``WNOWAIT``) and leaves its own hooks to ``subprocess``, which must see their exit status."""
+
+    def __init__(self) -> None:
+        self._own: set[int] = set()
+        self._lock = threading.Lock()
+        self._started = False
+
+    def spawn(self, start: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        """Start a hook's process and count it as one of ours in one breath: the reaper holds the
+        same lock, so it cannot take a hook that exits at once for an orphan."""
+        with self._lock:
+            proc = start()
+            self._own.add(proc.pid)
+            if not self._started and os.getpid() == 1:
+                self._started = True
+                threading.Thread(target=self._loop, name="orphan-reaper", daemon=True).start()
+            return proc
+
+    def done(self, pid: int) -> None:
+        with self._lock:
+            self._own.discard(pid)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(1.0)
+            self.reap()
+
+    def reap(self) -> int:
+        """Reap the exited children that are not a running hook; how many."""
+        reaped = 0
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return reaped
+            if info is None:
+                return reaped
+            with self._lock:
+                if info.si_pid in self._own:       # a hook's own exit: subprocess collects it
+                    return reaped
+                try:
+                    os.waitpid(info.si_pid, 0)
+                    reaped += 1
+                except ChildProcessError:
+                    return reaped
+
+
+_REAPER = _OrphanReaper()
 
 
 class HookRunner:

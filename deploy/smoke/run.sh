@@ -119,6 +119,7 @@ cat >"$WORK/config.toml" <<EOF
 [issuers.quiva]
 type = "quivaworks"
 base_url = "http://$NET-emulator:8787"
+insecure_http = true        # the emulator on the test network speaks plain HTTP (rotator warns at start)
 admin_key = { env = "QUIVA_API_KEY" }
 
 [backends.files]

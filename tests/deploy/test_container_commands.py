@@ -255,3 +255,40 @@ def test_the_daemon_as_pid_1_stops_on_sigterm(world, emulator, admin_key, due):
         daemon.close()
     assert code == 0, "".join(daemon.err)[-3000:]
     assert "SIGTERM received: shutting down" in "".join(daemon.err)
+
+
+def test_the_daemon_as_pid_1_reaps_what_a_hook_leaves_behind(world, emulator, admin_key, due, tmp_path):
+    """Without an init, a process a hook leaves running is re-parented to rotator when the hook
+    exits; as PID 1 rotator must reap it, or it stays a zombie for the pod's lifetime."""
+    if not _unshare_works():
+        pytest.skip("no PID namespace here (unshare --pid needs root or user namespaces)")
+    config, scratch, _ = due
+    ran = tmp_path / "hook-ran"
+    world.secrets[-1]["hooks"] = [{"name": "leave-a-child", "kind": "exec", "events": ["deployed"],
+                                   "command": ["/bin/sh", "-c", f"(sleep 0.3 >/dev/null 2>&1 </dev/null &); touch {ran}"]}]
+    write_config(world, config)
+    deployment = manifests()["deployment.yaml"]
+    port = free_port()
+    argv, env, cwd = process(deployment, config=config, scratch=scratch, secrets={}, address=f"127.0.0.1:{port}")
+    daemon = Running(["unshare", "--pid", "--fork", "--kill-child", "--", *argv], env, cwd)
+    try:
+        wait_for(ran.exists, timeout=30, what="the hook to run")
+        (pid,) = Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split()
+
+        def zombies() -> list[str]:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            states = []
+            for child in children:
+                try:
+                    states.append(Path(f"/proc/{child}/stat").read_text().split(") ", 1)[1][0])
+                except OSError:
+                    pass
+            return [s for s in states if s == "Z"]
+
+        time.sleep(0.6)                                   # the orphan has exited ...
+        wait_for(lambda: not zombies(), timeout=5, what="the orphan to be reaped")   # ... and is gone
+        os.kill(int(pid), signal.SIGTERM)
+        code = daemon.proc.wait(timeout=30)
+    finally:
+        daemon.close()
+    assert code == 0, "".join(daemon.err)[-3000:]

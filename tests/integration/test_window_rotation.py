@@ -84,3 +84,29 @@ def test_window_that_never_opens_is_a_configuration_error_exit_2(world, tmp_path
     assert main(["-c", str(path), "plan"]) == 2
     err = capsys.readouterr().err
     assert "secrets[0].window" in err and "never opens" in err
+
+
+def test_window_with_a_safety_margin_not_shorter_than_the_lead_time_is_a_configuration_error(world):
+    import pytest
+
+    from rotator import config
+    from rotator.errors import ConfigError
+
+    world.add_secret("web", window=OFFICE_HOURS, safety_margin="14d")      # = lead_time: the window never counts
+    with pytest.raises(ConfigError, match=r"secrets\[0\]\.safety_margin: 14d is not shorter than lead_time 14d"):
+        config.load(data=world.config_data(), environ={})
+
+
+def test_window_forced_outside_is_a_warning_of_plan_in_json_too(world, emulator, clock, tmp_path, capsys):
+    import json
+
+    clock.set(SATURDAY)
+    world.add_secret("web", window={"cron": "0 3 1 1 *", "duration": "1h", "timezone": "Europe/Amsterdam"})
+    world.seed("web", age=timedelta(days=80))
+    world.rotate()
+    path = tmp_path / "rotator.toml"
+    path.write_text(to_toml(world.config_data()))
+    assert main(["-c", str(path), "plan", "-o", "json", "--at", SATURDAY.isoformat()]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["plan"][0]["outside_window"] is True
+    assert any("OUTSIDE the rotation window" in w for w in shown["warnings"])
