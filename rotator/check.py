@@ -144,15 +144,10 @@ def _finding_json(f: Finding) -> dict[str, str]:
     return {"check": f.check, "status": f.status, "detail": redact(f.detail)}
 
 
-@dataclass
-class IssuerRow:
-    name: str
-    type: str
-    findings: list[Finding] = field(default_factory=list)
-    keys: int | None = None
-    owner: str | None = None
-    credential: Any = None              # rotator.planner.CredentialAssessment
-    listing: Any = None                 # rotator.models.Listing (None: not listed)
+class _Findings:
+    """What a row found: its result is the worst of its findings."""
+
+    findings: list[Finding]
 
     @property
     def result(self) -> str:
@@ -160,6 +155,17 @@ class IssuerRow:
 
     def find(self, check: str) -> Finding | None:
         return next((f for f in self.findings if f.check == check), None)
+
+
+@dataclass
+class IssuerRow(_Findings):
+    name: str
+    type: str
+    findings: list[Finding] = field(default_factory=list)
+    keys: int | None = None
+    owner: str | None = None
+    credential: Any = None              # rotator.planner.CredentialAssessment
+    listing: Any = None                 # rotator.models.Listing (None: not listed)
 
     def to_json(self) -> dict[str, Any]:
         c = self.credential
@@ -174,7 +180,7 @@ class IssuerRow:
 
 
 @dataclass
-class StoreRow:
+class StoreRow(_Findings):
     backend: str
     type: str
     secret: str | None                  # None: a backend no checked secret uses
@@ -182,13 +188,6 @@ class StoreRow:
     role: str                           # primary | secondary | unused
     findings: list[Finding] = field(default_factory=list)
     read: Any = None                    # Snapshot | Exception | None (not read)
-
-    @property
-    def result(self) -> str:
-        return worst(self.findings)
-
-    def find(self, check: str) -> Finding | None:
-        return next((f for f in self.findings if f.check == check), None)
 
     def to_json(self) -> dict[str, Any]:
         snapshot = self.read if _is_snapshot(self.read) else None
@@ -203,7 +202,7 @@ class StoreRow:
 
 
 @dataclass
-class SecretRow:
+class SecretRow(_Findings):
     name: str
     issuer: str
     targets: list[str]
@@ -211,10 +210,6 @@ class SecretRow:
     drift: Any = None                   # rotator.drift.DriftReport (None: the primary was not read)
     findings: list[Finding] = field(default_factory=list)
     key: str | None = None
-
-    @property
-    def result(self) -> str:
-        return worst(self.findings)
 
     def to_json(self) -> dict[str, Any]:
         a = self.assessment
