@@ -320,7 +320,8 @@ class SecretRun:
         runnable = [d for d in due if d.hook in hooks]
         timeouts = {name: timedelta(seconds=hook.timeout) for name, hook in hooks.items()}
         claimed = deliveries.claim(record.deliveries, {d.ident for d in runnable}, now, timeouts)
-        self._write_record(record.evolve(deliveries=claimed), phase_change=False)
+        if runnable:                  # (deliveries of hooks no longer configured are only given up)
+            self._write_record(record.evolve(deliveries=claimed), phase_change=False)
         attempts = {d.ident: d.attempts for d in claimed}
         jobs = []
         for d in runnable:

@@ -324,3 +324,18 @@ def test_hook_revoked_is_still_told_when_the_runner_died_between_the_revoke_and_
     assert world.rotate().exit_code == 0                    # the old key is found gone: told all the same
     assert consumer.events() == ["revoked"]
     assert consumer.calls()[0]["env"]["ROTATOR_OLD_KEY_LAST4"] == old[-4:]
+
+
+def test_hook_removed_from_the_config_is_given_up_and_releases_its_gate(world, consumer, clock, emulator):
+    world.defaults["grace"] = "0s"
+    world.add_secret("web", hooks=[consumer.spec(gate=True, backoff="1m")])
+    old = world.seed("web", age=timedelta(days=80))
+    consumer.refuse()
+    world.rotate()
+    assert world.record("web").held and emulator.is_active(old)
+    world.secrets[0]["hooks"] = []                     # the consumer is gone for good: a person removes it
+    clock.advance(timedelta(minutes=5))
+    assert world.rotate().exit_code == 0
+    record = world.record("web")
+    assert [d.state for d in record.deliveries] == ["given-up"] and not record.held
+    assert not emulator.is_active(old)
