@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from rotator import config
 from rotator.models import KeyRef, Secret
 from rotator.runtime import Runtime
-from providers.quiva.emulator.state import SettableClock
+from rotator_providers.quiva.emulator.state import SettableClock
 
 ROTATOR_USER = "ops@example.com"
 PEER_USER = "peer@example.com"

@@ -62,8 +62,8 @@ def aws_batch(moto_url: str, moto_pid: int, count: int = 100) -> dict[str, Any]:
 
 def _rotators_vault_session(vault_url: str, workers: int) -> Any:
     """The requests session rotator's Vault backend builds (providers/vault/connection.py)."""
-    from providers.vault.connection import Connection
-    from providers.vault.settings import VaultSettings
+    from rotator_providers.vault.connection import Connection
+    from rotator_providers.vault.settings import VaultSettings
     from rotator.testing import provider_context
 
     return Connection("probe", VaultSettings(url=vault_url), provider_context(workers=workers))._new_session()
@@ -99,7 +99,7 @@ def listing(emulator: Any, admin_key: str, email: str, sizes: tuple[int, ...] = 
     from rotator.interfaces import ProviderContext
     from rotator.models import Secret
 
-    from providers.quiva.issuer import QuivaIssuer
+    from rotator_providers.quiva.issuer import QuivaIssuer
 
     context = ProviderContext(clock=_Clock(), sleep=time.sleep, resolve_credential=lambda ref, where: Secret(admin_key))
     issuer = QuivaIssuer("probe", {"base_url": emulator.url, "admin_key": {"env": "UNUSED"}}, context)
@@ -131,7 +131,7 @@ def boto_user_agent(moto_url: str, rounds: int = 8, per_round: int = 60) -> dict
     import boto3
     from botocore.config import Config
 
-    from providers.aws.session import AwsClients, AwsOptions
+    from rotator_providers.aws.session import AwsClients, AwsOptions
 
     keys = {"region_name": "us-east-1", "endpoint_url": moto_url,
             "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -160,7 +160,7 @@ def pool(moto_url: str, vault_url: str, token: str, workers: int = 16) -> dict[s
     import boto3
     import hvac
 
-    from providers.aws.session import AwsClients, AwsOptions
+    from rotator_providers.aws.session import AwsClients, AwsOptions
 
     class Count(logging.Handler):
         def __init__(self) -> None:

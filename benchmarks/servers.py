@@ -1,6 +1,6 @@
 """The servers a benchmark talks to, each in its own process on a free loopback port.
 
-* the QuivaWorks emulator (``python -m providers.quiva.emulator``), driven through its
+* the QuivaWorks emulator (``python -m rotator_providers.quiva.emulator``), driven through its
   ``/_emulator/`` knobs (users, seeded keys, clock, faults, counters);
 * moto in server mode (``python -m moto.server``) for AWS Secrets Manager;
 * an OpenBao dev server (``providers.vault.dev.start_dev_server``);
@@ -85,13 +85,13 @@ def _wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 class EmulatorProcess:
-    """``python -m providers.quiva.emulator`` and a client for its knobs."""
+    """``python -m rotator_providers.quiva.emulator`` and a client for its knobs."""
 
     def __init__(self) -> None:
         self._keyfile = Path(tempfile.mkdtemp(prefix="rotator-bench-")) / "admin-key"
         env = {k: v for k, v in os.environ.items() if k != "QUIVA_API_KEY"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "providers.quiva.emulator", "--port", "0",
+            [sys.executable, "-m", "rotator_providers.quiva.emulator", "--port", "0",
              "--admin-key-file", str(self._keyfile)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = _read_line(self.process, "listening on")
@@ -189,7 +189,7 @@ class Servers:
 
     @classmethod
     def start(cls, *, aws: bool = True, vault: bool = True) -> Servers:
-        from providers.vault.dev import start_dev_server
+        from rotator_providers.vault.dev import start_dev_server
 
         emulator = EmulatorProcess()
         moto = MotoProcess() if aws else None

@@ -31,7 +31,7 @@ from rotator.interfaces import Finding, ProviderContext
 from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, Snapshot
 from rotator.validation import StrictModel, parse
 
-from providers.document import (
+from rotator_providers.document import (
     Document,
     NothingPending,
     PayloadError,

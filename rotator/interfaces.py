@@ -3,10 +3,10 @@
 A provider is a class registered under an entry-point group::
 
     [project.entry-points."rotator.issuers"]
-    quivaworks = "providers.quiva.issuer:QuivaIssuer"
+    quivaworks = "rotator_providers.quiva.issuer:QuivaIssuer"
 
     [project.entry-points."rotator.backends"]
-    file = "providers.file:FileBackend"
+    file = "rotator_providers.file:FileBackend"
 
 Built-in providers are registered exactly like third-party ones. The core never imports a provider
 module by name; it asks the registry for the class whose name the config's ``type`` gives.

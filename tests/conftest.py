@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from providers.quiva.emulator import Emulator
+from rotator_providers.quiva.emulator import Emulator
 from rotator.testing import FakeClock
 from tests.world import ADMIN_EMAIL, World
 

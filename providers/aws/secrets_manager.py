@@ -33,15 +33,15 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-from providers.aws.session import AwsClients, AwsFailure, AwsOptions
-from providers.aws.sm_config import (
+from rotator_providers.aws.session import AwsClients, AwsFailure, AwsOptions
+from rotator_providers.aws.sm_config import (
     ARN_PATTERN,
     SecretsManagerSettings,
     SecretsManagerTarget,
     SecretsManagerTargetSpec,
     place_of,
 )
-from providers.aws.sm_payload import Doc, Problem, Ref, describing, meta_of, token
+from rotator_providers.aws.sm_payload import Doc, Problem, Ref, describing, meta_of, token
 from rotator.errors import (
     BackendError,
     BackendPermissionError,

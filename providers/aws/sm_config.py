@@ -7,8 +7,8 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from providers.addresses import normal_url
-from providers.document import reserved_field
+from rotator_providers.addresses import normal_url
+from rotator_providers.document import reserved_field
 from rotator.validation import StrictModel, insecure_http_problem, insecure_http_warning
 
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")

@@ -26,7 +26,7 @@ from rotator.errors import BackendError, CorruptPayload
 from rotator.models import RECORD_FORMAT, KeyRef, RotationRecord, Secret
 from rotator.timeutil import format_instant
 
-from providers.document import SECTION, kind
+from rotator_providers.document import SECTION, kind
 
 PAYLOAD_FORMAT = 1
 _TOKENS = uuid.UUID("5d0c7a52-6f0e-4c55-9a3e-2f61b7a0c0de")

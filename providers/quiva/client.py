@@ -42,7 +42,7 @@ from rotator.interfaces import Clock
 from rotator.models import Secret
 from rotator.retry import Backoff, RetryPolicy, Throttle
 
-from providers.quiva import answers
+from rotator_providers.quiva import answers
 
 if TYPE_CHECKING:        # httpx is imported on the first request: `plan` and `status` never pay for it
     import httpx

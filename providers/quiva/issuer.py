@@ -21,8 +21,8 @@ from rotator.retry import RetryPolicy, Throttle
 from rotator.timeutil import parse_duration, shortest_months
 from rotator.validation import StrictModel, insecure_http_problem, insecure_http_warning, parse
 
-from providers.quiva import answers
-from providers.quiva.client import AUTH_PATH, QuivaClient
+from rotator_providers.quiva import answers
+from rotator_providers.quiva.client import AUTH_PATH, QuivaClient
 
 if TYPE_CHECKING:
     import httpx

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from rotator.errors import BackendError, BackendPermissionError
 from rotator.models import Secret
 
-from providers.vault.settings import AppRoleAuth, KubernetesAuth, TokenAuth
+from rotator_providers.vault.settings import AppRoleAuth, KubernetesAuth, TokenAuth
 
 #: Monotonic seconds; a module attribute so tests can move it.
 monotonic: Callable[[], float] = time.monotonic

@@ -29,9 +29,9 @@ from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, 
 from rotator.redact import redact
 from rotator.validation import parse
 
-from providers.addresses import normal_url
-from providers.vault.connection import Call, Connection, api_url, route_problem
-from providers.vault.payload import (
+from rotator_providers.addresses import normal_url
+from rotator_providers.vault.connection import Call, Connection, api_url, route_problem
+from rotator_providers.vault.payload import (
     METADATA_PREFIX,
     Document,
     PayloadError,
@@ -40,7 +40,7 @@ from providers.vault.payload import (
     merged_custom_metadata,
     meta_fields,
 )
-from providers.vault.settings import VaultTargetSpec, load_settings
+from rotator_providers.vault.settings import VaultTargetSpec, load_settings
 
 log = logging.getLogger(__name__)
 

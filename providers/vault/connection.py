@@ -14,8 +14,8 @@ from rotator.errors import BackendError, BackendPermissionError, BackendUnavaila
 from rotator.interfaces import ProviderContext
 from rotator.redact import redact
 
-from providers.vault import auth as _auth
-from providers.vault.settings import VaultSettings
+from rotator_providers.vault import auth as _auth
+from rotator_providers.vault.settings import VaultSettings
 
 CAS_MISMATCH = "check-and-set parameter did not match"
 NO_ROUTE = "no handler for route"

@@ -12,7 +12,7 @@ starts unsealed and prints its root token and unseal key. ``bao`` comes from PyP
     finally:
         server.stop()
 
-``python -m providers.vault.dev`` runs one in the foreground and prints a matching backend section.
+``python -m rotator_providers.vault.dev`` runs one in the foreground and prints a matching backend section.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from rotator.models import KeyRef
 
-from providers.document import Document, PayloadError, describe, meta_fields
+from rotator_providers.document import Document, PayloadError, describe, meta_fields
 
 __all__ = ["METADATA_PREFIX", "Document", "PayloadError", "content_version", "describe",
            "merged_custom_metadata", "meta_fields"]

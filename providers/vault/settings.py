@@ -15,7 +15,7 @@ from rotator.credentials import check_reference
 from rotator.timeutil import parse_duration
 from rotator.validation import StrictModel, insecure_http_problem, insecure_http_warning, parse
 
-from providers.document import reserved_field
+from rotator_providers.document import reserved_field
 
 DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 

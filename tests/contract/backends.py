@@ -37,7 +37,7 @@ class BackendCase:
 
 
 def _make_file(tmp_path: Path) -> tuple[Backend, NewTarget]:
-    from providers.file import FileBackend
+    from rotator_providers.file import FileBackend
 
     backend = FileBackend("contract-file", {"directory": str(tmp_path / "secrets")}, provider_context())
     numbers = count(1)
@@ -62,7 +62,7 @@ def _make_vault(kv_version: int) -> Callable[[Path], tuple[Backend, NewTarget]]:
     def make(tmp_path: Path) -> tuple[Backend, NewTarget]:
         import uuid
 
-        from providers.vault_kv import VaultKVBackend
+        from rotator_providers.vault.backend import VaultKVBackend
         from tests.servers.vault import server
 
         bao = server()
@@ -104,7 +104,7 @@ CASES.append(BackendCase(name="vault-kv1", make=_make_vault(1), app_read=_app_re
 def _make_aws(tmp_path: Path) -> tuple[Backend, NewTarget]:
     import uuid
 
-    from providers.aws_secrets_manager import SecretsManagerBackend
+    from rotator_providers.aws.secrets_manager import SecretsManagerBackend
     from tests.servers.aws import dummy_credentials, server
 
     moto = server()

@@ -24,7 +24,7 @@ ISSUERS = ["quivaworks"]
 
 @pytest.fixture(scope="module")
 def quiva_emulator():
-    from providers.quiva.emulator import Emulator
+    from rotator_providers.quiva.emulator import Emulator
 
     emu = Emulator(port=0).start()
     yield emu
@@ -33,7 +33,7 @@ def quiva_emulator():
 
 @pytest.fixture
 def quivaworks_issuer(quiva_emulator):
-    from providers.quiva.issuer import QuivaIssuer
+    from rotator_providers.quiva.issuer import QuivaIssuer
 
     quiva_emulator.reset()
     admin_key = quiva_emulator.add_user("contract@example.com", role="admin")

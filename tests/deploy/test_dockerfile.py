@@ -171,17 +171,28 @@ def test_the_build_context_holds_the_package_and_nothing_private():
 
 
 def test_every_module_reaches_the_wheel():
-    """`pip wheel .` packs what setuptools finds; a directory of modules without __init__.py would
-    be left out of the image silently (the emulator behind `rotator demo`, a provider)."""
-    from setuptools import find_packages
-
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
-    packed = set(find_packages(where=str(ROOT), include=include))
-    with_modules = {str(p.parent.relative_to(ROOT)).replace("/", ".")
+    """The wheel packs the packages pyproject lists (providers/ installs as rotator_providers, a
+    mapping setuptools' find cannot follow): a directory of modules missing from the list would be
+    left out of the image silently (the emulator behind `rotator demo`, a provider)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"] == {"rotator_providers": "providers"}
+    packed = set(config["packages"])
+    with_modules = {str(p.parent.relative_to(ROOT)).replace("/", ".").replace("providers", "rotator_providers", 1)
                     for top in ("rotator", "providers") for p in (ROOT / top).rglob("*.py")}
-    assert with_modules <= packed, with_modules - packed
-    assert {"providers.quiva.emulator", "providers.aws", "providers.vault"} <= packed
+    assert with_modules == packed, (with_modules - packed, packed - with_modules)
+    assert {"rotator_providers.quiva.emulator", "rotator_providers.aws", "rotator_providers.vault"} <= packed
     data = [p for top in ("rotator", "providers") for p in (ROOT / top).rglob("*")
             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
     assert not data, f"non-Python files would need package-data to reach the image: {data}"
+
+
+def test_providers_install_under_a_name_of_their_own(tmp_path):
+    """`import providers` would collide with any other distribution's top-level `providers`."""
+    probe = ("import importlib.util as u, json; "
+             "print(json.dumps([u.find_spec(n) is not None for n in ('providers', 'rotator_providers')]))")
+    found = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert json.loads(found.stdout) == [False, True]
+    from importlib.metadata import entry_points
+
+    targets = {ep.value for group in ("rotator.issuers", "rotator.backends") for ep in entry_points(group=group)}
+    assert targets and all(t.startswith("rotator_providers.") for t in targets), targets

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from providers.quiva.answers import add_months
+from rotator_providers.quiva.answers import add_months
 from rotator.cli import main as cli_main
 from rotator.models import Phase
 from rotator.timeutil import parse_instant

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from providers.quiva.emulator import Emulator
+from rotator_providers.quiva.emulator import Emulator
 from tests.faults.race_support import (
     ADMIN_EMAIL, LEASE_S, I1Monitor, Journal, KeyBook, Proc, Reader, check_final, check_i1,
     clock_text, compact_state, describe_secret, env_float, env_int, env_seed, forensics, in_flight_bound,

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from providers.aws_secrets_manager import SecretsManagerBackend
+from rotator_providers.aws.secrets_manager import SecretsManagerBackend
 from rotator import __version__
 from rotator.errors import BackendError, CorruptPayload
 from rotator.interfaces import BatchReads
@@ -32,7 +32,7 @@ from rotator.testing import RecordingSleep, provider_context
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 BATCH = "BatchGetSecretValue"
-LOGGER = "providers.aws.secrets_manager"
+LOGGER = "rotator_providers.aws.secrets_manager"
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from providers.aws.sm_payload import token
-from providers.aws_secrets_manager import SecretsManagerBackend
+from rotator_providers.aws.sm_payload import token
+from rotator_providers.aws.secrets_manager import SecretsManagerBackend
 from rotator.errors import (
     BackendError,
     BackendPermissionError,
@@ -108,7 +108,7 @@ def chain(error: BaseException) -> str:
 def test_importing_and_configuring_loads_no_aws_sdk():
     code = (
         "import sys\n"
-        "from providers.aws_secrets_manager import SecretsManagerBackend\n"
+        "from rotator_providers.aws.secrets_manager import SecretsManagerBackend\n"
         "from rotator.testing import provider_context\n"
         "b = SecretsManagerBackend('aws', {'region': 'eu-west-1', 'role_arn': '" + ROLE + "'}, provider_context())\n"
         "t = b.target({'secret_id': 'prod/web', 'field': 'api_key'})\n"

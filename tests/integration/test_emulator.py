@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from providers.quiva.emulator import Emulator
+from rotator_providers.quiva.emulator import Emulator
 
 UTC = timezone.utc
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -487,7 +487,7 @@ def _start_cli(tmp_path: Path, env_key: str | None) -> tuple[subprocess.Popen, s
     if env_key is not None:
         env["QUIVA_API_KEY"] = env_key
     proc = subprocess.Popen(
-        [sys.executable, "-m", "providers.quiva.emulator", "--port", "0", "--user", "ops@example.com",
+        [sys.executable, "-m", "rotator_providers.quiva.emulator", "--port", "0", "--user", "ops@example.com",
          "--admin-key-file", str(tmp_path / "admin.key")],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()

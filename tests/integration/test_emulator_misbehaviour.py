@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from providers.quiva.emulator import Emulator
+from rotator_providers.quiva.emulator import Emulator
 from tests.world import ADMIN_EMAIL
 
 ISSUE = "POST /accounts/api-key"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from providers.file import FileBackend
+from rotator_providers.file import FileBackend
 from rotator.errors import (
     BackendError,
     BackendPermissionError,
@@ -367,7 +367,7 @@ def test_two_processes_racing_a_cas_write_have_exactly_one_winner(backend, targe
 
 RACER = """
 import sys
-from providers.file import FileBackend
+from rotator_providers.file import FileBackend
 from rotator.errors import Conflict
 from rotator.models import RotationRecord, Secret
 from rotator.testing import provider_context

@@ -19,8 +19,8 @@ from datetime import timedelta
 
 import pytest
 
-from providers.quiva.emulator import Emulator
-from providers.quiva.emulator.state import SettableClock
+from rotator_providers.quiva.emulator import Emulator
+from rotator_providers.quiva.emulator.state import SettableClock
 from rotator.models import KeyRef, Phase, Secret
 from tests.world import ADMIN_EMAIL, World
 

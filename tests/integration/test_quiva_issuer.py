@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from providers.quiva.answers import add_months
-from providers.quiva.emulator import Emulator
-from providers.quiva.issuer import QuivaIssuer, match_issued
+from rotator_providers.quiva.answers import add_months
+from rotator_providers.quiva.emulator import Emulator
+from rotator_providers.quiva.issuer import QuivaIssuer, match_issued
 from rotator.errors import (
     IssuerPermissionError,
     IssuerUnavailable,

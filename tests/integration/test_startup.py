@@ -18,8 +18,8 @@ from tests.world import to_toml
 #: Never imported unless the config or the command needs them.
 HEAVY = ("boto3", "botocore", "hvac", "requests", "apscheduler", "prometheus_client", "http.server",
          "socketserver", "rotator.daemon", "rotator.health", "rotator.metrics", "rotator.scheduler",
-         "providers.aws", "providers.aws_secrets_manager", "providers.vault", "providers.vault_kv",
-         "providers.quiva.emulator", "moto", "werkzeug", "flask", "httpx", "httpcore")
+         "rotator_providers.aws", "rotator_providers.vault",
+         "rotator_providers.quiva.emulator", "moto", "werkzeug", "flask", "httpx", "httpcore")
 
 PROBE = """
 import json, sys
@@ -80,7 +80,7 @@ def test_naming_a_provider_imports_only_that_provider(tmp_path):
     probe = run_cli("--config", str(config), "--log-level", "error", "plan", "-o", "json",
                     env={"QUIVA_API_KEY": "ms-unused", "VAULT_TOKEN": "unused"})
     assert probe["code"] == 0
-    assert "providers.vault" in probe["loaded"]
+    assert "rotator_providers.vault" in probe["loaded"]
     assert not [m for m in probe["loaded"] if m.split(".")[0] in ("boto3", "botocore", "hvac", "requests")], \
         "hvac is imported on the first request, not when the backend is configured"
-    assert not [m for m in probe["loaded"] if m.startswith(("providers.aws", "apscheduler", "prometheus_client"))]
+    assert not [m for m in probe["loaded"] if m.startswith(("rotator_providers.aws", "apscheduler", "prometheus_client"))]

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from providers.quiva.issuer import QuivaIssuer
+from rotator_providers.quiva.issuer import QuivaIssuer
 from rotator import config, planner
 from rotator.cli import main
 from rotator.daemon import Reconciler

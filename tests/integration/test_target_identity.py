@@ -109,7 +109,7 @@ def test_file_different_files_do_not_collide(store: Path) -> None:
 
 
 def test_file_target_equality_and_hash_are_unchanged(store: Path) -> None:
-    from providers.file import FileTarget
+    from rotator_providers.file import FileTarget
 
     one, two = FileTarget(store / "b.json", "api_key"), FileTarget(store / "a" / ".." / "b.json", "api_key")
     assert one != two and len({one, two}) == 2          # dict keys keep their meaning
@@ -202,7 +202,7 @@ def test_aws_one_name_in_several_regions_of_one_secret_is_fine() -> None:
 
 
 def test_aws_target_equality_and_hash_are_unchanged() -> None:
-    from providers.aws.sm_config import SecretsManagerTarget, place_of
+    from rotator_providers.aws.sm_config import SecretsManagerTarget, place_of
 
     one = SecretsManagerTarget("prod/web/quiva", "us-east-1", "api_key", place=place_of(None, ROLE_A, None))
     two = SecretsManagerTarget("prod/web/quiva", "us-east-1", "api_key", place=place_of(None, ROLE_B, None))

