@@ -33,6 +33,8 @@ THROTTLING_CODES = frozenset({
 TRANSIENT_CODES = frozenset({
     "RequestTimeout", "RequestTimeoutException", "InternalServiceError", "InternalFailure",
     "InternalError", "ServiceUnavailable", "ServiceUnavailableException", "IDPCommunicationError",
+    # Parameter Store: another update of the same parameter is in progress (it allows one at a time)
+    "TooManyUpdates",
 })
 CREDENTIAL_CODES = frozenset({
     "UnrecognizedClientException", "InvalidClientTokenId", "InvalidSignatureException",
