@@ -130,3 +130,37 @@ def _app_read_aws(backend: Backend, target: Target) -> str | None:
 
 
 CASES.append(BackendCase(name="aws-sm", make=_make_aws, teardown=_teardown_aws, app_read=_app_read_aws))
+
+
+# --- AWS Systems Manager Parameter Store (the same session-wide moto server) -------------------
+# A secondary-only backend (holds_record=False): the suite skips its primary-write tests and runs
+# the reading and deploy contract.
+
+def _make_ssm(tmp_path: Path) -> tuple[Backend, NewTarget]:
+    import uuid
+
+    from rotator_providers.aws.ssm import ParameterStoreBackend
+    from tests.servers.aws import dummy_credentials, server
+
+    moto = server()
+    env = dummy_credentials()           # the standard chain finds them; undone in _teardown_ssm
+    env.delenv("AWS_ENDPOINT_URL_SSM", raising=False)
+    backend = ParameterStoreBackend("contract-ssm", moto.settings(), provider_context())
+    _AWS_ENVS[id(backend)] = env
+    prefix, numbers = f"/contract/{uuid.uuid4().hex[:12]}", count(1)
+    return backend, lambda: backend.target({"name": f"{prefix}/app-{next(numbers)}"})
+
+
+def _app_read_ssm(backend: Backend, target: Target) -> str | None:
+    """What an application reads: GetParameter(WithDecryption=True), then the field."""
+    from tests.servers.aws import server
+
+    client = server().client("ssm", region=target.region)
+    try:
+        answer = client.get_parameter(Name=target.name, WithDecryption=True)
+    except client.exceptions.ParameterNotFound:
+        return None
+    return json.loads(answer["Parameter"]["Value"]).get(target.field)
+
+
+CASES.append(BackendCase(name="ssm", make=_make_ssm, teardown=_teardown_aws, app_read=_app_read_ssm))
