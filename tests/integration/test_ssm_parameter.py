@@ -357,7 +357,7 @@ def test_ssm_parameter_refused_as_a_primary_exits_2(tmp_path, monkeypatch, capsy
         backend.write_record(target, RotationRecord(phase=Phase.IDLE), expect=None)
 
 
-def test_two_secrets_on_one_ssm_parameter_are_refused_and_targets_load_without_the_sdk(tmp_path, monkeypatch):
+def test_two_secrets_on_one_ssm_parameter_are_refused_but_another_region_is_another_parameter(tmp_path, monkeypatch):
     monkeypatch.setenv("QUIVA_API_KEY", "unused-at-load-000000")
     monkeypatch.delenv("AWS_ENDPOINT_URL_SSM", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
@@ -642,3 +642,21 @@ def test_ssm_check_access_reports_without_writing(make, ssm, calls):
     as_primary = {f.check: f for f in backend.check_access(target, primary=True, exists=True)}
     assert as_primary["cas"].status == "fail" and "cannot hold the rotation record" in as_primary["cas"].detail
     assert ssm.get_parameter(Name=target.name)["Parameter"]["Version"] == 1
+
+
+def test_ssm_calls_per_rotation_match_the_documented_counts(ssm_world, clock):
+    """docs/backends/ssm.md, "API calls": one secondary behind a file primary, a fresh runtime per
+    run (as in a CronJob)."""
+    world = ssm_world
+    world.add_secret("web", targets=[{"backend": "store", "path": "web.json"},
+                                     {"backend": "ssm", "name": "/prod/web/quiva"}])
+    world.seed("web", age=timedelta(days=80))
+    world.calls.clear()
+    for _ in range(2):                                               # the first rotation, then the next one
+        assert world.rotate().exit_code == 0                         # deploy (read, put), read back alone
+        assert ops(world.calls) == {"GetParameter": 2, "PutParameter": 1}
+        clock.advance(timedelta(hours=49))
+        assert world.rotate().exit_code == 0                         # re-read before the revoke
+        assert ops(world.calls) == {"GetParameter": 1}
+        assert world.record("web").phase is Phase.IDLE
+        clock.advance(timedelta(days=80))
