@@ -372,7 +372,9 @@ class ParameterStoreBackend:
                 " from the standard AWS chain (environment, profile, web identity / IRSA, container or"
                 " instance role), never from its config file", provider=name,
                 transient=code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired"))
-        kms = "kms" in failure.message.lower() or code.upper().startswith("KMS") or code == "InvalidKeyId"
+        # About KMS? Not because the parameter's own name (quoted in an ARN) happens to say "kms".
+        about = failure.message.replace(target.name, "").replace(target.name.lstrip("/"), "").lower()
+        kms = "kms" in about or code.upper().startswith("KMS") or code == "InvalidKeyId"
         if code in DENIED and not kms:
             return BackendPermissionError(
                 f"{where}: access denied during {op}: rotator needs ssm:{failure.operation} on parameter"

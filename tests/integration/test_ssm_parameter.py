@@ -570,15 +570,16 @@ def test_ssm_unreachable_endpoint_and_throttling_are_backend_unavailable(make, f
 
 def test_ssm_access_denied_and_kms_refusals_name_the_permission(make, fault_proxy):
     backend = make(url=fault_proxy.url, kms_key_id="alias/app-secrets")
-    target = backend.target({"name": "/denied/quiva"})
+    target = backend.target({"name": "/denied/kms-team/quiva"})         # "kms" in a name is not about KMS
     value = secret("denied")
     fault_proxy.fail("PutParameter", code="AccessDeniedException",
                      message="User: arn:aws:sts::123456789012:assumed-role/rotator is not authorized to perform:"
-                             " ssm:PutParameter on resource: arn:aws:ssm:us-east-1:123456789012:parameter/denied/quiva")
+                             " ssm:PutParameter on resource:"
+                             " arn:aws:ssm:us-east-1:123456789012:parameter/denied/kms-team/quiva")
     with pytest.raises(BackendPermissionError) as caught:
         backend.deploy(target, value, None, ref(value))
-    assert "access denied during deploy: rotator needs ssm:PutParameter on parameter /denied/quiva in us-east-1" \
-        in str(caught.value)
+    assert ("access denied during deploy: rotator needs ssm:PutParameter on parameter /denied/kms-team/quiva in"
+            " us-east-1") in str(caught.value)
 
     fault_proxy.fail("GetParameter", code="AccessDeniedException",
                      message="The ciphertext refers to a customer master key that does not exist or that you"
