@@ -98,7 +98,7 @@ CASES = [
                  ["secrets[0].targets[0].path: Field required",
                   "secrets[0].targets[0].pth: unknown field (did you mean 'path'?)"], id="target-unknown-field"),
     pytest.param(VALID.replace('type = "file"', 'type = "flie"'),
-                 ["backends.local.type: unknown backend type 'flie' (installed: aws_secrets_manager, file, vault_kv)"],
+                 ["backends.local.type: unknown backend type 'flie' (installed: aws_secrets_manager, file, ssm_parameter, vault_kv)"],
                  id="unknown-backend-type"),
     pytest.param(VALID.replace("{ env = \"" + ADMIN_ENV + "\" }", '{ backend = "vault", path = "admin" }'),
                  ["issuers.quiva.admin_key.backend: unknown backend 'vault' (configured: local)"],
