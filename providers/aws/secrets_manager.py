@@ -28,18 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import threading
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Mapping
 
-from rotator_providers.aws.session import AwsClients, AwsFailure, AwsOptions
+from rotator_providers.aws.common import DENIED, AwsBackend, in_region
+from rotator_providers.aws.session import AwsFailure
 from rotator_providers.aws.sm_config import (
     ARN_PATTERN,
     SecretsManagerSettings,
     SecretsManagerTarget,
     SecretsManagerTargetSpec,
-    place_of,
 )
 from rotator_providers.aws.sm_payload import Doc, Problem, Ref, describing, meta_of, token
 from rotator.errors import (
@@ -53,7 +51,6 @@ from rotator.errors import (
 )
 from rotator.interfaces import Finding, ProviderContext
 from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, Snapshot
-from rotator.validation import parse
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +61,6 @@ LABEL_REFUSED = frozenset({"InvalidParameterException", "InvalidRequestException
 _VALUES_KEPT = 512
 BATCH_GET = "BatchGetSecretValue"
 BATCH_SIZE = 20                    # AWS's limit on SecretIdList per BatchGetSecretValue request
-DENIED = frozenset({"AccessDeniedException", "AccessDenied"})
-T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,34 +71,31 @@ class _Head:
     doc: Doc
 
 
-class SecretsManagerBackend:
+class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
     """Backend ``aws_secrets_manager``: a primary (record + CAS) or a secondary, in any region."""
 
     capabilities = BackendCapabilities(holds_record=True, keeps_previous=True,
                                        extra={"service": SERVICE, "replicas": True})
-    #: BatchReads: targets per ``read_many`` group the engine forms (one request each).
     read_batch = BATCH_SIZE
+    service = SERVICE
+    endpoint_variable = "AWS_ENDPOINT_URL_SECRETS_MANAGER"
+    settings_model = SecretsManagerSettings
+    log = log                       # the base class logs under this module's name
+    batch_get = BATCH_GET
+    batch_denied = ("secretsmanager:BatchGetSecretValue; reading secrets one by one (GetSecretValue) from now"
+                    " on. Grant it to read 20 secrets per request")
+    items = "secrets"
+    default_key = "the secret's KMS key (aws/secretsmanager unless the secret names another)"
+    _settings: SecretsManagerSettings
 
     def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
-        self.name = name
-        self._settings = s = parse(SecretsManagerSettings, settings, f"backends.{name}")
-        self.warnings = s.warnings(f"backends.{name}")   # logged at start, shown by ``rotator check``
-        endpoints = {key: url for key, url in ((SERVICE, s.endpoint_url), ("sts", s.sts_endpoint_url)) if url}
-        options = AwsOptions(region=s.region, profile=s.profile, role_arn=s.role_arn,
-                             role_session_name=s.role_session_name, external_id=s.external_id,
-                             endpoints=endpoints, connect_timeout=s.connect_timeout,
-                             read_timeout=s.read_timeout, max_attempts=s.max_attempts,
-                             workers=context.workers)
-        self._aws = AwsClients(name, options, sleep=context.sleep, on_call=context.on_call)
+        super().__init__(name, settings, context)
         self._sleep = context.sleep
-        self._lock = threading.Lock()
         self._heads: dict[SecretsManagerTarget, _Head] = {}
         self._values: OrderedDict[tuple[str | None, str, str], Secret] = OrderedDict()
-        self._batching = True       # False once BatchGetSecretValue was denied: read one by one
 
     def target(self, spec: Mapping[str, Any]) -> SecretsManagerTarget:
-        entry = {key: value for key, value in spec.items() if key != "backend"}
-        parsed = parse(SecretsManagerTargetSpec, entry, f"backends.{self.name} target")
+        parsed = self._target_spec(SecretsManagerTargetSpec, spec)
         arn = ARN_PATTERN.fullmatch(parsed.secret_id)
         region = parsed.region
         if arn is not None:
@@ -111,48 +103,13 @@ class SecretsManagerBackend:
                 raise ConfigError(f"backends.{self.name} target.region: {region!r} differs from the"
                                   f" region in the secret's ARN ({arn['region']})")
             region = arn["region"]
-        region = (region or self._settings.region or os.environ.get("AWS_REGION")
-                  or os.environ.get("AWS_DEFAULT_REGION"))
-        return SecretsManagerTarget(parsed.secret_id, region, parsed.field, parsed.replica, place=self._place)
-
-    @property
-    def _place(self) -> tuple[str, str]:
-        """The endpoint and account selector this backend's targets address (botocore's choice
-        when the settings leave them out: the endpoint and profile environment variables)."""
-        s = self._settings
-        env = os.environ
-        endpoint = s.endpoint_url or env.get("AWS_ENDPOINT_URL_SECRETS_MANAGER") or env.get("AWS_ENDPOINT_URL")
-        profile = s.profile or env.get("AWS_DEFAULT_PROFILE") or env.get("AWS_PROFILE")   # botocore's order
-        return place_of(endpoint, s.role_arn, profile)
+        return SecretsManagerTarget(parsed.secret_id, self._region(region), parsed.field, parsed.replica,
+                                    place=self._place)
 
     # --- the Protocol ------------------------------------------------------------------------
 
     def read(self, target: SecretsManagerTarget) -> Snapshot:
         return self._guard("read", target, lambda: self._read(target))
-
-    def read_many(self, targets: Sequence[SecretsManagerTarget]) -> dict[SecretsManagerTarget, Snapshot]:
-        """BatchReads: what ``read`` returns for each target, from one BatchGetSecretValue per 20
-        secrets of a region. Never raises: a target it cannot answer for is left out."""
-        found: dict[SecretsManagerTarget, Snapshot] = {}
-        regions: dict[str | None, dict[str, list[SecretsManagerTarget]]] = {}
-        for target in dict.fromkeys(targets):
-            if not target.replica:              # replicas are read (and checked) in ``read``
-                regions.setdefault(target.region, {}).setdefault(target.secret_id, []).append(target)
-        for region, by_id in regions.items():
-            ids = list(by_id)
-            for start in range(0, len(ids), BATCH_SIZE):
-                if not self._batching:
-                    return found
-                chunk = {secret_id: by_id[secret_id] for secret_id in ids[start:start + BATCH_SIZE]}
-                entries, complete = self._batch_get(region, list(chunk))
-                for entry in entries:
-                    for target in _matching(entry, chunk):
-                        snapshot = self._snapshot_of(target, entry)
-                        if snapshot is not None:
-                            found[target] = snapshot
-                if not complete:
-                    break                       # the rest of this region is read one by one
-        return found
 
     def write_record(self, target: SecretsManagerTarget, record: RotationRecord, *, expect: str | None) -> str:
         return self._guard("write_record", target, lambda: self._write_record(target, record, expect))
@@ -174,7 +131,7 @@ class SecretsManagerBackend:
         self._guard("delete", target, lambda: self._delete(target))
 
     def close(self) -> None:
-        self._aws.close()
+        super().close()
         with self._lock:
             self._heads.clear()
             self._values.clear()
@@ -190,25 +147,20 @@ class SecretsManagerBackend:
             if primary:
                 return [Finding("cas", "fail", "a read-only replica cannot be a primary; list the secret in its"
                                                " primary region first")]
-            return [Finding("write", "ok", f"a replica{_in(target)}: AWS replication writes it, rotator only reads it")]
+            return [Finding("write", "ok", f"a replica{in_region(target)}: AWS replication writes it, rotator only reads it")]
         if not exists:
             if target.is_arn or not self._settings.create_if_missing:
                 why = "an ARN can only name an existing secret" if target.is_arn else "create_if_missing is false"
-                findings = [Finding("write", "fail", f"secret {target.secret_id} does not exist{_in(target)} ({why});"
+                findings = [Finding("write", "fail", f"secret {target.secret_id} does not exist{in_region(target)} ({why});"
                                                      " create it first, or set create_if_missing = true")]
                 return findings + ([Finding("cas", "fail", "no secret to hold the rotation record")] if primary else [])
-            return [Finding("write", "unknown", f"secret {target.secret_id} does not exist{_in(target)}: the first"
+            return [Finding("write", "unknown", f"secret {target.secret_id} does not exist{in_region(target)}: the first"
                                                 " write creates it (secretsmanager:CreateSecret, PutSecretValue,"
                                                 f" UpdateSecretVersionStage); {no_dry_run}")] + (
                 [Finding("cas", "ok", "version stages: once created, AWSCURRENT moves only off the version read")]
                 if primary else [])
-        findings = []
-        try:
-            described = self._call(target, "DescribeSecret", SecretId=target.secret_id)
-        except AwsFailure as failure:
-            error = self._translate("check", target, failure)
-            findings.append(Finding("describe", "fail" if error.transient else "warn", str(error)))
-            described = {}
+        findings: list[Finding] = []
+        described = self._described(target, findings, "DescribeSecret", SecretId=target.secret_id)
         if described.get("DeletedDate"):
             findings.append(Finding("write", "fail", f"secret {target.secret_id} is scheduled for deletion; restore"
                                                      " it (aws secretsmanager restore-secret)"))
@@ -260,6 +212,20 @@ class SecretsManagerBackend:
 
     # --- batched reading -----------------------------------------------------------------------
 
+    def _batch_name(self, target: SecretsManagerTarget) -> str | None:
+        return None if target.replica else target.secret_id     # replicas are read (and checked) in ``read``
+
+    def _read_batch(self, region: str | None, chunk: Mapping[str, list[SecretsManagerTarget]]
+                    ) -> tuple[dict[SecretsManagerTarget, Snapshot], bool]:
+        found: dict[SecretsManagerTarget, Snapshot] = {}
+        entries, complete = self._batch_get(region, list(chunk))
+        for entry in entries:
+            for target in _matching(entry, chunk):
+                snapshot = self._snapshot_of(target, entry)
+                if snapshot is not None:
+                    found[target] = snapshot
+        return found, complete
+
     def _batch_get(self, region: str | None, ids: list[str]) -> tuple[list[Mapping[str, Any]], bool]:
         """BatchGetSecretValue(SecretIdList=ids): the SecretValues entries, and False when the
         request failed (after the retries). AWS pages only with Filters; a NextToken is followed."""
@@ -281,19 +247,6 @@ class SecretsManagerBackend:
                 break
             params = {"SecretIdList": ids, "NextToken": next_token}
         return entries, True
-
-    def _batch_failed(self, region: str | None, failure: AwsFailure) -> None:
-        if failure.code in DENIED and failure.kind == "service":
-            with self._lock:
-                first, self._batching = self._batching, False
-            if first:
-                log.warning("%s: access denied to %s (%s): the identity lacks the IAM permission"
-                            " secretsmanager:BatchGetSecretValue; reading secrets one by one"
-                            " (GetSecretValue) from now on. Grant it to read 20 secrets per request",
-                            self.name, BATCH_GET, failure.code)
-            return
-        log.debug("%s: %s failed in %s after %d tries (%s); reading those secrets one by one",
-                  self.name, BATCH_GET, region, failure.attempts, failure.code)
 
     def _snapshot_of(self, target: SecretsManagerTarget, entry: Mapping[str, Any]) -> Snapshot | None:
         """What ``read`` would return for ``target``, from its BatchGetSecretValue entry; None
@@ -589,10 +542,6 @@ class SecretsManagerBackend:
 
     # --- calls and labels ----------------------------------------------------------------------
 
-    def _call(self, target: SecretsManagerTarget, operation: str, **params: Any) -> dict[str, Any]:
-        log.debug("%s: %s %s", self.name, operation, target.label)
-        return self._aws.call(SERVICE, target.region, operation, **params)
-
     def _put(self, target: SecretsManagerTarget, content: str, version: str,
              stages: list[str] | None) -> dict[str, Any]:
         params: dict[str, Any] = {"SecretId": target.secret_id, "ClientRequestToken": version,
@@ -648,50 +597,21 @@ class SecretsManagerBackend:
 
     # --- the edge ------------------------------------------------------------------------------
 
-    def _guard(self, op: str, target: SecretsManagerTarget, action: Callable[[], T]) -> T:
-        """Run ``action``; anything that goes wrong leaves as a rotator error naming the secret."""
-        try:
-            return action()
-        except Problem as problem:
-            error: BackendError = problem.kind(f"{target.label}: {problem}", provider=self.name)
-        except AwsFailure as failure:
-            error = self._translate(op, target, failure)
-        raise error from None
-
-    def _translate(self, op: str, target: SecretsManagerTarget, failure: AwsFailure) -> BackendError:
+    def _service_error(self, op: str, target: SecretsManagerTarget, failure: AwsFailure,
+                       detail: str) -> BackendError | None:
         where, code, name = target.label, failure.code, self.name
-        detail = f": {failure.message}" if failure.message else ""
-        key = (f"KMS key {self._settings.kms_key_id}" if self._settings.kms_key_id
-               else "the secret's KMS key (aws/secretsmanager unless the secret names another)")
-        if failure.transient:
-            return BackendUnavailable(f"{where}: {failure.operation} failed after {failure.attempts}"
-                                      f" tries ({code}){detail}", provider=name)
-        if code == "NoRegionError":
-            return BackendError(f"{where}: no AWS region: set `region` on backends.{name} or on the target"
-                                " (or AWS_REGION in the environment)", provider=name)
-        if failure.during == "AssumeRole":
-            return BackendPermissionError(
-                f"{where}: could not assume role {self._settings.role_arn} ({code}){detail}; rotator's own"
-                " identity needs sts:AssumeRole on it and the role's trust policy must allow that identity",
-                provider=name)
-        if failure.kind == "credentials":
-            return BackendPermissionError(
-                f"{where}: AWS credentials problem during {op} ({code}){detail}. rotator takes credentials"
-                " from the standard AWS chain (environment, profile, web identity / IRSA, container or"
-                " instance role), never from its config file", provider=name,
-                transient=code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired"))
-        if code in ("AccessDeniedException", "AccessDenied") and "kms" not in failure.message.lower():
+        if code in DENIED and "kms" not in failure.message.lower():
             return BackendPermissionError(
                 f"{where}: access denied during {op}: rotator needs secretsmanager:{failure.operation}"
-                f" on secret {target.secret_id}{_in(target)}{detail}", provider=name)
-        if code in ("AccessDeniedException", "AccessDenied", "DecryptionFailure", "EncryptionFailure") \
-                or code.upper().startswith("KMS"):
+                f" on secret {target.secret_id}{in_region(target)}{detail}", provider=name)
+        if code in DENIED or code in ("DecryptionFailure", "EncryptionFailure") or code.upper().startswith("KMS"):
             need = "kms:Decrypt" if code == "DecryptionFailure" or op == "read" else "kms:GenerateDataKey and kms:Decrypt"
             return BackendPermissionError(
-                f"{where}: KMS refused {key} during {op} ({code}){detail}; rotator needs {need} on it,"
+                f"{where}: KMS refused {self._key} during {op} ({code}){detail}; rotator needs {need} on it,"
                 " and the key must be enabled", provider=name)
         if code == "ResourceNotFoundException":
-            return SecretMissing(f"{where}: secret {target.secret_id} not found{_in(target)}{detail}", provider=name)
+            return SecretMissing(f"{where}: secret {target.secret_id} not found{in_region(target)}{detail}",
+                                 provider=name)
         if code == "InvalidRequestException" and "delet" in failure.message.lower():
             return BackendError(
                 f"{where}: secret {target.secret_id} is scheduled for deletion; restore it (aws"
@@ -699,7 +619,7 @@ class SecretsManagerBackend:
         if code == "LimitExceededException":
             return BackendError(f"{where}: a Secrets Manager quota was reached during {op}{detail}",
                                 provider=name, transient=True)
-        return BackendError(f"{where}: {failure.operation} failed during {op} ({code}){detail}", provider=name)
+        return None
 
 
 def _matching(entry: Mapping[str, Any], chunk: Mapping[str, list[SecretsManagerTarget]]
@@ -734,7 +654,3 @@ def _fp(item: Ref | Secret | None) -> str | None:
 
 def _short(version: str) -> str:
     return version[:8]
-
-
-def _in(target: SecretsManagerTarget) -> str:
-    return f" in {target.region}" if target.region else ""

@@ -31,18 +31,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Mapping
 
-from rotator_providers.aws.session import AwsClients, AwsFailure, AwsOptions
+from rotator_providers.aws.common import DENIED, AwsBackend, in_region
+from rotator_providers.aws.session import AwsFailure
 from rotator_providers.aws.sm_payload import Problem
-from rotator_providers.aws.ssm_config import (
-    ParameterStoreSettings,
-    ParameterTarget,
-    ParameterTargetSpec,
-    place_of,
-)
+from rotator_providers.aws.ssm_config import ParameterStoreSettings, ParameterTarget, ParameterTargetSpec
 from rotator_providers.document import Document, PayloadError, kind, meta_fields
 from rotator.errors import (
     BackendError,
@@ -51,9 +45,8 @@ from rotator.errors import (
     CorruptPayload,
     SecretMissing,
 )
-from rotator.interfaces import Finding, ProviderContext
+from rotator.interfaces import Finding
 from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, Snapshot
-from rotator.validation import parse
 
 log = logging.getLogger(__name__)
 
@@ -61,84 +54,38 @@ SERVICE = "ssm"
 SECURE = "SecureString"
 BATCH_GET = "GetParameters"
 BATCH_SIZE = 10                    # AWS's limit on Names per GetParameters request
-DENIED = frozenset({"AccessDeniedException", "AccessDenied"})
 #: Errors whose AWS message is shown even for a PutParameter (whose other messages are withheld:
 #: a validation message may quote the value it refused).
 _SAFE_PUT_MESSAGES = DENIED
 NO_CAS = ("Parameter Store has no compare-and-swap (PutParameter has no conditional write), so a parameter"
           " cannot hold the rotation record")
-T = TypeVar("T")
 
 
-class ParameterStoreBackend:
+class ParameterStoreBackend(AwsBackend[ParameterTarget]):
     """Backend ``ssm_parameter``: a SecureString parameter per target, secondary only."""
 
     capabilities = BackendCapabilities(holds_record=False, keeps_previous=True,
                                        extra={"service": SERVICE, "batch_read": BATCH_GET})
-    #: BatchReads: targets per ``read_many`` group the engine forms (one request each).
     read_batch = BATCH_SIZE
-
-    def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext) -> None:
-        self.name = name
-        self._settings = s = parse(ParameterStoreSettings, settings, f"backends.{name}")
-        self.warnings = s.warnings(f"backends.{name}")   # logged at start, shown by ``rotator check``
-        endpoints = {key: url for key, url in ((SERVICE, s.endpoint_url), ("sts", s.sts_endpoint_url)) if url}
-        options = AwsOptions(region=s.region, profile=s.profile, role_arn=s.role_arn,
-                             role_session_name=s.role_session_name, external_id=s.external_id,
-                             endpoints=endpoints, connect_timeout=s.connect_timeout,
-                             read_timeout=s.read_timeout, max_attempts=s.max_attempts,
-                             workers=context.workers)
-        self._aws = AwsClients(name, options, sleep=context.sleep, on_call=context.on_call)
-        self._lock = threading.Lock()
-        self._batching = True       # False once GetParameters was denied: read one by one
+    service = SERVICE
+    endpoint_variable = "AWS_ENDPOINT_URL_SSM"
+    settings_model = ParameterStoreSettings
+    log = log                       # the base class logs under this module's name
+    batch_get = BATCH_GET
+    batch_denied = ("ssm:GetParameters on some of these parameters; reading them one by one (GetParameter)"
+                    " from now on. Grant it to read 10 parameters per request")
+    items = "parameters"
+    default_key = "the account's default key for Parameter Store (alias/aws/ssm)"
+    _settings: ParameterStoreSettings
 
     def target(self, spec: Mapping[str, Any]) -> ParameterTarget:
-        entry = {key: value for key, value in spec.items() if key != "backend"}
-        parsed = parse(ParameterTargetSpec, entry, f"backends.{self.name} target")
-        region = (parsed.region or self._settings.region or os.environ.get("AWS_REGION")
-                  or os.environ.get("AWS_DEFAULT_REGION"))
-        return ParameterTarget(parsed.name, region, parsed.field, place=self._place)
-
-    @property
-    def _place(self) -> tuple[str, str]:
-        """The endpoint and account selector this backend's targets address (botocore's choice
-        when the settings leave them out: the endpoint and profile environment variables)."""
-        s = self._settings
-        env = os.environ
-        endpoint = s.endpoint_url or env.get("AWS_ENDPOINT_URL_SSM") or env.get("AWS_ENDPOINT_URL")
-        profile = s.profile or env.get("AWS_DEFAULT_PROFILE") or env.get("AWS_PROFILE")   # botocore's order
-        return place_of(endpoint, s.role_arn, profile)
+        parsed = self._target_spec(ParameterTargetSpec, spec)
+        return ParameterTarget(parsed.name, self._region(parsed.region), parsed.field, place=self._place)
 
     # --- the Protocol ------------------------------------------------------------------------
 
     def read(self, target: ParameterTarget) -> Snapshot:
         return self._guard("read", target, lambda: self._read(target))
-
-    def read_many(self, targets: Sequence[ParameterTarget]) -> dict[ParameterTarget, Snapshot]:
-        """BatchReads: what ``read`` returns for each target, from one GetParameters per 10
-        parameters of a region. Never raises: a target it cannot answer for is left out."""
-        found: dict[ParameterTarget, Snapshot] = {}
-        regions: dict[str | None, dict[str, list[ParameterTarget]]] = {}
-        for target in dict.fromkeys(targets):
-            regions.setdefault(target.region, {}).setdefault(target.name, []).append(target)
-        for region, by_name in regions.items():
-            names = list(by_name)
-            for start in range(0, len(names), BATCH_SIZE):
-                if not self._batching:
-                    return found
-                chunk = names[start:start + BATCH_SIZE]
-                answer = self._batch_get(region, chunk)
-                if answer is None:
-                    break                       # the rest of this region is read one by one
-                for parameter in answer.get("Parameters") or ():
-                    for target in by_name.get(parameter.get("Name"), ()):
-                        snapshot = self._snapshot_of(target, parameter)
-                        if snapshot is not None:
-                            found[target] = snapshot
-                for missing in answer.get("InvalidParameters") or ():
-                    for target in by_name.get(missing, ()):
-                        found[target] = Snapshot()      # what ``read`` returns for a missing parameter
-        return found
 
     def deploy(self, target: ParameterTarget, current: Secret, previous: Secret | None, meta: KeyRef) -> None:
         self._guard("deploy", target, lambda: self._deploy(target, current, previous, meta))
@@ -168,36 +115,28 @@ class ParameterStoreBackend:
     def discard_pending(self, target: ParameterTarget, record: RotationRecord, *, expect: str) -> str:
         raise self._not_primary(target)
 
-    def close(self) -> None:
-        self._aws.close()
-
     def check_access(self, target: ParameterTarget, *, primary: bool, exists: bool) -> list[Finding]:
         """For ``rotator check`` (:class:`rotator.interfaces.BackendAccessCheck`), read-only:
         DescribeParameters (the parameter's type and KMS key). Write permission is ``unknown``:
         PutParameter has no dry run, so only a write would tell."""
         no_dry_run = ("Parameter Store has no dry run, so this shows at the first write (the IAM policy is in"
                       " docs/backends/ssm.md)")
-        findings = []
+        findings: list[Finding] = []
         if primary:
             findings.append(Finding("cas", "fail", f"{NO_CAS}; list a file, aws_secrets_manager or vault_kv"
                                                    " (KV v2) target first and this one after it"))
         if not exists:
             if not self._settings.create_if_missing:
-                return findings + [Finding("write", "fail", f"parameter {target.name} does not exist{_in(target)}"
+                return findings + [Finding("write", "fail", f"parameter {target.name} does not exist{in_region(target)}"
                                                             " and create_if_missing is false; create it as a"
                                                             " SecureString, or set create_if_missing = true")]
             tagging = ", ssm:AddTagsToResource (for the tags)" if self._settings.tags else ""
-            return findings + [Finding("write", "unknown", f"parameter {target.name} does not exist{_in(target)}:"
+            return findings + [Finding("write", "unknown", f"parameter {target.name} does not exist{in_region(target)}:"
                                                            " the first deploy creates it as a SecureString"
                                                            f" (ssm:PutParameter{tagging}, kms:Encrypt on"
                                                            f" {self._key}); {no_dry_run}")]
-        try:
-            described = self._call(target, "DescribeParameters", ParameterFilters=[
-                {"Key": "Name", "Option": "Equals", "Values": [target.name]}])
-        except AwsFailure as failure:
-            error = self._translate("check", target, failure)
-            findings.append(Finding("describe", "fail" if error.transient else "warn", str(error)))
-            described = {}
+        described = self._described(target, findings, "DescribeParameters", ParameterFilters=[
+            {"Key": "Name", "Option": "Equals", "Values": [target.name]}])
         parameter = next((p for p in described.get("Parameters") or () if p.get("Name") == target.name), None)
         if parameter is not None:
             found_type = parameter.get("Type")
@@ -251,6 +190,25 @@ class ParameterStoreBackend:
 
     # --- batched reading -----------------------------------------------------------------------
 
+    def _batch_name(self, target: ParameterTarget) -> str | None:
+        return target.name
+
+    def _read_batch(self, region: str | None, chunk: Mapping[str, list[ParameterTarget]]
+                    ) -> tuple[dict[ParameterTarget, Snapshot], bool]:
+        answer = self._batch_get(region, list(chunk))
+        if answer is None:
+            return {}, False
+        found: dict[ParameterTarget, Snapshot] = {}
+        for parameter in answer.get("Parameters") or ():
+            for target in chunk.get(parameter.get("Name"), ()):
+                snapshot = self._snapshot_of(target, parameter)
+                if snapshot is not None:
+                    found[target] = snapshot
+        for missing in answer.get("InvalidParameters") or ():
+            for target in chunk.get(missing, ()):
+                found[target] = Snapshot()      # what ``read`` returns for a missing parameter
+        return found, True
+
     def _batch_get(self, region: str | None, names: list[str]) -> dict[str, Any] | None:
         """GetParameters(Names=names, WithDecryption=True); None when the request failed."""
         log.debug("%s: %s %d parameters in %s", self.name, BATCH_GET, len(names), region)
@@ -259,19 +217,6 @@ class ParameterStoreBackend:
         except AwsFailure as failure:
             self._batch_failed(region, failure)
             return None
-
-    def _batch_failed(self, region: str | None, failure: AwsFailure) -> None:
-        if failure.code in DENIED and failure.kind == "service":
-            with self._lock:
-                first, self._batching = self._batching, False
-            if first:
-                log.warning("%s: access denied to %s (%s): the identity lacks the IAM permission"
-                            " ssm:GetParameters on some of these parameters; reading them one by one"
-                            " (GetParameter) from now on. Grant it to read 10 parameters per request",
-                            self.name, BATCH_GET, failure.code)
-            return
-        log.debug("%s: %s failed in %s after %d tries (%s); reading those parameters one by one",
-                  self.name, BATCH_GET, region, failure.attempts, failure.code)
 
     def _snapshot_of(self, target: ParameterTarget, parameter: Mapping[str, Any]) -> Snapshot | None:
         """What ``read`` would return for ``target``, from its GetParameters entry; None when it
@@ -289,7 +234,7 @@ class ParameterStoreBackend:
         described = meta_fields(meta, last4=True) or None
         if parameter is None:
             if not self._settings.create_if_missing:
-                raise Problem(SecretMissing, f"parameter {target.name} does not exist{_in(target)} and"
+                raise Problem(SecretMissing, f"parameter {target.name} does not exist{in_region(target)} and"
                                              " create_if_missing is false; create it as a SecureString, or"
                                              " set create_if_missing = true")
             wanted = Document().evolve(current=current, previous=previous, meta=described)
@@ -327,75 +272,43 @@ class ParameterStoreBackend:
                 params["Tags"] = [{"Key": k, "Value": v} for k, v in settings.tags.items()]
         self._call(target, "PutParameter", **params)
 
-    # --- calls and the edge ----------------------------------------------------------------------
-
-    def _call(self, target: ParameterTarget, operation: str, **params: Any) -> dict[str, Any]:
-        log.debug("%s: %s %s", self.name, operation, target.label)
-        return self._aws.call(SERVICE, target.region, operation, **params)
-
-    @property
-    def _key(self) -> str:
-        return (f"KMS key {self._settings.kms_key_id}" if self._settings.kms_key_id
-                else "the account's default key for Parameter Store (alias/aws/ssm)")
+    # --- the edge ------------------------------------------------------------------------------
 
     def _not_primary(self, target: ParameterTarget) -> BackendError:
         return BackendError(f"{target.label}: {NO_CAS}; use this backend as a secondary only", provider=self.name)
 
-    def _guard(self, op: str, target: ParameterTarget, action: Callable[[], T]) -> T:
-        """Run ``action``; anything that goes wrong leaves as a rotator error naming the parameter."""
-        try:
-            return action()
-        except Problem as problem:
-            error: BackendError = problem.kind(f"{target.label}: {problem}", provider=self.name)
-        except AwsFailure as failure:
-            error = self._translate(op, target, failure)
-        raise error from None
+    def _detail(self, failure: AwsFailure) -> str:
+        """A PutParameter's message is withheld (a validation message may quote the value it refused)."""
+        shown = failure.operation != "PutParameter" or failure.code in _SAFE_PUT_MESSAGES
+        return super()._detail(failure) if shown else ""
 
-    def _translate(self, op: str, target: ParameterTarget, failure: AwsFailure) -> BackendError:
+    def _service_error(self, op: str, target: ParameterTarget, failure: AwsFailure,
+                       detail: str) -> BackendError | None:
         where, code, name = target.label, failure.code, self.name
-        shown = failure.message and (failure.operation != "PutParameter" or code in _SAFE_PUT_MESSAGES)
-        detail = f": {failure.message}" if shown else ""
-        if failure.transient:
-            return BackendUnavailable(f"{where}: {failure.operation} failed after {failure.attempts}"
-                                      f" tries ({code}){detail}", provider=name)
-        if code == "NoRegionError":
-            return BackendError(f"{where}: no AWS region: set `region` on backends.{name} or on the target"
-                                " (or AWS_REGION in the environment)", provider=name)
-        if failure.during == "AssumeRole":
-            return BackendPermissionError(
-                f"{where}: could not assume role {self._settings.role_arn} ({code}){detail}; rotator's own"
-                " identity needs sts:AssumeRole on it and the role's trust policy must allow that identity",
-                provider=name)
-        if failure.kind == "credentials":
-            return BackendPermissionError(
-                f"{where}: AWS credentials problem during {op} ({code}){detail}. rotator takes credentials"
-                " from the standard AWS chain (environment, profile, web identity / IRSA, container or"
-                " instance role), never from its config file", provider=name,
-                transient=code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired"))
         # About KMS? Not because the parameter's own name (quoted in an ARN) happens to say "kms".
         about = failure.message.replace(target.name, "").replace(target.name.lstrip("/"), "").lower()
         kms = "kms" in about or code.upper().startswith("KMS") or code == "InvalidKeyId"
         if code in DENIED and not kms:
             return BackendPermissionError(
                 f"{where}: access denied during {op}: rotator needs ssm:{failure.operation} on parameter"
-                f" {target.name}{_in(target)}{detail}", provider=name)
+                f" {target.name}{in_region(target)}{detail}", provider=name)
         if kms:
             need = "kms:Decrypt" if failure.operation in ("GetParameter", BATCH_GET) else "kms:Encrypt"
             return BackendPermissionError(
                 f"{where}: KMS refused {self._key} during {op} ({code}){detail}; rotator needs {need} on it,"
                 " and the key must exist and be enabled", provider=name)
         if code == "ParameterNotFound":
-            return SecretMissing(f"{where}: parameter {target.name} not found{_in(target)}", provider=name)
+            return SecretMissing(f"{where}: parameter {target.name} not found{in_region(target)}", provider=name)
         if code == "HierarchyTypeMismatchException":
             return BackendError(f"{where}: {_not_secure(target, 'another')}", provider=name)
         if code == "ParameterLimitExceeded":
-            return BackendError(f"{where}: the account's quota of parameters{_in(target)} is reached;"
+            return BackendError(f"{where}: the account's quota of parameters{in_region(target)} is reached;"
                                 " delete unused ones or ask AWS for more", provider=name)
         if code == "ParameterMaxVersionLimitExceeded":
             return BackendError(f"{where}: the parameter has 100 versions and the oldest carries a label,"
                                 " so AWS will not drop it; remove that label (aws ssm"
                                 " unlabel-parameter-version)", provider=name)
-        return BackendError(f"{where}: {failure.operation} failed during {op} ({code}){detail}", provider=name)
+        return None
 
 
 def _snapshot(parsed: tuple[str, Document, Any]) -> Snapshot:
@@ -412,8 +325,3 @@ def _not_secure(target: ParameterTarget, found_type: Any) -> str:
     return (f"parameter {target.name} is a {found_type} parameter: rotator writes keys only to SecureString"
             " parameters, and AWS cannot change a parameter's type; delete it (rotator then creates it as a"
             " SecureString) or name another parameter")
-
-
-def _in(target: ParameterTarget) -> str:
-    return f" in {target.region}" if target.region else ""
-
