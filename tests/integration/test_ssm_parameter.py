@@ -14,10 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
-import uuid
-from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -33,16 +30,16 @@ from rotator.errors import (
     SecretMissing,
 )
 from rotator.interfaces import BatchReads
-from rotator.models import KeyRef, Phase, RotationRecord, Secret, Snapshot
+from rotator.models import Phase, RotationRecord, Secret, Snapshot
 from rotator.readahead import ReadAhead
 from rotator.runtime import Runtime
 from rotator.testing import RecordingSleep, provider_context
 from rotator_providers.aws.ssm import ParameterStoreBackend
+from tests.integration import aws_support
+from tests.integration.aws_support import assert_everywhere, backends, chain, closed_port, ops, ref
 from tests.world import to_toml
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 LOGGER = "rotator_providers.aws.ssm"
-REGION = "us-east-1"
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -53,20 +50,10 @@ def calls() -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture
-def make(moto_url, calls, monkeypatch):
+def make(moto_url, calls):
     """Build a backend on the clean moto server (or ``url``); closed at the end of the test."""
-    monkeypatch.delenv("AWS_ENDPOINT_URL_SSM", raising=False)
-    made: list[ParameterStoreBackend] = []
-
-    def make(url: str | None = None, sleep: Any = None, **settings: Any) -> ParameterStoreBackend:
-        options = {"region": REGION, "endpoint_url": url or moto_url, "max_attempts": 3, **settings}
-        backend = ParameterStoreBackend("ssm", options, provider_context(calls=calls, sleep=sleep or RecordingSleep()))
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        backend.close()
+    with backends(ParameterStoreBackend, "ssm", moto_url, calls) as make:
+        yield make
 
 
 @pytest.fixture
@@ -76,46 +63,19 @@ def ssm(moto_server):
 
 
 @pytest.fixture
-def ssm_world(world, moto_url, moto_server, monkeypatch):
-    """``world`` with an ``ssm`` backend (Parameter Store on the moto server)."""
-    monkeypatch.delenv("AWS_ENDPOINT_URL_SSM", raising=False)
-    world.backends["ssm"] = {"type": "ssm_parameter", "region": REGION, "endpoint_url": moto_url,
-                             "max_attempts": 2, "tags": {"team": "web"}}
+def ssm_world(world, moto_url, moto_server):
+    """``world`` with an ``ssm`` backend (Parameter Store on the clean moto server)."""
+    world.backends["ssm"] = {"type": "ssm_parameter", **moto_server.settings(tags={"team": "web"})}
     return world
 
 
 def secret(tag: str) -> Secret:
-    return Secret(f"sk-ssm-{tag}-{uuid.uuid4().hex}")
-
-
-def ref(value: Secret, rotation_id: str = "r-1") -> KeyRef:
-    return KeyRef.of(value, key_id=f"id-{value.last4}", rotation_id=rotation_id, expires_on=T0 + timedelta(days=90))
+    return aws_support.secret(tag, "ssm")
 
 
 def stored(ssm, name: str) -> dict[str, Any]:
     """The parameter's JSON document, decrypted, as an application reads it."""
     return json.loads(ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
-
-
-def ops(calls: list[tuple[str, str, str]], provider: str = "ssm") -> Counter:
-    """Operations by name since the list was last cleared; clears it."""
-    counted = Counter(op for who, op, _ in calls if who == provider)
-    calls.clear()
-    return counted
-
-
-def chain(error: BaseException | None) -> str:
-    out = []
-    while error is not None:
-        out += [str(error), repr(error), *map(str, error.args)]
-        error = error.__cause__ or error.__context__
-    return "\n".join(out)
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- round trips ---------------------------------------------------------------------------------
@@ -139,7 +99,7 @@ def test_ssm_deploy_then_read_round_trips_a_decrypted_securestring(make, ssm, ca
     snap = backend.read(target)
     assert snap == Snapshot(version="1", current=value)
     assert make().read(target) == snap, "a fresh backend reads the same"
-    assert ops(calls) == {"GetParameter": 4, "PutParameter": 1}
+    assert ops(calls, "ssm") == {"GetParameter": 4, "PutParameter": 1}
 
 
 def test_ssm_deploy_keeps_the_previous_key_and_the_applications_fields(make, ssm):
@@ -169,11 +129,11 @@ def test_ssm_deploy_is_idempotent_and_writes_only_what_changed(make, ssm, calls)
     target = backend.target({"name": "quiva-api-key"})             # a plain name: no hierarchy
     old, new = secret("old"), secret("new")
     backend.deploy(target, new, old, ref(new))
-    ops(calls)
+    ops(calls, "ssm")
 
     for _ in range(3):
         backend.deploy(target, new, old, ref(new))
-    assert ops(calls) == {"GetParameter": 3}, "nothing changed: no write"
+    assert ops(calls, "ssm") == {"GetParameter": 3}, "nothing changed: no write"
     assert ssm.get_parameter(Name=target.name)["Parameter"]["Version"] == 1
     assert backend.read(target) == Snapshot(version="1", current=new, previous=old)
 
@@ -212,13 +172,13 @@ def test_ssm_tags_are_applied_on_create_only(make, ssm, calls):
     first, second = secret("first"), secret("second")
     backend.deploy(target, first, None, ref(first))
     assert tags(target.name) == {"team": "web", "managed-by": "rotator"}
-    assert ops(calls) == {"GetParameter": 1, "PutParameter": 1}, "created with its tags in one call"
+    assert ops(calls, "ssm") == {"GetParameter": 1, "PutParameter": 1}, "created with its tags in one call"
 
     ssm.remove_tags_from_resource(ResourceType="Parameter", ResourceId=target.name, TagKeys=["managed-by"])
     ssm.add_tags_to_resource(ResourceType="Parameter", ResourceId=target.name, Tags=[{"Key": "team", "Value": "ops"}])
     backend.deploy(target, second, first, ref(second))               # an overwrite: tags are not touched
     assert tags(target.name) == {"team": "ops"}
-    assert ops(calls) == {"GetParameter": 1, "PutParameter": 1}
+    assert ops(calls, "ssm") == {"GetParameter": 1, "PutParameter": 1}
     assert backend.read(target).current == second
 
     existing = backend.target({"name": "/prod/tags/by-hand"})        # not created by rotator: no tags
@@ -237,7 +197,7 @@ def test_ssm_create_if_missing_false_raises_secret_missing_naming_the_parameter(
     message = str(caught.value)
     assert "parameter /prod/missing/quiva does not exist in us-east-1" in message
     assert "create_if_missing is false" in message and value.reveal() not in chain(caught.value)
-    assert ops(calls) == {"GetParameter": 1}, "nothing written"
+    assert ops(calls, "ssm") == {"GetParameter": 1}, "nothing written"
     with pytest.raises(ssm.exceptions.ParameterNotFound):
         ssm.get_parameter(Name=target.name)
 
@@ -394,9 +354,7 @@ def test_ssm_secondary_behind_a_file_primary_through_grace_and_revoke(ssm_world,
     assert document["rotator"]["previous"] == old, "the old key stays readable through the grace window"
     assert world.record("web").phase is Phase.GRACE
     world.assert_i1("web")
-    snaps = world.snapshots("web")
-    assert {s.current.reveal() for s in snaps.values()} == {new}
-    assert {s.previous.reveal() for s in snaps.values()} == {old}
+    assert_everywhere(world, "web", current=new, previous=old)
 
     clock.advance(timedelta(hours=47))
     assert world.rotate().outcomes[0].status == "ok" and emulator.is_active(old)
@@ -419,10 +377,9 @@ def test_ssm_secondary_behind_a_file_primary_through_grace_and_revoke(ssm_world,
 
 
 def test_ssm_and_secrets_manager_secondaries_of_one_secret_rotate_together(ssm_world, emulator, clock, ssm,
-                                                                          moto_url):
+                                                                          moto_server):
     world = ssm_world
-    world.backends["aws"] = {"type": "aws_secrets_manager", "region": REGION, "endpoint_url": moto_url,
-                             "max_attempts": 2}
+    world.backends["aws"] = {"type": "aws_secrets_manager", **moto_server.settings()}
     world.add_secret("web", targets=[{"backend": "aws", "secret_id": "prod/web/quiva"},
                                      {"backend": "ssm", "name": "/prod/web/quiva"},
                                      {"backend": "app", "path": "web.json"}])
@@ -454,7 +411,7 @@ def test_ssm_targets_are_read_with_one_get_parameters_per_10_in_a_run(ssm_world,
     ahead = ReadAhead(secrets, runtime.clock)
     reports = [drift.check(s, ahead)[1] for s in secrets]
     assert all(r.healthy for r in reports), [r for r in reports if not r.healthy][:1]
-    assert ops(world.calls) == {"GetParameters": math.ceil(count / 10)}, "no single GetParameter"
+    assert ops(world.calls, "ssm") == {"GetParameters": math.ceil(count / 10)}, "no single GetParameter"
     assert ahead.batches == math.ceil(count / 10)
     assert isinstance(runtime.backends["ssm"], BatchReads) and runtime.backends["ssm"].read_batch == 10
 
@@ -463,7 +420,7 @@ def test_ssm_targets_are_read_with_one_get_parameters_per_10_in_a_run(ssm_world,
     world.calls.clear()
     assert world.rotate().exit_code == 0
     assert all(world.record(app).phase is Phase.IDLE for app in names)
-    assert ops(world.calls) == {"GetParameters": math.ceil(count / 10)}, "and nothing else"
+    assert ops(world.calls, "ssm") == {"GetParameters": math.ceil(count / 10)}, "and nothing else"
 
 
 def test_ssm_read_many_equals_read_and_leaves_out_what_it_cannot_parse(make, ssm, calls, caplog):
@@ -655,9 +612,9 @@ def test_ssm_calls_per_rotation_match_the_documented_counts(ssm_world, clock):
     world.calls.clear()
     for _ in range(2):                                               # the first rotation, then the next one
         assert world.rotate().exit_code == 0                         # deploy (read, put), read back alone
-        assert ops(world.calls) == {"GetParameter": 2, "PutParameter": 1}
+        assert ops(world.calls, "ssm") == {"GetParameter": 2, "PutParameter": 1}
         clock.advance(timedelta(hours=49))
         assert world.rotate().exit_code == 0                         # re-read before the revoke
-        assert ops(world.calls) == {"GetParameter": 1}
+        assert ops(world.calls, "ssm") == {"GetParameter": 1}
         assert world.record("web").phase is Phase.IDLE
         clock.advance(timedelta(days=80))

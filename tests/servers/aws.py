@@ -1,4 +1,4 @@
-"""moto server fixtures (AWS Secrets Manager backend tests).
+"""moto server fixtures (AWS Secrets Manager and Parameter Store backend tests).
 
 One ``ThreadedMotoServer`` on 127.0.0.1 and a free port per test session, started lazily by the
 first test that needs it (the ``moto_server`` fixture, or ``server()`` for code such as the
@@ -36,7 +36,8 @@ DUMMY_ENV = {
 }
 CLEARED_ENV = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_REGION", "AWS_ROLE_ARN",
                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-               "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SECRETS_MANAGER")
+               "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+               "AWS_ENDPOINT_URL_SSM")
 
 _lock = threading.Lock()
 _server: MotoServer | None = None
