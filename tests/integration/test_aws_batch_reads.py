@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -27,10 +25,10 @@ from rotator_providers.aws.secrets_manager import SecretsManagerBackend
 from rotator import __version__
 from rotator.errors import BackendError, CorruptPayload
 from rotator.interfaces import BatchReads
-from rotator.models import KeyRef, Phase, RotationRecord, Secret, Snapshot
-from rotator.testing import RecordingSleep, provider_context
+from rotator.models import Phase, Secret, Snapshot
+from rotator.testing import RecordingSleep
+from tests.integration.aws_support import backends, bootstrap, rec, ref, secret
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 BATCH = "BatchGetSecretValue"
 LOGGER = "rotator_providers.aws.secrets_manager"
 
@@ -45,18 +43,8 @@ def calls() -> list[tuple[str, str, str]]:
 @pytest.fixture
 def make(moto_url, calls):
     """Build a backend on the clean moto server (or ``url``); closed at the end of the test."""
-    made: list[SecretsManagerBackend] = []
-
-    def make(url: str | None = None, sleep: Any = None, workers: int = 1, **settings: Any) -> SecretsManagerBackend:
-        options = {"region": "us-east-1", "endpoint_url": url or moto_url, "max_attempts": 3, **settings}
-        context = provider_context(calls=calls, sleep=sleep or RecordingSleep(), workers=workers)
-        backend = SecretsManagerBackend("aws", options, context)
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        backend.close()
+    with backends(SecretsManagerBackend, "aws", moto_url, calls) as make:
+        yield make
 
 
 @pytest.fixture
@@ -76,24 +64,6 @@ def plain_moto(moto_server, monkeypatch):
     from tests.servers import moto_fidelity
 
     monkeypatch.setattr(models.SecretsManagerBackend, "batch_get_secret_value", moto_fidelity.ORIGINAL)
-
-
-def secret(tag: str) -> Secret:
-    return Secret(f"sk-aws-{tag}-{uuid.uuid4().hex}")
-
-
-def ref(value: Secret, rotation_id: str = "r-1") -> KeyRef:
-    return KeyRef.of(value, key_id=f"id-{value.last4}", rotation_id=rotation_id,
-                     expires_on=T0 + timedelta(days=90))
-
-
-def rec(phase: Phase = Phase.IDLE, **fields: Any) -> RotationRecord:
-    return RotationRecord(phase=phase, **fields)
-
-
-def bootstrap(backend, target, value: Secret) -> str:
-    version = backend.stage(target, value, rec(Phase.STAGED, pending=ref(value, "r-0")), expect=None)
-    return backend.promote(target, rec(Phase.IDLE, current=ref(value, "r-0")), expect=version)
 
 
 def in_grace_with_pending(backend, target) -> None:

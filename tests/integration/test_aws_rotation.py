@@ -11,32 +11,27 @@ import pytest
 
 from rotator.engine import Engine
 from rotator.models import Phase
+from tests.integration.aws_support import assert_everywhere, at, ops
+from tests.servers.aws import REGION
 
 SECRET_ID = "prod/web/quiva"
 
 
 @pytest.fixture
 def aws(world, moto_url, moto_server):
-    """``world`` with an ``aws`` backend on the moto server; returns the moto server handle."""
-    world.backends["aws"] = {"type": "aws_secrets_manager", "region": "us-east-1", "endpoint_url": moto_url,
-                             "max_attempts": 2, "tags": {"team": "web"}}
+    """``world`` with an ``aws`` backend on the clean moto server; returns the moto server handle."""
+    world.backends["aws"] = {"type": "aws_secrets_manager", **moto_server.settings(tags={"team": "web"})}
     return moto_server
 
 
-def stage_of(moto, label: str, secret_id: str = SECRET_ID, region: str = "us-east-1") -> str | None:
-    """The ``api_key`` of the version holding ``label`` (None if no version holds it)."""
-    client = moto.client(region=region)
-    try:
-        answer = client.get_secret_value(SecretId=secret_id, VersionStage=label)
-    except client.exceptions.ResourceNotFoundException:
-        return None
-    return json.loads(answer["SecretString"]).get("api_key")
+def stage_of(moto, label: str, region: str = REGION) -> str | None:
+    """The ``api_key`` of SECRET_ID's version holding ``label`` (None if no version holds it)."""
+    return at(moto, label, SECRET_ID, region)
 
 
 def aws_calls(world) -> Counter:
-    calls = Counter(op for provider, op, outcome in world.calls if provider == "aws")
-    world.calls.clear()
-    return calls
+    """The ``aws`` backend's operations by name since the last count."""
+    return ops(world.calls, "aws")
 
 
 def test_aws_primary_with_a_file_secondary_through_grace_and_revoke(world, aws, emulator, clock):
@@ -51,9 +46,7 @@ def test_aws_primary_with_a_file_secondary_through_grace_and_revoke(world, aws, 
     assert stage_of(aws, "AWSPREVIOUS") == old, "the old key stays readable as AWSPREVIOUS in grace"
     assert stage_of(aws, "AWSPENDING") == new, "as after an AWS rotation: AWSPENDING stays on the new value"
     world.assert_i1("web")
-    snaps = world.snapshots("web")
-    assert {s.current.reveal() for s in snaps.values()} == {new}
-    assert {s.previous.reveal() for s in snaps.values()} == {old}
+    assert_everywhere(world, "web", current=new, previous=old)
 
     clock.advance(timedelta(hours=47))
     assert world.rotate().outcomes[0].status == "ok" and emulator.is_active(old)

@@ -11,9 +11,7 @@ import json
 import subprocess
 import sys
 import threading
-import uuid
-from datetime import datetime, timedelta, timezone
-from typing import Any
+from datetime import timedelta
 
 import pytest
 
@@ -28,10 +26,10 @@ from rotator.errors import (
     CorruptPayload,
     SecretMissing,
 )
-from rotator.models import KeyRef, Phase, RotationRecord, Secret, Snapshot
+from rotator.models import Phase, Snapshot
 from rotator.testing import RecordingSleep, provider_context
+from tests.integration.aws_support import T0, at, backends, bootstrap, chain, closed_port, rec, ref, secret
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 ROLE = "arn:aws:iam::123456789012:role/rotator"
 
 
@@ -45,40 +43,8 @@ def calls() -> list[tuple[str, str, str]]:
 @pytest.fixture
 def make(moto_url, calls):
     """Build a backend on the clean moto server (or ``url``); closed at the end of the test."""
-    made: list[SecretsManagerBackend] = []
-
-    def make(url: str | None = None, sleep: Any = None, **settings: Any) -> SecretsManagerBackend:
-        options = {"region": "us-east-1", "endpoint_url": url or moto_url, "max_attempts": 3, **settings}
-        backend = SecretsManagerBackend("aws", options, provider_context(calls=calls, sleep=sleep))
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        backend.close()
-
-
-def secret(tag: str) -> Secret:
-    return Secret(f"sk-aws-{tag}-{uuid.uuid4().hex}")
-
-
-def ref(value: Secret, rotation_id: str = "r-1") -> KeyRef:
-    return KeyRef.of(value, key_id=f"id-{value.last4}", rotation_id=rotation_id,
-                     expires_on=T0 + timedelta(days=90))
-
-
-def rec(phase: Phase = Phase.IDLE, **fields: Any) -> RotationRecord:
-    return RotationRecord(phase=phase, **fields)
-
-
-def at(moto, label: str, secret_id: str, region: str = "us-east-1") -> str | None:
-    """The ``api_key`` of the version labelled ``label``; None when no version has the label."""
-    client = moto.client(region=region)
-    try:
-        answer = client.get_secret_value(SecretId=secret_id, VersionStage=label)
-    except client.exceptions.ResourceNotFoundException:
-        return None
-    return json.loads(answer["SecretString"]).get("api_key")
+    with backends(SecretsManagerBackend, "aws", moto_url, calls) as make:
+        yield make
 
 
 def stages(moto, secret_id: str) -> dict[str, list[str]]:
@@ -88,19 +54,6 @@ def stages(moto, secret_id: str) -> dict[str, list[str]]:
 def labelled_versions(moto, secret_id: str) -> list[tuple[str, list[str]]]:
     listing = moto.client().list_secret_version_ids(SecretId=secret_id)["Versions"]
     return sorted((v["VersionId"], sorted(v.get("VersionStages", []))) for v in listing)
-
-
-def bootstrap(backend, target, value: Secret) -> str:
-    version = backend.stage(target, value, rec(Phase.STAGED, pending=ref(value, "r-0")), expect=None)
-    return backend.promote(target, rec(Phase.IDLE, current=ref(value, "r-0")), expect=version)
-
-
-def chain(error: BaseException) -> str:
-    out = []
-    while error is not None:
-        out += [str(error), repr(error)]
-        error = error.__cause__ or error.__context__
-    return "\n".join(out)
 
 
 # --- configuration, without the network --------------------------------------------------------
@@ -402,13 +355,8 @@ def test_throttling_is_retried_with_backoff_and_every_attempt_is_reported(make, 
 
 
 def test_an_unreachable_endpoint_is_transient(make, calls):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     sleep = RecordingSleep()
-    backend = make(url=closed, sleep=sleep, connect_timeout=1)
+    backend = make(url=f"http://127.0.0.1:{closed_port()}", sleep=sleep, connect_timeout=1)
     with pytest.raises(BackendUnavailable, match="GetSecretValue failed after 3 tries .EndpointConnectionError"):
         backend.read(backend.target({"secret_id": "app/x"}))
     assert len(sleep.waits) == 2 and [c[2] for c in calls] == ["EndpointConnectionError"] * 3
