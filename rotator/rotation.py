@@ -23,7 +23,7 @@ from rotator.errors import (
     AdoptionError, Conflict, IssuerError, LeaseLost, RotationError, RotatorError, UnusableKey,
 )
 from rotator.gate import Purpose, Request, matching, rotation_tag, waiting_for
-from rotator.hooks import VALUE_EVENTS
+from rotator.hooks import VALUE_EVENTS, Context
 from rotator.lease import LeaseKeeper, keeping
 from rotator.machine import Observations, owe, owed_consumers
 from rotator.models import Delivery, HeldKey, KeyInfo, KeyRef, Phase, RotationRecord, Secret, Snapshot
@@ -370,9 +370,7 @@ class SecretRun:
         except Exception as exc:  # noqa: BLE001 - already failing: the next run delivers them
             log.warning("%s: hooks of the failure not delivered now: %s", self.secret.name, redact(str(exc)))
 
-    def _context(self, d: Delivery, attempt: int, now: datetime):
-        from rotator.hooks import Context
-
+    def _context(self, d: Delivery, attempt: int, now: datetime) -> Context:
         return Context(event=d.event, secret=self.secret.name, hook=d.hook,
                        rotation_id=None if d.rotation_id == "-" else d.rotation_id, attempt=attempt, at=now,
                        issuer=self.issuer.name, targets=tuple(b.label for b in self.secret.targets),
