@@ -82,11 +82,12 @@ class UntrustedAnswer(IssuerError):
 class UnusableKey(IssuerError):
     """The issuer minted a key rotator must not deploy (a value that cannot travel in an HTTP
     header, or absurdly long). ``name`` is the name it was issued under: the engine finds it in a
-    listing by that name and revokes it."""
+    listing by that name (or by ``key_ids``, when the issuer knows them) and revokes it."""
 
-    def __init__(self, message: str, *, provider: str = "", name: str = "") -> None:
+    def __init__(self, message: str, *, provider: str = "", name: str = "", key_ids: tuple[str, ...] = ()) -> None:
         super().__init__(message, provider=provider)
         self.name = name
+        self.key_ids = key_ids      # the minted keys' ids, when the issuer knows them (keys without names)
 
 
 # --- backends --------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import json
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from rotator import redact
@@ -25,6 +26,13 @@ def fingerprint(value: str) -> str:
     return hmac.new(_FINGERPRINT_KEY, value.encode(), hashlib.sha256).hexdigest()[:16]
 
 
+def shown_id(identifier: str) -> str | None:
+    """How the identifying part of a value made of parts (an AWS access key id) is shown in text
+    that leaves the process: its first and last four characters ("AKIA…WXYZ"), enough to find it
+    in a console; None (masked whole) when it is too short to keep anything of."""
+    return f"{identifier[:4]}…{identifier[-4:]}" if len(identifier) >= 16 else None
+
+
 class Secret:
     """A key value. Its ``str``/``repr`` never show it; only ``reveal()`` does.
 
@@ -32,20 +40,55 @@ class Secret:
     record, exception message and CLI line this process produces from then on.
     """
 
-    __slots__ = ("_value", "_fingerprint")
+    __slots__ = ("_value", "_fingerprint", "_parts")
 
     def __init__(self, value: str) -> None:
         if not isinstance(value, str) or not value:
             raise ValueError("a secret must be a non-empty string")
         self._value = value
         self._fingerprint: str | None = None      # computed once: the machine compares them every step
+        self._parts: tuple[tuple[str, str], ...] | None = None
         redact.remember(value)
+
+    @classmethod
+    def of_parts(cls, parts: Mapping[str, str] | Iterable[tuple[str, str]]) -> Secret:
+        """A value made of several named parts (an AWS access key: its id and its secret), kept
+        and compared as one: ``reveal()`` is the parts as one canonical JSON object (sorted names,
+        no spaces) and the fingerprint is that string's, so the order the parts arrive in never
+        changes it. The first part names the key in messages (``last4``): give the identifying
+        part first. Every part is masked wherever text leaves the process."""
+        items = tuple(parts.items()) if isinstance(parts, Mapping) else tuple(parts)
+        names = [name for name, _ in items]
+        if not items or len(set(names)) != len(names):
+            raise ValueError("a value of parts needs at least one part, each name once")
+        for name, value in items:
+            if not isinstance(name, str) or not name or not isinstance(value, str) or not value:
+                raise ValueError("each part of a value needs a name and a non-empty string")
+        for index, (_, value) in enumerate(items):
+            redact.remember(value, shown=shown_id(value) if index == 0 else None)
+        secret = cls(json.dumps(dict(sorted(items)), separators=(",", ":"), ensure_ascii=False))
+        secret._parts = items
+        return secret
+
+    @property
+    def parts(self) -> tuple[tuple[str, str], ...] | None:
+        """The named parts of a value made of several (``of_parts``), else None."""
+        return self._parts
+
+    def part(self, name: str) -> str:
+        """One part of a value made of several; KeyError when it has no such part."""
+        for key, value in self._parts or ():
+            if key == name:
+                return value
+        raise KeyError(name)
 
     def reveal(self) -> str:
         return self._value
 
     @property
     def last4(self) -> str:
+        if self._parts:
+            return self._parts[0][1][-4:]
         return self._value[-4:]
 
     @property
@@ -471,10 +514,51 @@ class Listing(Sequence[KeyInfo]):
 
 
 @dataclass(frozen=True)
+class KeyUse:
+    """When a key last signed a request, as the issuer knows it (None: never), and where."""
+
+    when: datetime | None
+    service: str | None = None
+    region: str | None = None
+
+    def describe(self) -> str:
+        if self.when is None:
+            return "never used"
+        where = " ".join(p for p in (self.service and f"by {self.service}", self.region and f"in {self.region}") if p)
+        return f"last used {format_instant(self.when)}" + (f" {where}" if where else "")
+
+
+@dataclass(frozen=True)
+class UsagePolicy:
+    """An issuer's rule for usage evidence before an old key is revoked (the gate applies it):
+    with ``require_unused``, an old key used more than ``slack`` after its replacement was deployed
+    everywhere is held until it has gone unused for ``quiet_for``; without, it is revoked anyway
+    and the use is reported."""
+
+    require_unused: bool = True
+    slack: timedelta = timedelta(hours=1)
+    quiet_for: timedelta = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
 class IssuerCapabilities:
+    """What an issuer's keys and API are like, as far as the core must know.
+
+    ``reports_last_used``: listing entries carry ``last_used_on`` (and ``last_used`` tells more).
+    ``max_keys_per_owner``: a hard limit on live keys per owner (AWS IAM: 2, inactive keys
+    included); before issuing, the core makes room by deleting a key nothing relies on, or waits.
+    ``value_parts``: (part, default field) pairs when a key is several strings (an AWS access key:
+    id and secret); empty for a plain string (see :mod:`rotator.values`).
+    ``named_keys``: keys carry the name they were issued with, so a rotation's keys are found by
+    it. False (AWS IAM keys have no name): every key of the owner is rotator's to manage, and a key
+    no record knows is an orphan, swept under the gate's rules.
+    """
+
     reports_last_used: bool = False
     revoke_by_value: bool = False
     max_keys_per_owner: int | None = None
+    value_parts: tuple[tuple[str, str], ...] = ()
+    named_keys: bool = True
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,21 @@ _chars: frozenset[str] = frozenset()
 _runs: re.Pattern[str] | None = None
 
 
-def remember(value: str) -> None:
-    """Mask ``value`` from now on. Values under 8 characters are not masked."""
+# value -> what it is shown as instead of MASK (an identifier that is part of a value: an AWS
+# access key id shows as "AKIA…WXYZ", enough to find it in the console, never the whole of it)
+_shown: dict[str, str] = {}
+
+
+def remember(value: str, *, shown: str | None = None) -> None:
+    """Mask ``value`` from now on (as ``shown`` when given, else as MASK). Values under 8
+    characters are not masked."""
     global _by_prefix, _chars, _runs
     if len(value) < _PREFIX:
         return
     head = value[:_PREFIX]
     with _lock:
+        if shown is not None:
+            _shown[value] = shown
         known = _by_prefix.get(head, ())
         if value in known:
             return
@@ -61,7 +69,7 @@ def _mask_known(text: str) -> str:
                 match = next((v for v in candidates if text.startswith(v, i)), None)
                 if match is not None:
                     out.append(text[start:i])
-                    out.append(MASK)
+                    out.append(_shown.get(match, MASK))
                     i += len(match)
                     start = i
                     continue

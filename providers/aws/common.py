@@ -94,9 +94,10 @@ Timeout = Annotated[float, Field(gt=0, le=300)]
 TargetField = Annotated[str, Field(min_length=1), AfterValidator(reserved_field)]
 
 
-class AwsSettings(StrictModel):
-    """The settings every AWS backend takes; a backend's model adds its own after these and ends
-    with ``max_attempts``, ``connect_timeout``, ``read_timeout`` and ``insecure_http``."""
+class AwsAccess(StrictModel):
+    """How any AWS provider reaches AWS: region, endpoints, profile and role. A provider's model
+    adds its own fields after these and ends with ``max_attempts``, ``connect_timeout``,
+    ``read_timeout`` and ``insecure_http``."""
 
     region: Region = None
     endpoint_url: Annotated[str | None, AfterValidator(_url)] = None
@@ -105,19 +106,15 @@ class AwsSettings(StrictModel):
     role_arn: Annotated[str | None, AfterValidator(_role_arn)] = None
     role_session_name: str = Field(default="rotator", pattern=r"[\w+=,.@-]{2,64}")
     external_id: str | None = Field(default=None, min_length=2, max_length=1224)
-    kms_key_id: str | None = Field(default=None, min_length=1, max_length=2048)
-    description: str = Field(default="API key kept current by rotator", max_length=2048)
-    tags: Annotated[dict[str, str], Field(max_length=50), AfterValidator(_tags)] = Field(default_factory=dict)
-    create_if_missing: bool = True
 
-    if TYPE_CHECKING:            # declared by each backend's model, last (see the class docstring)
+    if TYPE_CHECKING:            # declared by each provider's model, last (see the class docstring)
         max_attempts: int
         connect_timeout: float
         read_timeout: float
         insecure_http: bool      # allow a plain http:// endpoint that is not loopback (warns at every start)
 
     @model_validator(mode="after")
-    def _consistent(self) -> AwsSettings:
+    def _consistent(self) -> AwsAccess:
         problems = self._problems()
         if problems:
             raise ValueError("; ".join(problems))
@@ -140,13 +137,23 @@ class AwsSettings(StrictModel):
                  for field, sends in _ENDPOINTS if getattr(self, field)]
         return [w for w in found if w]
 
-    def options(self, service: str, workers: int) -> AwsOptions:
+    def options(self, service: str, workers: int, *, max_attempts: int | None = None) -> AwsOptions:
         """How the backend's clients reach AWS: ``endpoint_url`` is ``service``'s endpoint."""
         endpoints = {key: url for key, url in ((service, self.endpoint_url), ("sts", self.sts_endpoint_url)) if url}
         return AwsOptions(region=self.region, profile=self.profile, role_arn=self.role_arn,
                           role_session_name=self.role_session_name, external_id=self.external_id,
                           endpoints=endpoints, connect_timeout=self.connect_timeout,
-                          read_timeout=self.read_timeout, max_attempts=self.max_attempts, workers=workers)
+                          read_timeout=self.read_timeout, workers=workers,
+                          max_attempts=self.max_attempts if max_attempts is None else max_attempts)
+
+
+class AwsSettings(AwsAccess):
+    """The settings every AWS backend takes: how to reach AWS, then how its secrets are created."""
+
+    kms_key_id: str | None = Field(default=None, min_length=1, max_length=2048)
+    description: str = Field(default="API key kept current by rotator", max_length=2048)
+    tags: Annotated[dict[str, str], Field(max_length=50), AfterValidator(_tags)] = Field(default_factory=dict)
+    create_if_missing: bool = True
 
 
 # --- addresses -----------------------------------------------------------------------------------

@@ -129,16 +129,20 @@ class AwsClients:
         self._session: Any = None
         self._clients: dict[tuple[str, str | None], Any] = {}
 
-    def call(self, service: str, region: str | None, operation: str, **params: Any) -> dict[str, Any]:
+    def call(self, service: str, region: str | None, operation: str, *, once: bool = False,
+             **params: Any) -> dict[str, Any]:
         """``operation`` (e.g. "GetSecretValue") with retries on throttling, 5xx and connection
-        errors. Raises :class:`AwsFailure` (outside any ``except``: nothing foreign is chained)."""
+        errors. Raises :class:`AwsFailure` (outside any ``except``: nothing foreign is chained).
+
+        ``once``: a single attempt, for a call that is not idempotent (IAM ``CreateAccessKey``:
+        a retry after a lost reply would mint a second key); the caller decides what comes next."""
         backoff = Backoff(self._policy, self._sleep)
         while True:
             result, failure = self._attempt(service, region, operation, params)
             if failure is None:
                 return result
             failure.attempts = backoff.tries + 1
-            if not failure.transient:
+            if once or not failure.transient:
                 raise failure
             backoff.wait(failure)
 
