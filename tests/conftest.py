@@ -12,9 +12,10 @@ from rotator_providers.quiva.emulator import Emulator
 from rotator.testing import FakeClock
 from tests.world import ADMIN_EMAIL, World
 
-# Session-scoped servers for the AWS (moto server) and Vault (OpenBao) backends live in their
-# own modules, started lazily by the first test that asks for them.
-pytest_plugins = ["tests.servers.aws", "tests.servers.vault"]
+# Session-scoped servers for the AWS (moto server, and a signature-checking one for the IAM issuer)
+# and Vault (OpenBao) backends live in their own modules, started lazily by the first test that
+# asks for them.
+pytest_plugins = ["tests.servers.aws", "tests.servers.aws_signing", "tests.servers.vault"]
 
 START = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
 

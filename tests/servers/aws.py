@@ -114,6 +114,7 @@ class _Rule:
     code: str
     message: str
     forward: bool          # True: the request reaches moto, then the answer is replaced (a lost reply)
+    drop: bool = False     # with forward: no answer at all, the connection is closed instead
 
 
 @dataclass
@@ -122,7 +123,13 @@ class FaultProxy:
 
     ``fail(op, times, status, code)`` answers the next ``times`` calls of ``op`` with that error
     without forwarding them; ``lose_reply(op)`` forwards the next call (moto applies it) and then
-    answers 500, as when a reply is lost. ``seen`` lists every operation that came through.
+    answers 500, as when a reply is lost (``close=True``: closes the connection without any answer,
+    botocore raises ``ConnectionClosedError``). ``seen`` lists every operation that came through.
+
+    An operation is the JSON protocol's ``X-Amz-Target`` suffix (``PutSecretValue``) or the query
+    protocol's ``Action`` form field (IAM, STS: ``CreateAccessKey``). Requests are forwarded
+    unchanged, ``Host`` header included: SigV4 signs the host the client addressed (this proxy), so
+    a server that checks signatures (``tests/servers/aws_signing.py``) must see that same header.
     """
 
     upstream: str
@@ -138,9 +145,10 @@ class FaultProxy:
             self._rules.append(_Rule(operation, times, status, code, message, forward=False))
         return self
 
-    def lose_reply(self, operation: str, times: int = 1) -> FaultProxy:
+    def lose_reply(self, operation: str, times: int = 1, close: bool = False) -> FaultProxy:
         with self._lock:
-            self._rules.append(_Rule(operation, times, 500, "InternalServiceError", "reply lost", forward=True))
+            self._rules.append(_Rule(operation, times, 500, "InternalServiceError", "reply lost", forward=True,
+                                     drop=close))
         return self
 
     def _take(self, operation: str) -> _Rule | None:
@@ -164,11 +172,14 @@ class FaultProxy:
                 rule = proxy._take(operation)
                 if rule is None or rule.forward:
                     connection = HTTPConnection(upstream.hostname, upstream.port, timeout=30)
-                    headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                    connection.request("POST", self.path, body=body, headers=headers)
+                    # Host stays as received (http.client then adds none): it is part of the signature
+                    connection.request("POST", self.path, body=body, headers=dict(self.headers.items()))
                     reply = connection.getresponse()
                     status, payload, kind = reply.status, reply.read(), reply.getheader("Content-Type", "")
                     connection.close()
+                if rule is not None and rule.drop:
+                    self.close_connection = True         # the client sees the connection closed, no answer
+                    return
                 if rule is not None:
                     status = rule.status
                     if target:
