@@ -106,7 +106,9 @@ class Secret:
         return repr(self)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+        # bytes: compare_digest refuses str with non-ASCII characters (TypeError), and a stored
+        # value, or a part of one, may have them
+        return isinstance(other, Secret) and hmac.compare_digest(self._value.encode(), other._value.encode())
 
     def __hash__(self) -> int:
         return hash(self.fingerprint)

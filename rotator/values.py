@@ -87,6 +87,11 @@ class Layout:
             for name in self.names:
                 out.pop(name, None)
             return out
+        if value.parts is not None and not self.plain:
+            extra = [part for part, _ in value.parts if part not in {p for p, _ in self.fields}]
+            if extra:       # written, they would be lost, and the value read back would differ
+                raise LayoutError("this value has " + ", ".join(f"part '{p}'" for p in extra)
+                                  + f" but the target has no field for it ({self.describe()})")
         new = {name: None for name in self.names if name not in out}
         if new:
             out = {**new, **out}
