@@ -1,4 +1,5 @@
-"""The JSON document a key-value backend stores per target, shared by the file and Vault backends.
+"""The JSON document a key-value backend stores per target, shared by the file, Vault and
+Parameter Store backends.
 
 ::
 
@@ -6,18 +7,27 @@
      "rotator": {"format": 1, "pending": "<new>", "previous": "<old>",
                  "meta": {...}, "record": {...}}}
 
-Applications read the configured field; everything rotator needs sits under ``rotator``. Parsing
-raises :class:`PayloadError` whose message names the part that is wrong, never a value. Nothing
-here does I/O.
+Applications read the configured field; everything rotator needs sits under ``rotator``. A value
+made of several parts (an AWS access key) takes one field per part, and its pending and previous
+slots are objects of parts (:mod:`rotator.values`)::
+
+    {"aws_access_key_id": "AKIA...", "aws_secret_access_key": "...",
+     "rotator": {"format": 1, "previous": {"access_key_id": "...", "secret_access_key": "..."}}}
+
+Parsing raises :class:`PayloadError` whose message names the part that is wrong, never a value.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
+
+from pydantic import AfterValidator, Field
 
 from rotator.models import RECORD_FORMAT, KeyRef, RotationRecord, Secret, Snapshot
 from rotator.timeutil import format_instant
+from rotator.values import Layout, LayoutError, decode_slot, encode_slot
 
 SECTION = "rotator"
 PAYLOAD_FORMAT = 1
@@ -31,11 +41,40 @@ class NothingPending(PayloadError):
     """A promote with an empty pending slot: a caller's mistake, not a corrupt payload."""
 
 
+class LayoutMismatch(PayloadError):
+    """A value that does not fit the target's fields (a value of parts for a plain field, a part
+    the target has no field for): a configuration mismatch, not a corrupt payload."""
+
+
 def reserved_field(text: str) -> str:
     """Validator for a target's ``field``: the section's own name is taken."""
     if text == SECTION:
         raise ValueError(f"'{SECTION}' is reserved for rotator's own section")
     return text
+
+
+def _distinct(fields: dict[str, str] | None) -> dict[str, str] | None:
+    if fields and len(set(fields.values())) != len(fields):
+        raise ValueError("two parts cannot share one field")
+    return fields or None
+
+
+#: A field name, checked as every backend checks a target's ``field``.
+FieldName = Annotated[str, Field(min_length=1), AfterValidator(reserved_field)]
+#: A target's ``fields`` (part -> JSON field) for a value made of several parts; ``None`` (or an
+#: empty table) for a plain value.
+TargetFields = Annotated[dict[str, FieldName] | None, AfterValidator(_distinct)]
+
+
+def frozen_fields(fields: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+    """A target's ``fields`` as (part, field) pairs in the given order: hashable, so targets stay
+    usable as dict keys; ``None`` for a plain value."""
+    return tuple(fields.items()) if fields else None
+
+
+def layout_of(field: str, fields: tuple[tuple[str, str], ...] | None) -> Layout:
+    """Where a target's value sits: one field per part when it has ``fields``, else ``field``."""
+    return Layout(fields) if fields else Layout.of(field)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +87,10 @@ class Document:
     meta: Mapping[str, Any] | None = None       # not read back: every write sets it afresh
 
     @classmethod
-    def parse(cls, data: Any, field: str) -> Document:
+    def parse(cls, data: Any, layout: Layout | str) -> Document:
+        """The document in ``data`` (the stored JSON object), its value where ``layout`` (or the
+        field it names) says."""
+        layout = _layout(layout)
         if data is None:
             return cls()
         if not isinstance(data, Mapping):
@@ -65,11 +107,15 @@ class Document:
         record = section.get("record")
         if record is not None and not isinstance(record, Mapping):
             raise PayloadError(f"'{SECTION}.record' is a JSON {kind(record)}, expected an object")
+        try:
+            current = layout.read(data)
+        except LayoutError as exc:
+            raise PayloadError(str(exc)) from None
         return cls(
             app=dict(data),
-            current=_slot(data.get(field), f"field '{field}'"),
-            pending=_slot(section.get("pending"), f"'{SECTION}.pending'"),
-            previous=_slot(section.get("previous"), f"'{SECTION}.previous'"),
+            current=current,
+            pending=_slot(section.get("pending"), f"'{SECTION}.pending'", layout),
+            previous=_slot(section.get("previous"), f"'{SECTION}.previous'", layout),
             record=record,
         )
 
@@ -81,19 +127,23 @@ class Document:
             raise NothingPending("nothing is pending, so there is nothing to promote")
         return self.evolve(current=self.pending, previous=self.current, pending=None)
 
-    def encode(self, field: str, *, section_always: bool = True) -> dict[str, Any]:
-        """The object to store: a new dict; the application's other fields keep their place.
-        ``section_always`` False leaves out a section that would hold nothing but its format."""
+    def encode(self, layout: Layout | str, *, section_always: bool = True) -> dict[str, Any]:
+        """The object to store: a new dict; the application's other fields keep their place (a
+        new field goes first). ``section_always`` False leaves out a section that would hold
+        nothing but its format. A value that does not fit ``layout`` is a LayoutMismatch."""
+        layout = _layout(layout)
         out = {key: value for key, value in self.app.items() if key != SECTION}
-        if self.current is not None:
-            if field not in out:
-                out = {field: None, **out}      # a new field goes first; an existing one keeps its place
-            out[field] = self.current.reveal()
         section: dict[str, Any] = {"format": PAYLOAD_FORMAT}
-        for name in ("pending", "previous"):
-            value = getattr(self, name)
-            if value is not None:
-                section[name] = value.reveal()
+        try:
+            if self.current is not None:
+                out = layout.write(out, self.current)
+            for name in ("pending", "previous"):
+                value = getattr(self, name)
+                if value is not None:
+                    _fits(value, layout, f"'{SECTION}.{name}'")
+                    section[name] = encode_slot(value)
+        except LayoutError as exc:
+            raise LayoutMismatch(str(exc)) from None
         if self.meta:
             section["meta"] = dict(self.meta)
         if self.record:
@@ -149,9 +199,39 @@ def kind(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def _slot(value: Any, where: str) -> Secret | None:
+def _layout(layout: Layout | str) -> Layout:
+    return Layout.of(layout) if isinstance(layout, str) else layout
+
+
+def _slot(value: Any, where: str, layout: Layout) -> Secret | None:
+    """A pending/previous slot: a string for a plain value, an object of exactly the layout's
+    parts otherwise."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str):
-        raise PayloadError(f"{where} is a JSON {kind(value)}, expected a string")
-    return Secret(value)
+    if layout.plain:
+        if not isinstance(value, str):
+            raise PayloadError(f"{where} is a JSON {kind(value)}, expected a string")
+        return Secret(value)
+    if not isinstance(value, Mapping):
+        raise PayloadError(f"{where} is a JSON {kind(value)}, expected an object of parts")
+    try:
+        secret = decode_slot(value, where)
+        _fits(secret, layout, where)
+    except LayoutError as exc:
+        raise PayloadError(str(exc)) from None
+    return secret
+
+
+def _fits(value: Secret, layout: Layout, where: str) -> None:
+    """A LayoutError unless ``value`` has exactly the parts of ``layout`` (a plain value for a
+    plain layout)."""
+    wanted = None if layout.plain else sorted(part for part, _ in layout.fields)
+    found = None if value.parts is None else sorted(part for part, _ in value.parts)
+    if found == wanted:
+        return
+    if wanted is None:
+        raise LayoutError(f"{where} holds a value of parts, but the target has one field")
+    expected = ", ".join(f"'{part}'" for part in wanted)
+    if found is None:
+        raise LayoutError(f"{where} holds a plain value, expected the parts {expected}")
+    raise LayoutError(f"{where} does not hold the parts {expected}")

@@ -30,13 +30,18 @@ from rotator.errors import (
 from rotator.interfaces import Finding, ProviderContext
 from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, Snapshot
 from rotator.validation import StrictModel, parse
+from rotator.values import Layout
 
 from rotator_providers.document import (
     Document,
+    LayoutMismatch,
     NothingPending,
     PayloadError,
+    TargetFields,
     describe,
+    frozen_fields,
     kind,
+    layout_of,
     meta_fields,
     reserved_field,
 )
@@ -82,6 +87,7 @@ def _mode_bits(text: str) -> int | None:
 class FileTargetSpec(StrictModel):
     path: str = Field(min_length=1)
     field: str = Field(default="api_key", min_length=1)
+    fields: TargetFields = None
 
     @field_validator("path")
     @classmethod
@@ -102,17 +108,23 @@ class FileTargetSpec(StrictModel):
 class FileTarget:
     path: Path
     field: str
+    #: (part, JSON field) pairs when the value has several parts; None for a plain value.
+    fields: tuple[tuple[str, str], ...] | None = None
 
     @property
     def label(self) -> str:
         return f"file:{self.path}"
 
     @property
+    def layout(self) -> Layout:
+        return layout_of(self.field, self.fields)
+
+    @property
     def addresses(self) -> frozenset[tuple[str, ...]]:
         """The file this target addresses (see :class:`rotator.interfaces.Target`): its path with
         every symlink and ``..`` resolved, so ``a/../b.json``, ``./b.json``, a path through a
         symlinked directory and the absolute path (from any backend's ``directory``) are one place.
-        Resolved when asked, so equality and hashing stay those of ``path`` and ``field``."""
+        Resolved when asked, so equality and hashing stay those of ``path`` and the fields."""
         return frozenset({("file", os.path.realpath(self.path))})
 
     @property
@@ -145,14 +157,14 @@ class FileBackend:
         entry = {key: value for key, value in spec.items() if key != "backend"}
         parsed = parse(FileTargetSpec, entry, f"backends.{self.name} target")
         path = Path(os.path.abspath(self._directory / Path(parsed.path).expanduser()))
-        return FileTarget(path=path, field=parsed.field)
+        return FileTarget(path=path, field=parsed.field, fields=frozen_fields(parsed.fields))
 
     def read(self, target: FileTarget) -> Snapshot:
         with self._edge("read", target):
             raw = _read_bytes(target.path)
             if raw is None:
                 return Snapshot()
-            return _parse(raw, target.field).snapshot(_digest(raw))
+            return _parse(raw, target.layout).snapshot(_digest(raw))
 
     def write_record(self, target: FileTarget, record: RotationRecord, *, expect: str | None) -> str:
         return self._commit("write_record", target, record, expect, lambda doc: doc)
@@ -291,8 +303,8 @@ class FileBackend:
                                              f" found {_short(found)})")
                 if raw is None and not self._settings.create_if_missing:
                     raise _Problem(SecretMissing, "does not exist and create_if_missing is false")
-                before = Document() if raw is None else _parse(raw, target.field)
-                data = _encode(change(before), target.field)
+                before = Document() if raw is None else _parse(raw, target.layout)
+                data = _encode(change(before), target.layout)
                 if data != raw:
                     _replace_atomically(target.path, data, self._mode)
                 return _digest(data)
@@ -322,7 +334,7 @@ class FileBackend:
         where = target.label
         if isinstance(exc, _Problem):
             return exc.kind(f"{where}: {exc}", provider=self.name)
-        if isinstance(exc, NothingPending):
+        if isinstance(exc, (NothingPending, LayoutMismatch)):
             return BackendError(f"{where}: {exc}", provider=self.name)
         if isinstance(exc, PayloadError):
             return CorruptPayload(f"{where}: {exc}", provider=self.name)
@@ -355,12 +367,12 @@ def _decode_object(raw: bytes) -> dict[str, Any]:
     return doc
 
 
-def _parse(raw: bytes, field: str) -> Document:
-    return Document.parse(_decode_object(raw), field)
+def _parse(raw: bytes, layout: Layout) -> Document:
+    return Document.parse(_decode_object(raw), layout)
 
 
-def _encode(doc: Document, field: str) -> bytes:
-    return (json.dumps(doc.encode(field), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+def _encode(doc: Document, layout: Layout) -> bytes:
+    return (json.dumps(doc.encode(layout), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 

@@ -241,6 +241,84 @@ def assert_names_path_without_content(error: Exception, target) -> None:
     assert error.__cause__ is None and error.__suppress_context__
 
 
+# --- values made of several parts ----------------------------------------------------------------
+
+PARTS = {"access_key_id": "aws_access_key_id", "secret_access_key": "aws_secret_access_key"}
+
+
+def access_key(tag: str) -> Secret:
+    return Secret.of_parts({"access_key_id": f"AKIA{tag.upper():0>16}",
+                            "secret_access_key": f"wJalrXUtnFEMI/K7MDENG/{tag}/DONOTECHO"})
+
+
+@pytest.fixture
+def parts_target(backend):
+    return backend.target({"path": "app/aws.json", "fields": PARTS})
+
+
+def test_parts_on_disk_shape_is_the_documented_one(backend, parts_target):
+    """docs/backends/file.md, "Values with several parts": one field per part, new fields first in
+    the issuer's order, pending and previous as objects of parts under ``rotator``."""
+    write_raw(parts_target, json.dumps({"region": "eu-west-1"}))
+    old, new, pending = access_key("old"), access_key("new"), access_key("next")
+    version = backend.read(parts_target).version
+    version = backend.stage(parts_target, old, RotationRecord(phase=Phase.STAGED), expect=version)
+    version = backend.promote(parts_target, RotationRecord(current=ref(old)), expect=version)
+    version = backend.stage(parts_target, new, RotationRecord(phase=Phase.STAGED), expect=version)
+    version = backend.promote(parts_target, RotationRecord(current=ref(new)), expect=version)
+    backend.stage(parts_target, pending, RotationRecord(phase=Phase.STAGED), expect=version)
+
+    doc = load(parts_target)
+
+    assert list(doc) == ["aws_access_key_id", "aws_secret_access_key", "region", "rotator"]
+    assert doc["aws_access_key_id"] == new.part("access_key_id")
+    assert doc["aws_secret_access_key"] == new.part("secret_access_key")
+    assert doc["rotator"]["previous"] == dict(old.parts)
+    assert doc["rotator"]["pending"] == dict(pending.parts)
+    assert doc["rotator"]["meta"]["last4"] == new.part("access_key_id")[-4:]
+    assert doc["rotator"]["meta"]["fingerprint"] == new.fingerprint
+    assert "DONOTECHO" not in json.dumps([doc["rotator"]["meta"], doc["rotator"]["record"]])
+
+
+def test_parts_renamed_field_is_what_applications_read(backend):
+    target = backend.target({"path": "aws.json",
+                             "fields": {**PARTS, "secret_access_key": "AWS_SECRET_ACCESS_KEY"}})
+    value = access_key("renamed")
+    backend.deploy(target, value, None, ref(value))
+
+    assert load(target)["AWS_SECRET_ACCESS_KEY"] == value.part("secret_access_key")
+    assert "aws_secret_access_key" not in load(target) and "api_key" not in load(target)
+    assert backend.read(target).current == value
+
+
+@pytest.mark.parametrize(("section", "expected"), [
+    ({"pending": "AKIA0000000000PLAIN"}, "'rotator.pending' is a JSON string, expected an object of parts"),
+    ({"previous": {"access_key_id": "AKIA0000000000000001"}},
+     "'rotator.previous' does not hold the parts 'access_key_id', 'secret_access_key'"),
+    ({"pending": {"access_key_id": "AKIA0000000000000001", "secret_access_key": 7}},
+     "'rotator.pending' is a JSON object, expected a string or an object of strings"),
+    ({"previous": {"access_key_id": "AKIA0000000000000001", "secret_access_key": "s", "session": "t"}},
+     "'rotator.previous' does not hold the parts"),
+])
+def test_parts_slot_that_does_not_hold_the_targets_parts_is_corrupt(backend, parts_target, section, expected):
+    value = access_key("current")
+    write_raw(parts_target, json.dumps({"aws_access_key_id": value.part("access_key_id"),
+                                        "aws_secret_access_key": value.part("secret_access_key"),
+                                        "rotator": section}))
+
+    with pytest.raises(CorruptPayload, match=expected) as caught:
+        backend.read(parts_target)
+
+    assert "DONOTECHO" not in str(caught.value) and "AKIA0000" not in str(caught.value)
+
+
+def test_parts_slot_on_a_plain_target_is_corrupt(backend, target):
+    write_raw(target, json.dumps({"api_key": "x", "rotator": {"previous": dict(access_key("p").parts)}}))
+
+    with pytest.raises(CorruptPayload, match="'rotator.previous' is a JSON object, expected a string"):
+        backend.read(target)
+
+
 # --- compare-and-swap and atomicity ------------------------------------------------------------
 
 def test_a_hand_edit_between_read_and_write_is_a_conflict(backend, target):
