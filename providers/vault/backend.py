@@ -28,8 +28,10 @@ from rotator.interfaces import Finding, ProviderContext
 from rotator.models import BackendCapabilities, KeyRef, RotationRecord, Secret, Snapshot
 from rotator.redact import redact
 from rotator.validation import parse
+from rotator.values import Layout
 
 from rotator_providers.addresses import normal_url
+from rotator_providers.document import LayoutMismatch, frozen_fields, layout_of
 from rotator_providers.vault.connection import Call, Connection, api_url, route_problem
 from rotator_providers.vault.payload import (
     METADATA_PREFIX,
@@ -52,6 +54,8 @@ class VaultTarget:
     field: str
     namespace: str | None = None
     kv_version: int = 2
+    #: (part, JSON field) pairs when the value has several parts; None for a plain value.
+    fields: tuple[tuple[str, str], ...] | None = None
     #: The server's address (the backend's ``url``), set by the backend's ``target()`` for
     #: :attr:`addresses`; not part of equality or hashing.
     url: str = dataclasses.field(default="", compare=False, repr=False)
@@ -59,6 +63,10 @@ class VaultTarget:
     @property
     def label(self) -> str:
         return f"vault:{self._ns}{self.mount}/{self.path}"
+
+    @property
+    def layout(self) -> Layout:
+        return layout_of(self.field, self.fields)
 
     @property
     def addresses(self) -> frozenset[tuple[str, ...]]:
@@ -124,7 +132,8 @@ class VaultKVBackend:
         parsed = parse(VaultTargetSpec, entry, f"backends.{self.name} target")
         return VaultTarget(mount=parsed.mount_point or self._settings.mount_point, path=parsed.path,
                            field=parsed.field, namespace=self._settings.namespace,
-                           kv_version=self._settings.kv_version, url=self._settings.url)
+                           kv_version=self._settings.kv_version, fields=frozen_fields(parsed.fields),
+                           url=self._settings.url)
 
     def read(self, target: VaultTarget) -> Snapshot:
         if target.kv_version == 1:
@@ -230,7 +239,7 @@ class VaultKVBackend:
             base, created = self._version(op, target, expect), False
         for attempt in (0, 1):
             doc = change(self._parse(target, base.data if base else None))
-            data = doc.evolve(record=record.to_dict()).encode(target.field, section_always=False)
+            data = self._encode(target, doc.evolve(record=record.to_dict()))
             cas = base.version if base else 0
             try:
                 version = self._put(op, target, data, cas)
@@ -264,7 +273,7 @@ class VaultKVBackend:
                                         provider=self.name)
                 self._check_mount("deploy", target)
             doc = self._parse(target, base.data if exists else None)
-            data = doc.evolve(current=current, previous=previous).encode(target.field, section_always=False)
+            data = self._encode(target, doc.evolve(current=current, previous=previous))
             if exists and data == base.data:
                 if not fresh:             # the cache says "nothing to do": confirm with a read
                     base, fresh = self._fetch("deploy.read", target), True
@@ -418,7 +427,7 @@ class VaultKVBackend:
             self._check_mount("deploy", target)
         doc = self._parse(target, data)
         meta = meta_fields(ref) if self._settings.custom_metadata else None
-        wanted = doc.evolve(current=current, previous=previous, meta=meta or None).encode(target.field, section_always=False)
+        wanted = self._encode(target, doc.evolve(current=current, previous=previous, meta=meta or None))
         if wanted == data:
             return
         capability = "create" if data is None else "update"
@@ -429,9 +438,16 @@ class VaultKVBackend:
 
     def _parse(self, target: VaultTarget, data: Mapping[str, Any] | None) -> Document:
         try:
-            return Document.parse(data, target.field)
+            return Document.parse(data, target.layout)
         except PayloadError as exc:
             raise CorruptPayload(f"{target.label}: {exc}", provider=self.name) from None
+
+    def _encode(self, target: VaultTarget, doc: Document) -> dict[str, Any]:
+        """The KV data to write (no section that would hold only its format)."""
+        try:
+            return doc.encode(target.layout, section_always=False)
+        except LayoutMismatch as exc:
+            raise BackendError(f"{target.label}: {exc}", provider=self.name) from None
 
     def _record(self, target: VaultTarget, doc: Document) -> RotationRecord | None:
         try:

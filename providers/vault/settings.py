@@ -15,7 +15,7 @@ from rotator.credentials import check_reference
 from rotator.timeutil import parse_duration
 from rotator.validation import StrictModel, insecure_http_problem, insecure_http_warning, parse
 
-from rotator_providers.document import reserved_field
+from rotator_providers.document import TargetFields, reserved_field
 
 DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
@@ -168,6 +168,7 @@ def load_settings(raw: Mapping[str, Any], where: str) -> VaultSettings:
 class VaultTargetSpec(StrictModel):
     path: str = Field(min_length=1)
     field: str = Field(default="api_key", min_length=1)
+    fields: TargetFields = None
     mount_point: Mount | None = None
 
     @field_validator("path")
