@@ -37,7 +37,7 @@ from rotator_providers.aws.common import DENIED, AwsBackend, in_region
 from rotator_providers.aws.session import AwsFailure
 from rotator_providers.aws.sm_payload import Problem
 from rotator_providers.aws.ssm_config import ParameterStoreSettings, ParameterTarget, ParameterTargetSpec
-from rotator_providers.document import Document, PayloadError, kind, meta_fields
+from rotator_providers.document import Document, LayoutMismatch, PayloadError, frozen_fields, kind, meta_fields
 from rotator.errors import (
     BackendError,
     BackendPermissionError,
@@ -80,7 +80,8 @@ class ParameterStoreBackend(AwsBackend[ParameterTarget]):
 
     def target(self, spec: Mapping[str, Any]) -> ParameterTarget:
         parsed = self._target_spec(ParameterTargetSpec, spec)
-        return ParameterTarget(parsed.name, self._region(parsed.region), parsed.field, place=self._place)
+        return ParameterTarget(parsed.name, self._region(parsed.region), parsed.field,
+                               fields=frozen_fields(parsed.fields), place=self._place)
 
     # --- the Protocol ------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class ParameterStoreBackend(AwsBackend[ParameterTarget]):
             raise Problem(CorruptPayload, f"version {version}: the top level is a JSON {kind(data)},"
                                           " expected an object")
         try:
-            doc = Document.parse(data, target.field)
+            doc = Document.parse(data, target.layout)
         except PayloadError as exc:
             raise Problem(CorruptPayload, f"version {version}: {exc}") from None
         return version, doc, data
@@ -238,7 +239,7 @@ class ParameterStoreBackend(AwsBackend[ParameterTarget]):
                                              " create_if_missing is false; create it as a SecureString, or"
                                              " set create_if_missing = true")
             wanted = Document().evolve(current=current, previous=previous, meta=described)
-            content = _encode(wanted, target.field)
+            content = _text(_encode(wanted, target))
             try:
                 self._put(target, content, create=True)
                 return
@@ -253,11 +254,10 @@ class ParameterStoreBackend(AwsBackend[ParameterTarget]):
         if parameter.get("Type") != SECURE:
             raise Problem(BackendError, _not_secure(target, parameter.get("Type")))
         _, doc, stored = self._parse(parameter, target)
-        data = doc.evolve(current=current, previous=previous, meta=described).encode(
-            target.field, section_always=False)
+        data = _encode(doc.evolve(current=current, previous=previous, meta=described), target)
         if data == stored:
             return                                       # already so: nothing to write
-        self._put(target, json.dumps(data, ensure_ascii=False, separators=(",", ":")), create=False)
+        self._put(target, _text(data), create=False)
 
     def _put(self, target: ParameterTarget, content: str, *, create: bool) -> None:
         """PutParameter as a SecureString: a new parameter with its tags and description, or an
@@ -317,8 +317,17 @@ def _snapshot(parsed: tuple[str, Document, Any]) -> Snapshot:
     return Snapshot(version=version, current=doc.current, previous=doc.previous)
 
 
-def _encode(doc: Document, field: str) -> str:
-    return json.dumps(doc.encode(field, section_always=False), ensure_ascii=False, separators=(",", ":"))
+def _encode(doc: Document, target: ParameterTarget) -> dict[str, Any]:
+    """The JSON object to store (no section that would hold only its format)."""
+    try:
+        return doc.encode(target.layout, section_always=False)
+    except LayoutMismatch as exc:
+        raise Problem(BackendError, str(exc)) from None
+
+
+def _text(data: Mapping[str, Any]) -> str:
+    """A parameter's value: the object as compact JSON."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def _not_secure(target: ParameterTarget, found_type: Any) -> str:

@@ -12,7 +12,9 @@ import re
 from pydantic import Field, field_validator
 
 from rotator_providers.aws.common import Attempts, AwsSettings, Region, TargetField, Timeout, place_of
+from rotator_providers.document import TargetFields, layout_of
 from rotator.validation import StrictModel
+from rotator.values import Layout
 
 __all__ = ["NAME_LIMIT", "ParameterStoreSettings", "ParameterTarget", "ParameterTargetSpec", "name_problem",
            "place_of"]
@@ -61,6 +63,7 @@ class ParameterStoreSettings(AwsSettings):
 class ParameterTargetSpec(StrictModel):
     name: str
     field: TargetField = "api_key"
+    fields: TargetFields = None
     region: Region = None
 
     @field_validator("name")
@@ -79,6 +82,8 @@ class ParameterTarget:
     name: str
     region: str | None
     field: str
+    #: (part, JSON field) pairs when the value has several parts; None for a plain value.
+    fields: tuple[tuple[str, str], ...] | None = None
     #: Where the backend sends its calls and whose account it acts in (see
     #: :func:`rotator_providers.aws.common.place_of`), set by the backend's ``target()`` for
     #: :attr:`addresses`; not part of equality or hashing.
@@ -88,6 +93,10 @@ class ParameterTarget:
     def label(self) -> str:
         where = f"{self.region}:" if self.region else ""
         return f"aws-ssm:{where}{self.name}"
+
+    @property
+    def layout(self) -> Layout:
+        return layout_of(self.field, self.fields)
 
     @property
     def addresses(self) -> frozenset[tuple[str, ...]]:
