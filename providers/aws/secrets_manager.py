@@ -40,6 +40,7 @@ from rotator_providers.aws.sm_config import (
     SecretsManagerTargetSpec,
 )
 from rotator_providers.aws.sm_payload import Doc, Problem, Ref, describing, meta_of, token
+from rotator_providers.document import frozen_fields
 from rotator.errors import (
     BackendError,
     BackendPermissionError,
@@ -104,7 +105,7 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
                                   f" region in the secret's ARN ({arn['region']})")
             region = arn["region"]
         return SecretsManagerTarget(parsed.secret_id, self._region(region), parsed.field, parsed.replica,
-                                    place=self._place)
+                                    fields=frozen_fields(parsed.fields), place=self._place)
 
     # --- the Protocol ------------------------------------------------------------------------
 
@@ -315,7 +316,7 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
         self._writable(target)
         base = self._base(target, expect)
         pending = base.plain().evolve(current=value, meta=describing(value, record.pending))
-        content = pending.encode(target.field)
+        content = pending.encode(target.layout)
         pending_id = token("pending", record.rotation_id, expect, content)
         doc = base.evolve(pending=Ref(pending_id, value.fingerprint), record=record.to_dict(),
                           meta=_meta(base, base.current, record.current))
@@ -372,7 +373,7 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
               expect: str | None, kind: str) -> str:
         """Write ``doc`` as the new head: create the secret (``expect`` None), or put a version
         and move AWSCURRENT onto it from ``expect`` — the compare-and-swap."""
-        content = doc.encode(target.field)
+        content = doc.encode(target.layout)
         version = token(kind, record.rotation_id if record else None, expect, content)
         if expect is None:
             self._create(target, content, version, first_only=True)
@@ -468,14 +469,14 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
         prev_ref, prev_put = self._previous_for(target, head, previous, meta)
         doc = base.evolve(current=current, previous=prev_ref, meta=wanted_meta)
         if head is None:
-            content = doc.encode(target.field)
+            content = doc.encode(target.layout)
             version = token("deploy", meta.rotation_id, None, content)
             self._create(target, content, version, first_only=False)
             self._remember(target, _Head(version, doc))
         elif base.record is not None:                    # a primary's head: change it by CAS too
             self._swap(target, doc, None, head.version, "deploy")
         else:
-            content = doc.encode(target.field)
+            content = doc.encode(target.layout)
             version = token("deploy", meta.rotation_id, head.version, content)
             self._put(target, content, version, None)    # AWSCURRENT here, AWSPREVIOUS to the old head
             self._remember(target, _Head(version, doc))
@@ -499,7 +500,7 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
         if head is not None and _fp(head.doc.previous) == previous.fingerprint:
             return head.doc.previous, None
         base = head.doc.plain() if head is not None else Doc()
-        content = base.evolve(current=previous, meta=describing(previous)).encode(target.field)
+        content = base.evolve(current=previous, meta=describing(previous)).encode(target.layout)
         version = token("previous", meta.rotation_id, head.version if head else None, content)
         return Ref(version, previous.fingerprint), (version, content)
 
@@ -631,7 +632,7 @@ def _matching(entry: Mapping[str, Any], chunk: Mapping[str, list[SecretsManagerT
 
 def _parse(answer: Mapping[str, Any], target: SecretsManagerTarget) -> Doc:
     try:
-        return Doc.parse(answer.get("SecretString"), target.field)
+        return Doc.parse(answer.get("SecretString"), target.layout)
     except Problem as problem:
         raise Problem(problem.kind, f"version {_short(str(answer.get('VersionId')))} {problem}") from None
 

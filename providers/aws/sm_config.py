@@ -16,7 +16,9 @@ from rotator_providers.aws.common import (
     place_of,
     region_name,
 )
+from rotator_providers.document import TargetFields, layout_of
 from rotator.validation import StrictModel
+from rotator.values import Layout
 
 __all__ = ["ARN_PATTERN", "SecretsManagerSettings", "SecretsManagerTarget", "SecretsManagerTargetSpec", "place_of"]
 
@@ -55,6 +57,7 @@ class SecretsManagerSettings(AwsSettings):
 class SecretsManagerTargetSpec(StrictModel):
     secret_id: str = Field(min_length=1, max_length=2048)
     field: TargetField = "api_key"
+    fields: TargetFields = None
     region: Region = None
     replica: bool = False
 
@@ -74,6 +77,8 @@ class SecretsManagerTarget:
     region: str | None
     field: str
     replica: bool = False
+    #: (part, JSON field) pairs when the value has several parts; None for a plain value.
+    fields: tuple[tuple[str, str], ...] | None = None
     #: Where the backend sends its calls and whose account it acts in, set by the backend's
     #: ``target()`` for :attr:`addresses`; not part of equality or hashing (see :func:`place_of`).
     place: tuple[str, str] = dataclasses.field(default=("", ""), compare=False, repr=False)
@@ -83,6 +88,10 @@ class SecretsManagerTarget:
         if ARN_PATTERN.fullmatch(self.secret_id):
             return f"aws-sm:{self.secret_id}"
         return f"aws-sm:{self.region}/{self.secret_id}" if self.region else f"aws-sm:{self.secret_id}"
+
+    @property
+    def layout(self) -> Layout:
+        return layout_of(self.field, self.fields)
 
     @property
     def is_arn(self) -> bool:

@@ -1,7 +1,8 @@
 """The JSON a Secrets Manager version holds, and the ClientRequestTokens rotator writes it with.
 
-A version's ``SecretString`` is the application's JSON object: the key in ``field``, any fields an
-application put there, and rotator's own section::
+A version's ``SecretString`` is the application's JSON object: the key in ``field`` (a key made of
+several parts: one field per part, as the target's ``fields`` say, :mod:`rotator.values`), any
+fields an application put there, and rotator's own section::
 
     {"api_key": "<key>", "endpoint": "...",
      "rotator": {"format": 1,
@@ -25,6 +26,7 @@ from typing import Any, Mapping
 from rotator.errors import BackendError, CorruptPayload
 from rotator.models import RECORD_FORMAT, KeyRef, RotationRecord, Secret
 from rotator.timeutil import format_instant
+from rotator.values import Layout, LayoutError
 
 from rotator_providers.document import SECTION, kind
 
@@ -73,7 +75,9 @@ class Doc:
     record: Mapping[str, Any] | None = None
 
     @classmethod
-    def parse(cls, text: str | None, field: str) -> Doc:
+    def parse(cls, text: str | None, layout: Layout | str) -> Doc:
+        """The payload in ``text``, its key where ``layout`` (or the field it names) says."""
+        layout = _layout(layout)
         if text is None:
             raise Problem(CorruptPayload, "holds a binary value (SecretBinary), expected a JSON object string")
         try:
@@ -96,9 +100,13 @@ class Doc:
         if record is not None and not isinstance(record, dict):
             raise Problem(CorruptPayload, f"'{SECTION}.record' is a JSON {kind(record)}, expected an object")
         meta = section.get("meta")
+        try:
+            current = layout.read(app)
+        except LayoutError as exc:
+            raise Problem(CorruptPayload, str(exc)) from None
         return cls(
             app=app,
-            current=_value(app.get(field), f"field '{field}'"),
+            current=current,
             pending=Ref.parse(section.get("pending"), f"{SECTION}.pending"),
             previous=Ref.parse(section.get("previous"), f"{SECTION}.previous"),
             meta=meta if isinstance(meta, dict) else None,
@@ -112,14 +120,14 @@ class Doc:
         """The application's part only: same fields, no rotator section (for a new version)."""
         return Doc(app={k: v for k, v in self.app.items() if k != SECTION}, current=self.current)
 
-    def encode(self, field: str) -> str:
-        out = dict(self.app)
-        if self.current is not None:
-            if field not in out:
-                out = {field: None, **out}    # a new field goes first; an existing one keeps its place
-            out[field] = self.current.reveal()
-        else:
-            out.pop(field, None)
+    def encode(self, layout: Layout | str) -> str:
+        """The SecretString to write: the key's fields set (a new field goes first, an existing one
+        keeps its place; no key: its fields removed), the application's other fields kept. A key
+        that does not fit ``layout`` is a BackendError (a configuration mismatch)."""
+        try:
+            out = _layout(layout).write(self.app, self.current)
+        except LayoutError as exc:
+            raise Problem(BackendError, str(exc)) from None
         section: dict[str, Any] = {"format": PAYLOAD_FORMAT}
         if self.meta:
             section["meta"] = dict(self.meta)
@@ -178,10 +186,6 @@ def token(kind: str, rotation_id: str | None, base: str | None, content: str) ->
     return str(uuid.uuid5(_TOKENS, f"{kind}\n{rotation_id or '-'}\n{base or '-'}\n{digest}"))
 
 
-def _value(value: Any, where: str) -> Secret | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise Problem(CorruptPayload, f"{where} is a JSON {kind(value)}, expected a string")
-    return Secret(value)
+def _layout(layout: Layout | str) -> Layout:
+    return Layout.of(layout) if isinstance(layout, str) else layout
 
