@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -10,8 +11,9 @@ from typing import Any, Callable
 
 import pytest
 
-from rotator.errors import BackendError, Conflict, RotatorError
+from rotator.errors import BackendError, ConfigError, Conflict, CorruptPayload, RotatorError
 from rotator.models import KeyRef, Phase, RotationRecord, Secret, Snapshot
+from rotator.values import Layout
 
 from .backends import CASES, BackendCase
 
@@ -108,8 +110,9 @@ def bootstrap(backend: Any, target: Any, value: Secret) -> str:
 
 
 def app_view(case: BackendCase, backend: Any, target: Any) -> str | None:
+    """The target's field as an application reads it."""
     if case.app_read is not None:
-        return case.app_read(backend, target)
+        return (case.app_read(backend, target) or {}).get(target.field)
     current = backend.read(target).current
     return None if current is None else current.reveal()
 
@@ -360,3 +363,265 @@ def messages(error: BaseException | None) -> list[str]:
         out += [str(error), repr(error), *map(str, error.args)]
         error = error.__cause__ or error.__context__
     return out
+
+
+# --- values made of several parts (an AWS access key: id and secret) ---------------------------
+
+DEFAULT_NAMES = {"access_key_id": "aws_access_key_id", "secret_access_key": "aws_secret_access_key"}
+RENAMED = {"access_key_id": "aws_access_key_id", "secret_access_key": "AWS_SECRET_ACCESS_KEY"}
+APP_FIELDS = {"endpoint": "https://iam.example.test", "profile": "web"}
+
+
+@pytest.fixture(params=[pytest.param(DEFAULT_NAMES, id="default-names"), pytest.param(RENAMED, id="renamed")])
+def names(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A target's ``fields``: part -> JSON field, in the issuer's part order (id first)."""
+    return request.param
+
+
+def new_parts() -> Secret:
+    return Secret.of_parts({"access_key_id": "AKIA" + uuid.uuid4().hex[:16].upper(),
+                            "secret_access_key": f"{uuid.uuid4().hex}/{uuid.uuid4().hex[:12]}"})
+
+
+def stored(value: Secret, names: dict[str, str]) -> dict[str, str]:
+    """The application's fields that hold ``value``: {field: part's string}."""
+    return {names[part]: text for part, text in value.parts}
+
+
+def app_fields(case: BackendCase, backend: Any, target: Any) -> dict[str, Any]:
+    """The value's fields as an application reads them (absent ones left out)."""
+    if case.app_read is None:
+        current = backend.read(target).current
+        return {} if current is None else {name: current.part(part) for part, name in target.layout.fields}
+    found = case.app_read(backend, target) or {}
+    return {name: found[name] for name in target.layout.names if name in found}
+
+
+def same_parts(found: Secret | None, wanted: Secret) -> bool:
+    """The same value, with its parts in the same order (the identifying part first)."""
+    return found == wanted and found.parts == wanted.parts and found.fingerprint == wanted.fingerprint
+
+
+def value_texts(*values: Secret) -> list[str]:
+    return [text for value in values for _, text in value.parts]
+
+
+def assert_no_part_in(error: BaseException, *values: Secret) -> None:
+    text = "\n".join(messages(error))
+    for part in value_texts(*values):
+        assert part not in text
+        assert part[-12:] not in text
+
+
+def needs(case: BackendCase, hook: str) -> Any:
+    found = getattr(case, hook)
+    if found is None:
+        pytest.skip(f"the {case.name} case has no {hook}")
+    return found
+
+
+def test_target_with_parts_is_hashable_and_lays_out_its_parts(backend, new_target, names):
+    plain, parted = new_target(), new_target(fields=names)
+
+    assert plain.layout == Layout.of(plain.field)
+    assert parted.layout == Layout.of("api_key", names)
+    assert parted.layout.names == tuple(names.values())
+    assert {parted: 1, plain: 2}[parted] == 1
+    unparted = dataclasses.replace(parted, fields=None)
+    assert unparted != parted                         # equality includes the fields
+    assert unparted.layout.plain
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"access_key_id": "aws_access_key_id", "secret_access_key": "rotator"}, "reserved"),
+    ({"access_key_id": "aws_access_key_id", "secret_access_key": ""}, "at least 1 character"),
+    ({"access_key_id": "key", "secret_access_key": "key"}, "share one field"),
+])
+def test_target_fields_with_parts_are_checked_like_field(new_target, fields, problem):
+    with pytest.raises(ConfigError) as caught:
+        new_target(fields=fields)
+
+    assert "fields" in str(caught.value) and problem in str(caught.value)
+
+
+def test_parts_stage_promote_read_round_trip(case, primary, new_target, names):
+    target = new_target(fields=names)
+    old, new = new_parts(), new_parts()
+
+    version = bootstrap(primary, target, old)
+    assert same_parts(primary.read(target).current, old)
+    assert app_fields(case, primary, target) == stored(old, names)
+
+    version = primary.stage(target, new, record(Phase.STAGED, rotation_id="r-2", pending=ref(new, "r-2")),
+                            expect=version)
+    snap = primary.read(target)
+    assert same_parts(snap.current, old) and same_parts(snap.pending, new)
+    assert app_fields(case, primary, target) == stored(old, names)      # the app sees the old key until promote
+
+    saved = record(Phase.GRACE, rotation_id="r-2", current=ref(new, "r-2"), previous=ref(old))
+    version = primary.promote(target, saved, expect=version)
+    snap = primary.read(target)
+    assert snap.version == version and snap.record == saved
+    assert same_parts(snap.current, new) and snap.pending is None
+    if primary.capabilities.keeps_previous:
+        assert same_parts(snap.previous, old)
+    assert app_fields(case, primary, target) == stored(new, names)
+
+
+def test_parts_pending_and_previous_slots_keep_parts(primary, new_target, names):
+    target = new_target(fields=names)
+    a, b, c = new_parts(), new_parts(), new_parts()
+    version = bootstrap(primary, target, a)
+    version = primary.stage(target, b, record(Phase.STAGED), expect=version)
+    version = primary.promote(target, record(Phase.GRACE), expect=version)
+    version = primary.stage(target, c, record(Phase.STAGED), expect=version)
+
+    version = primary.write_record(target, record(Phase.CLAIMED, owner="runner-b"), expect=version)
+
+    snap = primary.read(target)
+    assert same_parts(snap.current, b) and same_parts(snap.pending, c)
+    if primary.capabilities.keeps_previous:
+        assert same_parts(snap.previous, a)
+
+    version = primary.discard_pending(target, record(Phase.IDLE), expect=version)
+    assert primary.read(target).pending is None and same_parts(primary.read(target).current, b)
+
+
+def test_parts_deploy_round_trip_and_repeat_writes_nothing(case, backend, new_target, names):
+    target = new_target(fields=names)
+    first, second = new_parts(), new_parts()
+
+    backend.deploy(target, first, None, ref(first))
+    snap = backend.read(target)
+    assert same_parts(snap.current, first) and snap.previous is None
+    assert app_fields(case, backend, target) == stored(first, names)
+
+    backend.deploy(target, second, first, ref(second, "r-0002"))
+    snap = backend.read(target)
+    assert same_parts(snap.current, second)
+    if backend.capabilities.keeps_previous:
+        assert same_parts(snap.previous, first)
+    assert app_fields(case, backend, target) == stored(second, names)
+
+    if case.count_writes is not None:
+        with case.count_writes(backend, target) as writes:
+            backend.deploy(target, second, first, ref(second, "r-0002"))
+            assert writes() == 0
+
+
+def test_parts_are_written_in_one_store_write(case, backend, new_target, names):
+    count_writes = needs(case, "count_writes")
+    target = new_target(fields=names)
+    first, second = new_parts(), new_parts()
+
+    with count_writes(backend, target) as writes:
+        backend.deploy(target, first, None, ref(first))
+        assert writes() == 1
+    with count_writes(backend, target) as writes:
+        backend.deploy(target, second, first, ref(second, "r-0002"))
+        assert writes() == 1
+    assert app_fields(case, backend, target) == stored(second, names)
+
+
+def test_parts_are_never_stored_half_written(case, primary, new_target, names):
+    """Every version the store kept through a rotation holds all of a value's fields or none."""
+    history = needs(case, "history")
+    target = new_target(fields=names)
+    old, new = new_parts(), new_parts()
+    version = bootstrap(primary, target, old)
+    version = primary.stage(target, new, record(Phase.STAGED, pending=ref(new)), expect=version)
+    primary.promote(target, record(Phase.GRACE, current=ref(new), previous=ref(old)), expect=version)
+
+    versions = history(primary, target)
+    assert versions
+    for data in versions:
+        present = [name for name in names.values() if name in data]
+        assert present in ([], list(names.values())), present
+        if present:
+            value = Secret.of_parts({part: data[name] for part, name in names.items()})
+            assert value in (old, new)
+
+
+def test_parts_keep_the_applications_other_fields(case, backend, new_target, names):
+    app_write = needs(case, "app_write")
+    target = new_target(fields=names)
+    app_write(backend, target, dict(APP_FIELDS))
+    first, second = new_parts(), new_parts()
+
+    backend.deploy(target, first, None, ref(first))
+    backend.deploy(target, second, first, ref(second, "r-0002"))
+
+    seen = case.app_read(backend, target)
+    assert {key: seen.get(key) for key in APP_FIELDS} == APP_FIELDS
+    assert app_fields(case, backend, target) == stored(second, names)
+    assert same_parts(backend.read(target).current, second)
+
+
+def test_parts_fingerprint_does_not_depend_on_part_order(case, backend, new_target, names):
+    app_write = needs(case, "app_write")
+    target = new_target(fields=names)
+    key_id, secret = "AKIA" + uuid.uuid4().hex[:16].upper(), uuid.uuid4().hex * 2
+    # written by hand, secret first: the stored order is not the issuer's order
+    app_write(backend, target, {names["secret_access_key"]: secret, names["access_key_id"]: key_id, **APP_FIELDS})
+
+    current = backend.read(target).current
+
+    in_order = Secret.of_parts({"access_key_id": key_id, "secret_access_key": secret})
+    reversed_order = Secret.of_parts([("secret_access_key", secret), ("access_key_id", key_id)])
+    assert current.fingerprint == in_order.fingerprint == reversed_order.fingerprint
+    assert current == in_order == reversed_order
+    assert current.parts == in_order.parts            # the layout's order: the id first
+    assert current.last4 == key_id[-4:]
+
+
+def _half(names: dict[str, str], value: Secret) -> dict[str, Any]:
+    return {names["access_key_id"]: value.part("access_key_id"), **APP_FIELDS}
+
+
+def _wrong_type(names: dict[str, str], value: Secret) -> dict[str, Any]:
+    return {names["access_key_id"]: value.part("access_key_id"), names["secret_access_key"]: 918273645,
+            **APP_FIELDS}
+
+
+def _wrong_type_first(names: dict[str, str], value: Secret) -> dict[str, Any]:
+    return {names["access_key_id"]: [value.part("access_key_id")],
+            names["secret_access_key"]: value.part("secret_access_key"), **APP_FIELDS}
+
+
+@pytest.mark.parametrize("payload, named", [
+    pytest.param(_half, "secret_access_key", id="incomplete"),
+    pytest.param(_wrong_type, "secret_access_key", id="number"),
+    pytest.param(_wrong_type_first, "access_key_id", id="array"),
+])
+def test_parts_payload_incomplete_or_mistyped_is_corrupt(case, backend, new_target, names, payload, named):
+    app_write = needs(case, "app_write")
+    target = new_target(fields=names)
+    value = new_parts()
+    app_write(backend, target, payload(names, value))
+
+    error = raised(lambda: backend.read(target))
+
+    assert isinstance(error, CorruptPayload), error
+    assert f"'{names[named]}'" in str(error)
+    assert_no_part_in(error, value)
+    assert "918273645" not in "\n".join(messages(error))
+
+
+@pytest.mark.parametrize("fields, value_of", [
+    pytest.param(None, new_parts, id="parts-for-a-plain-field"),
+    pytest.param(DEFAULT_NAMES, new_secret, id="plain-for-parts"),
+    pytest.param({"access_key_id": "aws_access_key_id"}, new_parts, id="more-parts-than-fields"),
+])
+def test_parts_a_value_that_does_not_fit_the_fields_is_refused_before_any_write(backend, new_target, fields,
+                                                                               value_of):
+    target = new_target(fields=fields) if fields else new_target()
+    value = value_of()
+
+    error = raised(lambda: backend.deploy(target, value, None, ref(value)))
+
+    assert isinstance(error, BackendError) and not isinstance(error, (Conflict, CorruptPayload)), error
+    assert any(f"'{name}'" in str(error) for name in target.layout.names)
+    text = "\n".join(messages(error))
+    assert value.reveal() not in text
+    assert all(part not in text for _, part in value.parts or ())
+    assert backend.read(target) == Snapshot()
