@@ -236,6 +236,7 @@ class SecretSpec(StrictModel):
     targets: list[TargetEntry] = Field(min_length=1)
     key_name: str = DEFAULT_KEY_NAME
     field: str = "api_key"
+    fields: dict[str, str] | None = None   # keys with parts (aws_iam): part -> field, for every target
     lead_time: Duration | None = None
     grace: Duration | None = None
     create_if_missing: bool = True

@@ -149,6 +149,28 @@ class Engine:
                                           listing=shared.listings.at_hand(issuer))
                 except RotatorError as exc:
                     shared.problem(f"{secret}: stray key {entry.label()}: {redact(str(exc))}")
+            owners = [s.name for s in secrets if s.issuer is issuer]
+            if hasattr(issuer, "dormant_keys") and owners:
+                self.purge_dormant(issuer, shared, owners[0])
+
+    def purge_dormant(self, issuer: Issuer, shared: RunShared, secret: str) -> None:
+        """The second stage of a two-stage revoke (AWS IAM): delete the keys rotator deactivated
+        at least the issuer's ``delete_after`` ago, each through the gate. Keys deactivated by
+        someone else (no time noted) are left alone; ``rotator review`` shows them."""
+        after = getattr(issuer, "delete_after", None)
+        now = self.clock.now()
+        try:
+            dormant = issuer.dormant_keys()
+        except RotatorError as exc:
+            log.warning("could not list the deactivated keys of issuer %s: %s", issuer.name, redact(str(exc)))
+            return
+        for key in dormant:
+            if after is None or key.deactivated_on is None or key.deactivated_on + after > now:
+                continue
+            try:
+                shared.revoker.purge(Request(secret, Purpose.PURGE), issuer, key.key_id)
+            except RotatorError as exc:
+                shared.problem(f"{secret}: deleting deactivated key …{key.key_id[-4:]}: {redact(str(exc))}")
 
     def strays(self, issuer: Issuer, shared: RunShared, names: set[str]) -> list[tuple[str, KeyInfo]]:
         """Keys of ``issuer`` named like the keys of the secrets ``names`` (the run's) that no
@@ -160,9 +182,12 @@ class Engine:
                            + "; ".join(listing.problems[:3]) + "): stray keys may hide behind it; sweep not done")
             return []
         managed = [s for s in self.runtime.secrets if s.issuer is issuer and s.name in names]
-        patterns = [(s.name, review.name_pattern(s.spec.key_name, s.name)) for s in managed]
-        named = [(owner, k) for k in listing
-                 for owner in [next((n for n, p in patterns if p.match(k.name)), None)] if owner]
+        if not issuer.capabilities.named_keys:     # no names (AWS IAM): every key of the owner is rotator's
+            named = [(managed[0].name, k) for k in listing] if managed else []
+        else:
+            patterns = [(s.name, review.name_pattern(s.spec.key_name, s.name)) for s in managed]
+            named = [(owner, k) for k in listing
+                     for owner in [next((n for n, p in patterns if p.match(k.name)), None)] if owner]
         refs = [ref for record in shared.known(names) for ref in _refs(record)]
         named = [(owner, k) for owner, k in named if not any(ref.refers_to(k) for ref in refs)]
         if not named:            # every rotation-named key is one a record of this run names

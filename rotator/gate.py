@@ -25,7 +25,11 @@ The evidence a revoke needs (docs/rotation.md, "The revoke gate"):
 4. it is not the issuer's own credential (the admin key);
 5. every consumer gate has passed;
 6. a stray (found by the sweep, not by its own rotation) is older than the longest an issue
-   request can still be in flight.
+   request can still be in flight;
+7. where the issuer reports last use (AWS IAM) and requires it: the old key has not been used
+   since its replacement was deployed everywhere (beyond a slack), or not for ``quiet_for``;
+8. a key found in a listing (not named by a record) that the issuer says to keep (``kept``: a
+   key a person reactivated after rotator deactivated it) is left alone.
 
 ``revoke --compromised`` skips 2, 3 and 5 on purpose; 1 and 4 hold for every revoke.
 """
@@ -38,7 +42,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable
 
-from rotator.models import KeyInfo, KeyRef, Listing
+from rotator.models import KeyInfo, KeyRef, KeyUse, Listing, UsagePolicy
+from rotator.timeutil import format_duration
 
 MATCH_SKEW_SECONDS = 120
 _ROTATION_TAG = re.compile(r"\br-([0-9a-f]{8})\b")
@@ -53,6 +58,8 @@ class Purpose(str, enum.Enum):
     TWIN = "twin"                # a second key minted by a retried issue of the requester's rotation
     ORPHAN = "orphan"            # a key minted by a runner whose claim was taken over
     STRAY = "stray"              # a rotation-named key nothing relies on, found by the run's sweep
+    ROOM = "room"                # a key deleted to make room for a new one (an owner's key limit)
+    PURGE = "purge"              # a deactivated key deleted for good after ``delete_after``
     REVIEW = "review"            # a person chose it in `rotator audit`: every protection but the age rule
     COMPROMISED = "compromised"  # revoke --compromised: the one revoke allowed to break I1
 
@@ -97,6 +104,8 @@ class Evidence:
     admin: KeyRef | None = None
     admin_issuer: str = ""
     in_flight_since: datetime | None = None   # keys created after this may come from an issue in flight
+    use: KeyUse | None = None                  # the key's last use, where the issuer reports it
+    usage: UsagePolicy | None = None           # the issuer's rule for that evidence (None: not applied)
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,7 @@ class Request:
     claim: str | None = None
     by_value: bool = False       # the requester holds the value: several look-alikes may be told apart by it
     consumers: tuple[str, ...] = ()   # gate hooks that have not confirmed the key's replacement (rotator.hooks)
+    replaced_at: datetime | None = None   # when the key's replacement was deployed everywhere (usage evidence)
 
 
 @dataclass(frozen=True)
@@ -194,9 +204,32 @@ def _relied_on(request: Request, entry: KeyInfo, evidence: Evidence) -> str | No
                 f" {claim.owner} still owns")
     if request.consumers:
         return waiting_for(request.consumers)
-    if request.purpose is Purpose.STRAY:
+    if entry.kept and request.purpose in _FOUND:
+        return entry.kept
+    if request.purpose in (Purpose.STRAY, Purpose.ROOM):
         return _young(entry, evidence.in_flight_since)
-    return None
+    return still_used(request, evidence)
+
+
+#: Revokes of keys found in a listing rather than named by a record: an issuer's ``kept`` reason
+#: (a key a person reactivated) protects them.
+_FOUND = frozenset({Purpose.STRAY, Purpose.ORPHAN, Purpose.ROOM})
+
+
+def still_used(request: Request, evidence: Evidence) -> str | None:
+    """Usage evidence (I3): the old key signed a request more than the issuer's slack after its
+    replacement was deployed everywhere, and less than ``quiet_for`` ago: something still uses it.
+    Only where the issuer reports last use and requires it unused; None: no such evidence."""
+    use, policy = evidence.use, evidence.usage
+    if (use is None or use.when is None or policy is None or request.replaced_at is None
+            or request.purpose not in (Purpose.OLD, Purpose.HELD)):
+        return None
+    if use.when <= request.replaced_at + policy.slack:
+        return None
+    if not policy.require_unused or evidence.now - use.when >= policy.quiet_for:
+        return None
+    return (f"still used after its replacement was deployed: {use.describe()}; revoked once it has gone"
+            f" unused for {format_duration(policy.quiet_for)}")
 
 
 def _value_relied_on(request: Request, evidence: Evidence) -> str | None:
@@ -285,14 +318,18 @@ def rotation_tag(name: str | None) -> str | None:
 
 def _owning_claim(entry: KeyInfo, request: Request, claims: Iterable[LiveClaim],
                   now: datetime) -> LiveClaim | None:
+    """The live claim of another runner whose rotation may have minted ``entry``: by the rotation
+    tag of its name; for a key without a name (AWS IAM) found in a listing, any live claim of
+    another runner on a secret of the issuer (it may have minted the key and not staged it yet)."""
     tag = rotation_tag(entry.name)
     wanted = {tag} if tag else set()
     if request.key is not None and request.key.rotation_id:
         wanted.add(request.key.rotation_id[:8])
+    unnamed = not entry.name and request.key is None
     own = request.claim[:8] if request.claim else None
     for claim in claims:
         short = claim.rotation_id[:8]
-        if short in wanted and short != own and claim.until > now:
+        if (short in wanted or unnamed) and short != own and claim.until > now:
             return claim
     return None
 

@@ -188,6 +188,7 @@ class HeldKey:
     since: datetime
     rotation_id: str | None = None
     consumers: tuple[str, ...] = ()
+    replaced_at: datetime | None = None     # when its replacement was deployed everywhere (usage evidence)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"key": self.key.to_dict(), "reason": self.reason, "since": format_instant(self.since)}
@@ -195,13 +196,16 @@ class HeldKey:
             out["rotation_id"] = self.rotation_id
         if self.consumers:
             out["consumers"] = list(self.consumers)
+        if self.replaced_at is not None:
+            out["replaced_at"] = format_instant(self.replaced_at)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HeldKey:
         return cls(KeyRef.from_dict(data["key"]), str(data.get("reason", "")),
                    _instant(data.get("since")) or parse_instant("1970-01-01T00:00:00Z"),
-                   rotation_id=data.get("rotation_id"), consumers=tuple(data.get("consumers") or ()))
+                   rotation_id=data.get("rotation_id"), consumers=tuple(data.get("consumers") or ()),
+                   replaced_at=_instant(data.get("replaced_at")))
 
 
 #: Delivery states: ``owed`` (not yet delivered, or failed and retried at ``next_at``), ``done``
@@ -455,6 +459,7 @@ class KeyInfo:
     account: str | None = None
     last_used_on: datetime | None = None
     note: str | None = None
+    kept: str | None = None         # why the issuer says to leave this key alone unless a record names it
 
     def label(self) -> str:
         """Short, printable: '…c0de (id 42)'."""

@@ -29,7 +29,7 @@ from rotator.evidence import Usage
 from rotator.gate import Purpose, Request, Verdict
 from rotator.interfaces import Clock, Issuer
 from rotator.listings import Listings
-from rotator.models import KeyInfo, KeyRef, Listing, Secret, Snapshot
+from rotator.models import KeyInfo, KeyRef, KeyUse, Listing, Secret, Snapshot
 from rotator.readahead import ReadAhead
 from rotator.redact import redact
 from rotator.runtime import ManagedSecret
@@ -103,7 +103,8 @@ class Revoker:
         with self._lock:
             self._admin.pop(issuer.name, None)
 
-    def evidence(self, issuer: Issuer, listing: Listing | None, now: datetime) -> gate.Evidence:
+    def evidence(self, issuer: Issuer, listing: Listing | None, now: datetime,
+                 use: KeyUse | None = None) -> gate.Evidence:
         holders, unknown, claims = self.usage(issuer).survey(now)
         admin = self.admin(issuer)
         if admin is not None:      # a managed record may know the admin key's id (self-rotation)
@@ -112,7 +113,17 @@ class Revoker:
                 admin = replace(admin, key_id=ids.pop())
         bound = getattr(issuer, "in_flight_bound", None) or DEFAULT_IN_FLIGHT
         return gate.Evidence(now=now, listing=listing, holders=holders, unknown=unknown, claims=claims,
-                             admin=admin, admin_issuer=issuer.name, in_flight_since=now - bound)
+                             admin=admin, admin_issuer=issuer.name, in_flight_since=now - bound,
+                             use=use, usage=getattr(issuer, "usage_policy", None))
+
+    def last_use(self, request: Request, issuer: Issuer) -> KeyUse | None:
+        """The old key's last use, where the issuer reports it (usage evidence, I3). Asked only
+        for the revoke of an old key whose replacement's deploy time is known."""
+        if (request.purpose not in (Purpose.OLD, Purpose.HELD) or request.replaced_at is None
+                or request.key is None or not request.key.key_id
+                or not issuer.capabilities.reports_last_used or not hasattr(issuer, "last_used")):
+            return None
+        return issuer.last_used(request.key.key_id)
 
     # --- the one way to revoke -----------------------------------------------------------------
 
@@ -122,13 +133,14 @@ class Revoker:
         once confirmed); raises :class:`RevokeNotConfirmed` when the key is still listed after
         the revoke, and the issuer's error when the DELETE itself failed."""
         now = self.clock.now()
+        use = self.last_use(request, issuer)
         # Any listing of this run will do to find the key (the revoke itself is confirmed by a
         # fresh one); "not listed" is only believed from fresh listings, twice for an old key.
-        verdict = self._judge(request, issuer, listing or self.listings.any(issuer), now, value)
+        verdict = self._judge(request, issuer, listing or self.listings.any(issuer), now, value, use)
         if verdict.gone and listing is None:
-            verdict = self._judge(request, issuer, self.listings.fresh(issuer), now, value)
+            verdict = self._judge(request, issuer, self.listings.fresh(issuer), now, value, use)
         if verdict.gone and request.purpose in (Purpose.OLD, Purpose.HELD, Purpose.ROLLBACK):
-            verdict = self._judge(request, issuer, self.listings.fresh(issuer), now, value)
+            verdict = self._judge(request, issuer, self.listings.fresh(issuer), now, value, use)
         if verdict.gone:
             self._emit("already-revoked", f"{_what(request, verdict)}: {verdict.reason}", request.secret, key=request.key,
                        entry=request.entry, rotation_id=rotation_id)
@@ -136,13 +148,61 @@ class Revoker:
         if verdict.hold:
             log.info("%s: revoke of %s held: %s", request.secret, _what(request, verdict), verdict.reason)
             return verdict
-        return self._revoke(request, issuer, verdict, value, rotation_id)
+        if use is not None and request.replaced_at is not None and use.when is not None \
+                and use.when > request.replaced_at:
+            self._emit("used-after-replacement", f"{_what(request, verdict)}: {use.describe()}, after its"
+                       " replacement was deployed; revoked as the issuer's usage policy allows", request.secret,
+                       key=request.key, entry=verdict.entry, rotation_id=rotation_id, result="error")
+        verdict = self._revoke(request, issuer, verdict, value, rotation_id)
+        if request.purpose is Purpose.COMPROMISED and verdict.key_id and hasattr(issuer, "purge"):
+            self.purge(request, issuer, verdict.key_id, rotation_id=rotation_id)
+        return verdict
 
     def _judge(self, request: Request, issuer: Issuer, listing: Listing, now: datetime,
-               value: Secret | None) -> Verdict:
+               value: Secret | None, use: KeyUse | None = None) -> Verdict:
         if value is not None and request.key is not None:
             request = replace(request, by_value=True)
-        return gate.judge(request, self.evidence(issuer, listing, now))
+        return gate.judge(request, self.evidence(issuer, listing, now, use))
+
+    # --- two-stage revokes: deleting what a revoke deactivated ---------------------------------
+
+    def dormant(self, issuer: Issuer) -> Listing:
+        """The issuer's deactivated keys (two-stage revokes, AWS IAM) as a listing; empty for an
+        issuer whose revoke deletes at once."""
+        found = getattr(issuer, "dormant_keys", None)
+        if found is None:
+            return Listing()
+        owner = getattr(issuer, "user", None)
+        lifetime = getattr(issuer, "key_lifetime", None)
+        return Listing(key.info(owner, lifetime) for key in found())
+
+    def purge(self, request: Request, issuer: Issuer, key_id: str, *, rotation_id: str | None = None) -> bool:
+        """Delete a deactivated key for good (the second stage of a two-stage revoke), asking the
+        gate first with the deactivated keys as the listing: nothing may serve or name it. True
+        when it was deleted (confirmed: no longer among the deactivated keys)."""
+        dormant = self.dormant(issuer)
+        entry = dormant.by_id(key_id)
+        if entry is None:
+            return False
+        if request.purpose is not Purpose.COMPROMISED:
+            verdict = gate.judge(replace(request, key=None, entry=entry), self.evidence(issuer, dormant, self.clock.now()))
+            if not verdict.revoke:
+                log.info("%s: deleting deactivated key %s held: %s", request.secret, entry.label(), verdict.reason)
+                return False
+        self._emit("delete", f"{entry.label()} ({request.purpose.value})", request.secret, key=request.key,
+                   entry=entry, rotation_id=rotation_id, result="intent")
+        try:
+            issuer.purge(key_id)
+        except KeyNotFound:
+            pass
+        if self.dormant(issuer).by_id(key_id) is not None or self.listings.fresh(issuer).by_id(key_id) is not None:
+            message = f"delete of deactivated key {entry.label()} not confirmed: the issuer still lists it"
+            self._emit("delete-failed", message, request.secret, key=request.key, entry=entry,
+                       rotation_id=rotation_id, result="error")
+            raise RevokeNotConfirmed(message, provider=issuer.name)
+        self._emit("deleted", f"{entry.label()} ({request.purpose.value})", request.secret, key=request.key,
+                   entry=entry, rotation_id=rotation_id)
+        return True
 
     def _revoke(self, request: Request, issuer: Issuer, verdict: Verdict, value: Secret | None,
                 rotation_id: str | None) -> Verdict:

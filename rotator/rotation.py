@@ -22,7 +22,7 @@ from rotator import deliveries, machine
 from rotator.errors import (
     AdoptionError, Conflict, IssuerError, LeaseLost, RotationError, RotatorError, UnusableKey,
 )
-from rotator.gate import Purpose, Request, matching, rotation_tag, waiting_for
+from rotator.gate import Purpose, Request, Verdict, matching, rotation_tag, waiting_for
 from rotator.hooks import VALUE_EVENTS, Context
 from rotator.lease import LeaseKeeper, keeping
 from rotator.machine import Observations, owe, owed_consumers
@@ -479,17 +479,82 @@ class SecretRun:
         record = self.record
         assert record is not None and record.rotation_id
         name = self.secret.key_name(record.rotation_id)
-        done = self.shared.revoker.revoke_named(self.secret.name, self.issuer, name, Purpose.ORPHAN,
-                                                claim=record.rotation_id)
+        if self.issuer.capabilities.named_keys:
+            done = self.shared.revoker.revoke_named(self.secret.name, self.issuer, name, Purpose.ORPHAN,
+                                                    claim=record.rotation_id)
+            what = f"named {name!r}"
+        else:           # keys without names: what the owner minted since the claim that no record knows
+            done = self._revoke_unknown(record, Purpose.ORPHAN, since=record.started_at)
+            what = "no record knows"
         self.obs = replace(self.obs, orphans_swept=True)
         revoked = sum(1 for _, verdict in done if verdict.revoke)
         if done:
-            self._note("swept", f"{revoked} orphan key(s) named {name!r} left by the previous owner")
+            self._note("swept", f"{revoked} orphan key(s) {what} left by the previous owner")
+
+    def _make_room(self, record: RotationRecord, limit: int) -> None:
+        """An owner may hold at most ``limit`` keys (AWS IAM: 2, deactivated ones included). When
+        it holds that many, delete one that nothing relies on before issuing: a deactivated key
+        first (the oldest), else a live key no record knows (deactivated, then deleted), each
+        through the gate. When every key is relied on (the previous key in its grace window, a
+        held revoke, a key a person reactivated), wait: a RotationError says which."""
+        revoker, issuer = self.shared.revoker, self.issuer
+        listing = self.shared.listings.fresh(issuer)
+        dormant = revoker.dormant(issuer)
+        if len(listing) + len(dormant) < limit:
+            return
+        request = Request(self.secret.name, Purpose.ROOM, claim=record.rotation_id)
+        epoch = datetime.min.replace(tzinfo=self.clock.now().tzinfo)
+        for entry in sorted(dormant, key=lambda k: k.created_on or epoch):
+            if revoker.purge(request, issuer, entry.key_id, rotation_id=record.rotation_id):
+                self._note("made-room", f"deleted deactivated key {entry.label()}: {issuer.owner} had {limit}"
+                           " keys, the most it may have")
+                return
+        roles = (("current", record.current), ("pending", record.pending), ("previous", record.previous),
+                 *(("held", h.key) for h in record.held))
+        busy: list[str] = [f"{k.label()} deactivated, not yet deletable" for k in dormant]
+        for entry in listing:
+            role = next((r for r, ref in roles if ref is not None and ref.refers_to(entry)), None)
+            if role is not None:
+                busy.append(f"{entry.label()} is this secret's {role} key")
+                continue
+            verdict = revoker.revoke(replace(request, entry=entry), issuer, listing=listing,
+                                     rotation_id=record.rotation_id)
+            if verdict.hold:
+                busy.append(f"{entry.label()}: {verdict.reason}")
+            elif entry.key_id and revoker.purge(request, issuer, entry.key_id, rotation_id=record.rotation_id):
+                self._note("made-room", f"deactivated and deleted key {entry.label()}, which no record knows:"
+                           f" {issuer.owner} had {limit} keys, the most it may have")
+                return
+        raise RotationError(f"waiting: {issuer.owner} already has {len(listing) + len(dormant)} keys, the most it may"
+                            f" have, and none can go yet ({'; '.join(busy)}); the rotation starts once one can",
+                            transient=True)
+
+    def _revoke_unknown(self, record: RotationRecord, purpose: Purpose, *, since: datetime | None,
+                        ids: Iterable[str] | None = None) -> list[tuple[KeyInfo, Verdict]]:
+        """For an issuer whose keys have no names: revoke, through the gate, the listed keys that
+        this record does not know (``ids``: only those), created since ``since``."""
+        listing = self.shared.listings.fresh(self.issuer)
+        known = [ref for ref in (record.current, record.pending, record.previous, *(h.key for h in record.held))
+                 if ref is not None]
+        wanted = set(ids) if ids is not None else None
+        done = []
+        for entry in listing:
+            if any(ref.refers_to(entry) for ref in known) or (wanted is not None and entry.key_id not in wanted):
+                continue
+            if since is not None and entry.created_on is not None and entry.created_on < since - MATCH_SKEW:
+                continue
+            verdict = self.shared.revoker.revoke(Request(self.secret.name, purpose, entry=entry,
+                                                         claim=record.rotation_id), self.issuer,
+                                                 listing=listing, rotation_id=record.rotation_id)
+            done.append((entry, verdict))
+        return done
 
     def _do_IssueAndStage(self, step: machine.IssueAndStage, now: datetime) -> None:
         record = self.record
         assert record is not None and record.rotation_id
         name = self.secret.key_name(record.rotation_id)
+        if self.issuer.capabilities.max_keys_per_owner:
+            self._make_room(record, self.issuer.capabilities.max_keys_per_owner)
         self._intent("issue", f"a key named {name!r}")
         self.minted_name, self.minted_rotation = name, record.rotation_id
         try:
@@ -497,6 +562,9 @@ class SecretRun:
         except UnusableKey as exc:
             self.issue_ticket = self.shared.listings.ticket(self.issuer)
             self._event("issue-refused", redact(str(exc)), result="error")
+            if exc.key_ids:                      # the issuer knows the minted keys' ids
+                self._revoke_unknown(record, Purpose.UNUSABLE, since=None, ids=exc.key_ids)
+                raise
             self._revoke_unusable(name)         # by the unique name asked for ...
             if exc.name and exc.name != name and rotation_tag(exc.name) == record.rotation_id[:8]:
                 self._revoke_unusable(exc.name)     # ... or another carrying this rotation's tag
@@ -566,6 +634,8 @@ class SecretRun:
 
     def _find_issued(self, pending: KeyRef, listing: Iterable[KeyInfo]) -> tuple[list[KeyInfo], list[KeyInfo]]:
         entries = list(listing)
+        if pending.key_id:           # the issuer said which key it created (AWS IAM): by that id alone
+            return [], [k for k in entries if k.key_id == pending.key_id and k.last4 == pending.last4]
         named = [k for k in entries if pending.name and k.name == pending.name]
         ours = [k for k in named if k.last4 == pending.last4]
         if not named:                # the issuer may have altered the name: last 4 and creation time
@@ -725,7 +795,7 @@ class SecretRun:
         consumers = owed_consumers(record, record.rotation_id)
         verdict = self.shared.revoker.revoke(
             Request(self.secret.name, Purpose.COMPROMISED if old.fingerprint == self.compromised else Purpose.OLD,
-                    key=old, own=frozenset({"previous"}), consumers=consumers),
+                    key=old, own=frozenset({"previous"}), consumers=consumers, replaced_at=record.verified_at),
             self.issuer, value=value, rotation_id=record.rotation_id)
         if verdict.hold and not verdict.about_use:
             raise RotationError(f"old key {old.label()} not revoked: {verdict.reason}", transient=True)
@@ -745,8 +815,8 @@ class SecretRun:
             if consumers:         # no listing needed to know the answer: the consumers have not confirmed
                 keep.append(replace(held, reason=waiting_for(consumers), consumers=consumers))
                 continue
-            verdict = self.shared.revoker.revoke(Request(self.secret.name, Purpose.HELD, key=held.key),
-                                                 self.issuer)
+            verdict = self.shared.revoker.revoke(Request(self.secret.name, Purpose.HELD, key=held.key,
+                                                         replaced_at=held.replaced_at), self.issuer)
             if verdict.hold:
                 keep.append(replace(held, reason=verdict.reason, consumers=()))
             elif held.rotation_id:                    # revoked now, or found gone (revoked before a crash)
@@ -764,7 +834,7 @@ class SecretRun:
         held = record.held
         if self.obs.old_revoke == "held" and record.previous is not None:
             held = (*held, HeldKey(record.previous, self.held_reason or "held", now, rotation_id=record.rotation_id,
-                                   consumers=self.held_consumers))
+                                   consumers=self.held_consumers, replaced_at=record.verified_at))
         done = record.evolve(phase=Phase.IDLE, previous=None, grace_until=None, held=held,
                              attempts=0, last_error=None, error_since=None)
         if self.obs.old_revoke in ("revoked", "gone"):    # gone: revoked before a crash, or expired

@@ -29,6 +29,7 @@ from rotator.machine import Policy
 from rotator.models import Secret
 from rotator.timeutil import format_duration
 from rotator.validation import did_you_mean
+from rotator.values import target_fields
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,32 @@ def _reference_problems(refs: Iterable[tuple[str, Any]], backends: Mapping[str, 
     return problems, warnings
 
 
+def target_spec(entry: Mapping[str, Any], field: str, fields: Any, issuer: Any, secret_where: str,
+                where: str) -> dict[str, Any]:
+    """What a backend's ``target()`` is given for one ``targets`` entry: the entry without
+    ``backend``, the secret's ``field``, and, when the issuer's keys have parts (an AWS access
+    key), ``fields``: every part's field, the issuer's defaults renamed by the secret's ``fields``
+    and then the entry's own (rotator.values). ``fields`` for an issuer of plain keys is an error,
+    as is an unknown part."""
+    spec = {"field": field, **{k: v for k, v in entry.items() if k != "backend"}}
+    own = spec.pop("fields", None)
+    parts = issuer.capabilities.value_parts if issuer is not None else ()
+    if not parts:
+        if issuer is not None and (own is not None or fields is not None):
+            at = f"{where}.fields" if own is not None else f"{secret_where}.fields"
+            raise ConfigError(f"{at}: issuer {issuer.name!r} issues keys of one string, stored in `field`;"
+                              " `fields` is for keys with several parts (aws_iam)")
+        return spec
+    try:
+        spec["fields"] = target_fields(parts, fields, f"{secret_where}.fields")
+        if own is not None:
+            spec["fields"] = target_fields(parts, {**spec["fields"], **own} if isinstance(own, Mapping) else own,
+                                           f"{where}.fields")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return spec
+
+
 def section_problems(document: Mapping[str, Any], *, secrets: Iterable[tuple[int, SecretSpec]] = (),
                      default_lead: timedelta | None = None, references: Iterable[tuple[str, Any]] = (),
                      resolve: bool = False) -> list[str]:
@@ -280,15 +307,21 @@ def section_problems(document: Mapping[str, Any], *, secrets: Iterable[tuple[int
             if not isinstance(secret, Mapping) or not isinstance(secret.get("targets"), list):
                 continue
             field_name = secret.get("field") if isinstance(secret.get("field"), str) else "api_key"
+            issuer = built["issuer"].get(secret.get("issuer")) if isinstance(secret.get("issuer"), str) else None
             for position, entry in enumerate(secret["targets"]):
                 if not isinstance(entry, Mapping) or entry.get("backend") not in backends:
                     continue
                 backend = backends[entry["backend"]]
-                spec = {"field": field_name, **{k: v for k, v in entry.items() if k != "backend"}}
+                where = f"secrets[{index}].targets[{position}]"
+                try:
+                    spec = target_spec(entry, field_name, secret.get("fields"), issuer, f"secrets[{index}]", where)
+                except ConfigError as exc:
+                    problems += _lines(exc)
+                    continue
                 try:
                     backend.target(spec)
                 except ConfigError as exc:
-                    problems += _relocate(exc, backend.name, f"secrets[{index}].targets[{position}]")
+                    problems += _relocate(exc, backend.name, where)
                 except Exception:  # noqa: BLE001, S112 - best effort
                     continue
         problems += _lifetime_problems(built["issuer"], secrets, default_lead)
@@ -374,11 +407,11 @@ class Runtime:
     def _build(self, kind: str, name: str, type_name: str, options: Mapping[str, Any]) -> Any:
         return _build_provider(kind, name, type_name, options, self.context)
 
-    def _bind(self, entry: Mapping[str, Any], field: str, where: str) -> Bound:
+    def _bind(self, entry: Mapping[str, Any], spec: SecretSpec, secret_where: str, where: str) -> Bound:
         backend = self.backends[entry["backend"]]
-        spec = {"field": field, **{k: v for k, v in entry.items() if k != "backend"}}
+        target = target_spec(entry, spec.field, spec.fields, self.issuers.get(spec.issuer), secret_where, where)
         try:
-            return Bound(backend, backend.target(spec))
+            return Bound(backend, backend.target(target))
         except ConfigError as exc:
             raise ConfigError("\n".join(_relocate(exc, backend.name, where))) from None
 
@@ -393,7 +426,7 @@ class Runtime:
                 complete = False
                 continue
             try:
-                bound.append(self._bind({"backend": t.backend, **t.options()}, spec.field, f"{where}.targets[{i}]"))
+                bound.append(self._bind({"backend": t.backend, **t.options()}, spec, where, f"{where}.targets[{i}]"))
             except ConfigError as exc:
                 problems += _lines(exc)
                 complete = False
