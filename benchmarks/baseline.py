@@ -1,18 +1,21 @@
 """The peer to beat: what a team writes instead of rotator, following the QuivaWorks guide.
 
 One secret at a time: issue a key, write it to each store the secret lives in (AWS Secrets
-Manager with boto3, Vault KV v2 with hvac, a JSON file), read each back, check the new key
-authenticates, delete the old key. One session token and one key listing (to find the old keys'
-ids, by name) for the whole run. Written as a competent engineer would: pooled clients, no
-sleeps, a small retry on 429/5xx honouring ``retry_after``, an atomic file write, and nothing it
-does not need. It is not crash-safe: a crash between "issue" and "write" loses a key, and nothing
-stops two copies of it from rotating the same secret.
+Manager with boto3; Parameter Store with boto3, one ``PutParameter`` of the SecureString; Vault
+KV v2 with hvac; a JSON file), read each back, check the new key authenticates, delete the old
+key. One session token and one key listing (to find the old keys' ids, by name) for the whole
+run. Written as a competent engineer would: pooled clients, no sleeps, a small retry on 429/5xx
+honouring ``retry_after``, an atomic file write, and nothing it does not need. It is not
+crash-safe: a crash between "issue" and "write" loses a key, and nothing stops two copies of it
+from rotating the same secret.
 
 Used by ``benchmarks/run.py`` (same process run as rotator); also runnable on its own against
 servers you started::
 
     python benchmarks/baseline.py --quiva http://127.0.0.1:8787 --aws http://127.0.0.1:5000 \\
         --vault http://127.0.0.1:8200 --files /tmp/peer --secrets fleet.json
+
+(``--aws`` serves both Secrets Manager and Parameter Store, as moto does.)
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Peer:
         self.files = files
         self._aws_url, self._vault_url, self._vault_token = aws, vault, vault_token
         self._sm: Any = None
+        self._ssm: Any = None
         self._vault: Any = None
         self.token: str | None = None
         self.calls = 0
@@ -57,6 +61,15 @@ class Peer:
             self._sm = boto3.client("secretsmanager", region_name=REGION, endpoint_url=self._aws_url,
                                     aws_access_key_id="testing", aws_secret_access_key="testing")
         return self._sm
+
+    @property
+    def ssm(self) -> Any:
+        if self._ssm is None:
+            import boto3
+
+            self._ssm = boto3.client("ssm", region_name=REGION, endpoint_url=self._aws_url,
+                                     aws_access_key_id="testing", aws_secret_access_key="testing")
+        return self._ssm
 
     @property
     def vault(self) -> Any:
@@ -115,6 +128,9 @@ class Peer:
         """Seeding (not part of a rotation): the secret as it was before the peer's first run."""
         if store == "aws":
             self.sm.create_secret(Name=where, SecretString=json.dumps({"api_key": value}))
+        elif store == "ssm":
+            self.ssm.put_parameter(Name=where, Value=json.dumps({"api_key": value}), Type="SecureString",
+                                   Overwrite=False)
         else:
             self.write(store, where, value)
 
@@ -122,6 +138,9 @@ class Peer:
         self.calls += 1
         if store == "aws":
             self.sm.put_secret_value(SecretId=where, SecretString=json.dumps({"api_key": value}))
+        elif store == "ssm":          # the whole value, one PutParameter
+            self.ssm.put_parameter(Name=where, Value=json.dumps({"api_key": value}), Type="SecureString",
+                                   Overwrite=True)
         elif store == "vault":
             self.vault.secrets.kv.v2.create_or_update_secret(path=where, secret={"api_key": value})
         else:
@@ -138,6 +157,9 @@ class Peer:
         if store == "aws":
             answer = self.sm.get_secret_value(SecretId=where, VersionStage="AWSCURRENT")
             return json.loads(answer["SecretString"]).get("api_key")
+        if store == "ssm":
+            answer = self.ssm.get_parameter(Name=where, WithDecryption=True)
+            return json.loads(answer["Parameter"]["Value"]).get("api_key")
         if store == "vault":
             answer = self.vault.secrets.kv.v2.read_secret_version(path=where, raise_on_deleted_version=True)
             return answer["data"]["data"].get("api_key")
@@ -177,6 +199,8 @@ class Peer:
         self.http.close()
         if self._sm is not None:
             self._sm.close()
+        if self._ssm is not None:
+            self._ssm.close()
         if self._vault is not None:
             self._vault.adapter.close()
 
@@ -188,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vault")
     parser.add_argument("--files", type=Path)
     parser.add_argument("--secrets", type=Path, required=True,
-                        help='JSON: [{"name": "...", "targets": [["aws", "prod/web"], ["vault", "apps/web"]]}]')
+                        help='JSON: [{"name": "...", "targets": [["aws", "prod/web"], ["vault", "apps/web"],'
+                             ' ["ssm", "/prod/web/quiva-api-key"]]}]')
     args = parser.parse_args(argv)
     peer = Peer(quiva=args.quiva, admin_key=os.environ["QUIVA_API_KEY"], aws=args.aws, vault=args.vault,
                 vault_token=os.environ.get("VAULT_TOKEN"), files=args.files)

@@ -4,6 +4,9 @@
   ``URLLib3Session.send`` (boto3 → moto), requests' ``Session.send`` (hvac → OpenBao) and httpx's
   ``Client.send`` (→ the QuivaWorks emulator), counted per destination ``host:port``. Every
   attempt is counted, retries included; the benchmark's own ``/_emulator/`` knob requests are not.
+  botocore's requests are also counted per AWS operation, from their ``X-Amz-Target`` header
+  (``AmazonSSM.GetParameters``, ``secretsmanager.PutSecretValue``): Secrets Manager and Parameter
+  Store share one moto server, so its ``host:port`` alone cannot tell them apart.
 * :class:`ProtocolCounter` — the engine's calls into the provider Protocols (``read``,
   ``write_record``, ``stage``, ``deploy``, ``issue``, ``verify``, ``list_keys``, ...), wrapped on a
   :class:`rotator.runtime.Runtime`: the unit the crash-safe minimum is written in.
@@ -33,6 +36,7 @@ class WireCounter:
     _installed = False
     _lock = threading.Lock()
     _counts: Counter[str] = Counter()
+    _operations: Counter[str] = Counter()        # botocore requests by X-Amz-Target
 
     @classmethod
     def install(cls) -> type[WireCounter]:
@@ -42,16 +46,20 @@ class WireCounter:
         import httpx
         import requests
 
-        def hook(original: Any, url_of: Any) -> Any:
+        def hook(original: Any, url_of: Any, operation_of: Any = None) -> Any:
             def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
                 parts = urlsplit(str(url_of(request)))
                 if not parts.path.startswith(KNOBS):           # the benchmark driving the emulator
+                    operation = operation_of(request) if operation_of else None
                     with cls._lock:
                         cls._counts[f"{parts.hostname}:{parts.port}"] += 1
+                        if operation:
+                            cls._operations[operation] += 1
                 return original(self, request, *args, **kwargs)
             return send
 
-        botocore.httpsession.URLLib3Session.send = hook(botocore.httpsession.URLLib3Session.send, lambda r: r.url)
+        botocore.httpsession.URLLib3Session.send = hook(botocore.httpsession.URLLib3Session.send, lambda r: r.url,
+                                                        _aws_operation)
         requests.Session.send = hook(requests.Session.send, lambda r: r.url)
         httpx.Client.send = hook(httpx.Client.send, lambda r: r.url)
         cls._installed = True
@@ -59,9 +67,17 @@ class WireCounter:
 
     @classmethod
     def take(cls) -> Counter[str]:
+        """Requests per ``host:port`` since the last take (the per-operation counts are cleared too)."""
+        return cls.take_both()[0]
+
+    @classmethod
+    def take_both(cls) -> tuple[Counter[str], Counter[str]]:
+        """Requests per ``host:port``, and botocore's per operation (``AmazonSSM.GetParameters``), since
+        the last take; clears both."""
         with cls._lock:
             counts, cls._counts = cls._counts, Counter()
-        return counts
+            operations, cls._operations = cls._operations, Counter()
+        return counts, operations
 
     @staticmethod
     def for_url(counts: Counter[str], url: str | None) -> int:
@@ -69,6 +85,20 @@ class WireCounter:
             return 0
         parts = urlsplit(url)
         return counts.get(f"{parts.hostname}:{parts.port}", 0)
+
+
+def _aws_operation(request: Any) -> str | None:
+    """``AmazonSSM.GetParameters`` / ``secretsmanager.GetSecretValue``: a botocore request's
+    X-Amz-Target header (both services speak the JSON protocol, which always sends it)."""
+    target = request.headers.get("X-Amz-Target")
+    if isinstance(target, bytes):
+        target = target.decode("ascii", "replace")
+    return target or None
+
+
+def aws_operations(operations: Counter[str], prefix: str) -> Counter[str]:
+    """The operations of one service (``prefix``: ``"AmazonSSM."``), without the prefix."""
+    return Counter({k[len(prefix):]: v for k, v in operations.items() if k.startswith(prefix)})
 
 
 class OnCall:

@@ -1,9 +1,11 @@
 """A fleet of managed secrets: its layout, its seeding, and the rotator config that manages it.
 
 Every secret lives in ``targets`` — pairs (store, locator) with store one of ``file``, ``file2``
-(another file), ``aws``, ``vault``; the first is the rotator's primary. Two copies of a fleet are seeded in the same
-servers under different prefixes and different QuivaWorks users: one for rotator, one for the
-sequential peer (:mod:`baseline`), so neither sees the other's keys or writes.
+(another file), ``aws`` (Secrets Manager), ``vault``, ``ssm`` (a Parameter Store SecureString: a
+secondary only, on the same moto server as ``aws``); the first is the rotator's primary. Two
+copies of a fleet are seeded in the same servers under different prefixes and different
+QuivaWorks users: one for rotator, one for the sequential peer (:mod:`baseline`), so neither sees
+the other's keys or writes.
 
 Time: the emulator runs on real time plus an offset (its ``/_emulator/clock`` knob), and rotator
 gets an :class:`OffsetClock` moved by the same amounts, so "80 days later" is one call while every
@@ -34,6 +36,9 @@ VAULT_ENV = "BENCH_VAULT_TOKEN"
 #: Layouts of the fleet benchmark, used in turn (primary first). Each secret lives in two stores,
 #: as in the peer's guide (issue, write two stores, read both back, authenticate, delete).
 FLEET_LAYOUTS: tuple[tuple[str, ...], ...] = (("file", "aws"), ("vault", "aws"), ("aws", "vault"))
+STORES = ("file", "file2", "aws", "vault", "ssm")
+#: Stores that cannot be a primary (no compare-and-swap to hold the rotation record).
+SECONDARY_ONLY = ("ssm",)
 
 
 class OffsetClock(SettableClock):
@@ -55,6 +60,18 @@ def layout_name(stores: Iterable[str]) -> str:
     return " → ".join(stores)
 
 
+def parse_layouts(text: str) -> tuple[tuple[str, ...], ...]:
+    """``"file/aws,vault/ssm"`` → (("file", "aws"), ("vault", "ssm")): primary first."""
+    layouts = tuple(tuple(part.strip() for part in layout.split("/")) for layout in text.split(",") if layout.strip())
+    for layout in layouts:
+        unknown = [s for s in layout if s not in STORES]
+        if unknown or not layout:
+            raise ValueError(f"layout {'/'.join(layout)!r}: stores are {', '.join(STORES)}")
+        if layout[0] in SECONDARY_ONLY:
+            raise ValueError(f"layout {'/'.join(layout)!r}: {layout[0]} cannot be a primary")
+    return layouts
+
+
 def build(prefix: str, count: int, layouts: Iterable[tuple[str, ...]]) -> list[SecretSpec]:
     """``count`` secrets named ``<prefix>-0001`` ..., the layouts used in turn."""
     layouts = list(layouts)
@@ -67,8 +84,9 @@ def build(prefix: str, count: int, layouts: Iterable[tuple[str, ...]]) -> list[S
 
 
 def _locator(store: str, prefix: str, name: str) -> str:
+    # a parameter name's first level must not start with "aws" or "ssm" (AWS reserves them): mind the prefix
     return {"file": f"{prefix}/{name}.json", "file2": f"{prefix}/copy/{name}.json", "aws": f"{prefix}/{name}/quiva",
-            "vault": f"{prefix}/{name}/quiva"}[store]
+            "vault": f"{prefix}/{name}/quiva", "ssm": f"/{prefix}/{name}/quiva"}[store]
 
 
 @dataclass
@@ -89,6 +107,10 @@ def rotator_config(specs: list[SecretSpec], endpoints: Endpoints, *, workers: in
     if endpoints.aws:
         backends["aws"] = {"type": "aws_secrets_manager", "region": "us-east-1", "endpoint_url": endpoints.aws,
                            "max_attempts": 5}
+    if endpoints.aws and any(store == "ssm" for s in specs for store, _ in s.targets):
+        # Parameter Store on the same moto server (and behind the same latency proxy, if any)
+        backends["ssm"] = {"type": "ssm_parameter", "region": "us-east-1", "endpoint_url": endpoints.aws,
+                           "max_attempts": 5}
     if endpoints.vault:
         backends["vault"] = {"type": "vault_kv", "url": endpoints.vault,
                              "auth": {"method": "token", "token": {"env": VAULT_ENV}}}
@@ -105,8 +127,8 @@ def rotator_config(specs: list[SecretSpec], endpoints: Endpoints, *, workers: in
 
 
 def _target(store: str, where: str) -> dict[str, str]:
-    backend = {"file": "files", "file2": "files", "aws": "aws", "vault": "vault"}[store]
-    key = {"file": "path", "file2": "path", "aws": "secret_id", "vault": "path"}[store]
+    backend = {"file": "files", "file2": "files", "aws": "aws", "vault": "vault", "ssm": "ssm"}[store]
+    key = {"file": "path", "file2": "path", "aws": "secret_id", "vault": "path", "ssm": "name"}[store]
     return {"backend": backend, key: where}
 
 
@@ -142,7 +164,7 @@ def set_env(admin_key: str, vault_token: str | None) -> None:
     from servers import AWS_ENV
 
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ROLE_ARN", "AWS_ENDPOINT_URL",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ENDPOINT_URL_SECRETS_MANAGER"):
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_ENDPOINT_URL_SSM"):
         os.environ.pop(name, None)
     os.environ.update(AWS_ENV)
     os.environ[KEY_ENV] = admin_key

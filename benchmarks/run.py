@@ -6,10 +6,12 @@ QuivaWorks emulator and moto in their own processes, an OpenBao dev server, late
 
 1. ``calls``  — calls per rotation for each primary/secondary combination against the crash-safe
    minimum, counted three ways (engine → Protocol calls, request hooks on httpx/boto3/hvac, the
-   emulator's own counters);
-2. ``fleet``  — a fleet (``--fleet``, default 1000) across file, moto and OpenBao: rotator's wall
-   time against :mod:`baseline`, the sequential peer, in the same process run, all local and
-   again with latency (25 ms per issuer call, 10 ms per backend request);
+   emulator's own counters and what each provider reports per remote call); and Parameter Store's
+   batched reads: ``GetParameters`` per read pass for fleets of N SSM secondaries, against
+   ceil(N / 10);
+2. ``fleet``  — a fleet (``--fleet``, default 1000; its layouts ``--fleet-layouts``) across file,
+   moto and OpenBao: rotator's wall time against :mod:`baseline`, the sequential peer, in the same
+   process run, all local and again with latency (25 ms per issuer call, 10 ms per backend request);
 3. ``rate``   — with the emulator limiting to R requests/s: total time against calls / R;
 4. ``idle``   — a ``rotator daemon`` process: RSS and CPU over 60 s of idling;
 5. ``cold``   — ``rotator --help`` and ``rotator plan`` (100 secrets) as whole processes.
@@ -45,24 +47,31 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import probes  # noqa: E402
 from baseline import Peer  # noqa: E402
-from counting import OnCall, ProtocolCounter, WireCounter  # noqa: E402
+from counting import OnCall, ProtocolCounter, WireCounter, aws_operations  # noqa: E402
 from fleet import (  # noqa: E402
-    FLEET_LAYOUTS, PEER_USER, ROTATOR_USER, Endpoints, OffsetClock, build, layout_name, rotator_config,
-    seed_for_peer, seed_for_rotator, set_env,
+    FLEET_LAYOUTS, PEER_USER, ROTATOR_USER, Endpoints, OffsetClock, build, layout_name, parse_layouts,
+    rotator_config, seed_for_peer, seed_for_rotator, set_env,
 )
 from servers import EmulatorProcess, Servers, context_switches, cpu_seconds, rss_mib  # noqa: E402
 
+from rotator import drift  # noqa: E402
 from rotator import log as rotator_log  # noqa: E402
 from rotator.engine import Engine, RunReport  # noqa: E402
 from rotator.models import Phase  # noqa: E402
+from rotator.readahead import ReadAhead  # noqa: E402
 from rotator.runtime import Runtime  # noqa: E402
 
 CALL_COMBOS: tuple[tuple[str, ...], ...] = (
     ("file",), ("aws",), ("vault",),
     ("file", "aws"), ("file", "vault"), ("aws", "file"), ("vault", "file"), ("aws", "vault"), ("vault", "aws"),
     ("file", "aws", "vault"),
+    # Parameter Store (``ssm``) is a secondary only: behind each primary that can hold the record
+    ("file", "ssm"), ("vault", "ssm"), ("aws", "ssm"),
 )
 DAY = timedelta(days=1)
+SSM = "AmazonSSM."              # X-Amz-Target prefix of Parameter Store's requests
+SSM_BATCH = 10                  # names per GetParameters (AWS's limit; the backend's read_batch)
+SSM_BATCH_SIZES = (1, 10, 11, 25, 45)        # fleets of N SSM secondaries: GetParameters per read pass
 
 
 def say(message: str) -> None:
@@ -145,6 +154,20 @@ def minimum(backends: int) -> int:
     return 3 + 4 + (backends - 1) + backends
 
 
+def batches(n: int, size: int = SSM_BATCH) -> int:
+    return -(-n // size)
+
+
+def ssm_wire_minimum(n: int, normal: bool) -> float:
+    """Parameter Store requests per rotation of one SSM secondary, the least a crash-safe rotation
+    of ``n`` secrets needs (docs/performance.md): the deploy's pre-deploy comparison read, batched
+    (``ceil(n / 10)`` GetParameters for the ``n``), one PutParameter, the read-back after the write
+    (one GetParameter: it must follow the write, so it cannot come from a batch), and, in a normal
+    rotation, the re-read before the revoke two days later, batched again."""
+    batched_passes = 2 if normal else 1
+    return round(1 + 1 + batched_passes * batches(n) / n, 2)
+
+
 def measure_calls(bench: Bench, per_combo: int, workers: int) -> list[dict[str, Any]]:
     """Per combination: ``two_runs`` — the normal rotation (run 1 issues … promotes; run 2, after
     the 48 h grace, revokes and finishes), one process for both as in the daemon; ``one_run`` —
@@ -170,11 +193,20 @@ def measure_calls(bench: Bench, per_combo: int, workers: int) -> list[dict[str, 
                "two_runs": two, "one_run": one}
         for mode in (two, one):
             mode["over_minimum"] = round(mode["logical_per_rotation"] - minimum(b), 2)
+        if "ssm" in combo:
+            two["ssm_wire_minimum"] = ssm_wire_minimum(per_combo, normal=True)
+            one["ssm_wire_minimum"] = ssm_wire_minimum(per_combo, normal=False)
+            for mode in (two, one):
+                mode["ssm_over_wire_minimum"] = round(mode["ssm_requests_per_rotation"] - mode["ssm_wire_minimum"], 2)
         rows.append(row)
         for mode in (two, one):
             hooks, served = mode["issuer_requests_hooks_vs_emulator"]
             if hooks != served:
                 say(f"WARNING calls {row['combo']}: httpx hook counted {hooks} issuer requests, the emulator {served}")
+            hooks, reported = mode["ssm_requests_hooks_vs_provider"]
+            if hooks != reported:
+                say(f"WARNING calls {row['combo']}: botocore hook counted {hooks} Parameter Store requests,"
+                    f" the backend reported {reported}")
         say(f"calls {row['combo']}: {two['logical_per_rotation']} / {one['logical_per_rotation']} logical"
             f" (min {row['minimum']}), {two['wire_per_rotation']} / {one['wire_per_rotation']} wire per rotation")
     return rows
@@ -188,21 +220,37 @@ def _counted(bench: Bench, settings: Any, endpoints: Endpoints, combo: tuple[str
     protocol = ProtocolCounter(runtime)
     WireCounter.take()
     bench.emulator.reset_counters()
+    reported: Counter[tuple[str, str, str]] = Counter()
+    ssm_runs: list[dict[str, int]] = []           # Parameter Store requests of each run (a read pass or not)
+
+    def after_run() -> None:
+        part = on_call.take()
+        reported.update(part)
+        if "ssm" in combo:
+            ssm_runs.append(dict(sorted(Counter({op: c for (p, op, _), c in part.items() if p == "ssm"}).items())))
+
     check(Engine(runtime).run(), f"calls {combo}: run 1")
+    after_run()
     for delta in shifts:
         bench.shift(delta)
         check(Engine(runtime).run(), f"calls {combo}: run after {delta}")
-    logical, reported = protocol.take(), on_call.take()
-    wire, served = WireCounter.take(), bench.emulator.counters()
+        after_run()
+    logical = protocol.take()
+    (wire, operations), served = WireCounter.take_both(), bench.emulator.counters()
     for secret in runtime.secrets[:3]:
         record = secret.primary.backend.read(secret.primary.target).record
         assert record.phase is Phase.IDLE and record.rotations == rotations, record
     runtime.close()
     issuer_wire = sum(v for k, v in served.items() if not k.startswith("status:"))
     hooks_issuer = WireCounter.for_url(wire, endpoints.quiva)
-    aws_wire = WireCounter.for_url(wire, endpoints.aws) if "aws" in combo else 0
+    # Secrets Manager and Parameter Store share the moto server: told apart by X-Amz-Target
+    ssm_ops = aws_operations(operations, SSM)
+    ssm_wire = sum(ssm_ops.values())
+    moto_wire = WireCounter.for_url(wire, endpoints.aws) if {"aws", "ssm"} & set(combo) else 0
+    aws_wire = moto_wire - ssm_wire
     vault_wire = WireCounter.for_url(wire, endpoints.vault) if "vault" in combo else 0
     file_ops = sum(v for (provider, _, _), v in reported.items() if provider == "files")
+    ssm_reported = sum(v for (provider, _, _), v in reported.items() if provider == "ssm")
     per_method: Counter[str] = Counter()
     for (provider, method), count in logical.items():
         per_method[f"{provider}.{method}"] += count
@@ -215,24 +263,104 @@ def _counted(bench: Bench, settings: Any, endpoints: Endpoints, combo: tuple[str
         # per run, and the per-rotation count leaves it out.
         "logical_per_rotation": round((sum(logical.values()) - listings) / n, 2),
         "listings_per_run": round(listings / (1 + len(shifts)), 2),
-        "wire_per_rotation": round((issuer_wire + aws_wire + vault_wire + file_ops) / n, 2),
+        "wire_per_rotation": round((issuer_wire + aws_wire + ssm_wire + vault_wire + file_ops) / n, 2),
         "issuer_requests_per_rotation": round(issuer_wire / n, 2),
         "issuer_requests_hooks_vs_emulator": [hooks_issuer, issuer_wire],
         "aws_requests_per_rotation": round(aws_wire / n, 2),
+        "ssm_requests_per_rotation": round(ssm_wire / n, 2),
+        "ssm_requests_hooks_vs_provider": [ssm_wire, ssm_reported],
+        # Parameter Store requests of each run, as the backend reported them (counts, not per rotation)
+        "ssm_requests_per_run": ssm_runs,
         "vault_requests_per_rotation": round(vault_wire / n, 2),
         "file_ops_per_rotation": round(file_ops / n, 2),
         "logical_breakdown": {k: round(v / n, 2) for k, v in sorted(per_method.items())},
         "issuer_endpoints": {k: round(v / n, 2) for k, v in sorted(served.items())},
+        "aws_operations_on_wire": {k: round(v / n, 2) for k, v in sorted(operations.items())},
         "provider_operations": {k: round(v / n, 2) for k, v in sorted(per_operation.items())},
     }
+
+
+def measure_ssm_batching(bench: Bench, sizes: tuple[int, ...], workers: int) -> list[dict[str, Any]]:
+    """Parameter Store's batched reads, for fleets of N secrets file → ssm (the primary reads alone,
+    so every GetParameters is the secondaries'). One runtime for three passes, as in the daemon:
+
+    * ``rotate``  — run 1: deploy and read back (the read-back follows the write: one GetParameter
+      each, never from a batch);
+    * ``revoke``  — run 2, 49 h later: I3's re-read of every secondary before the old key is
+      revoked, and the revoke's evidence reads, through the run's read-ahead: a read pass;
+    * ``verify``  — a drift pass (what ``rotator verify`` / ``sync`` and the daemon's reconcile
+      do): one :class:`ReadAhead` over the N secrets, read in turn: a read pass.
+
+    Counted three ways: the engine's ``read_many`` calls on the backend, the backend's reports
+    (``on_call``) and the botocore hook (X-Amz-Target)."""
+    rows = []
+    for n in sizes:
+        row = _ssm_batching_row(bench, n, workers)
+        rows.append(row)
+        passes = row["passes"]
+        say(f"ssm batching {n}: GetParameters rotate/revoke/verify "
+            f"{passes['rotate']['GetParameters']}/{passes['revoke']['GetParameters']}/{passes['verify']['GetParameters']}"
+            f" (ceil(N/10) = {batches(n)}), GetParameter {passes['rotate']['GetParameter']}/"
+            f"{passes['revoke']['GetParameter']}/{passes['verify']['GetParameter']}")
+        for label, counts in passes.items():
+            hooks, reported = counts["hooks_vs_provider"]
+            if hooks != reported:
+                say(f"WARNING ssm batching {n} {label}: botocore hook counted {hooks} requests, the backend {reported}")
+    return rows
+
+
+def _ssm_batching_row(bench: Bench, n: int, workers: int) -> dict[str, Any]:
+    prefix = f"pstore{n}"                 # not "ssm…": AWS reserves names starting aws/ssm
+    bench.use(f"{prefix}@example.com")
+    specs = build(prefix, n, [("file", "ssm")])
+    endpoints = bench.endpoints(prefix)
+    settings = rotator_config(specs, endpoints, workers=workers, grace="48h")
+    seeding = bench.runtime(settings)
+    seed_for_rotator(seeding, bench.emulator, specs, bench.emulator.now() - 70 * DAY, user=bench.rotator_user)
+    check(Engine(seeding).run(), f"ssm batching {n}: adoption")
+    seeding.close()
+    bench.shift(10 * DAY)
+    on_call = OnCall()
+    runtime = bench.runtime(settings, on_call=on_call)
+    protocol = ProtocolCounter(runtime)
+    WireCounter.take()
+    passes: dict[str, Any] = {}
+
+    def counted(label: str, what: Any) -> None:
+        what()
+        logical, reported = protocol.take(), on_call.take()
+        _, operations = WireCounter.take_both()
+        wire = aws_operations(operations, SSM)
+        provider = Counter({op: c for (p, op, _), c in reported.items() if p == "ssm"})
+        passes[label] = {
+            "GetParameters": provider["GetParameters"], "GetParameter": provider["GetParameter"],
+            "PutParameter": provider["PutParameter"],
+            "engine_read_many": logical[("ssm", "read_many")], "engine_read": logical[("ssm", "read")],
+            "engine_deploy": logical[("ssm", "deploy")],
+            "hooks_vs_provider": [sum(wire.values()), sum(provider.values())],
+        }
+
+    def verify() -> None:
+        ahead = ReadAhead(runtime.secrets, runtime.clock)
+        for secret in runtime.secrets:
+            _, report = drift.check(secret, ahead)
+            assert report.healthy, (secret.name, report)
+
+    counted("rotate", lambda: check(Engine(runtime).run(), f"ssm batching {n}: run 1"))
+    bench.shift(timedelta(hours=49))
+    counted("revoke", lambda: check(Engine(runtime).run(), f"ssm batching {n}: run 2"))
+    counted("verify", verify)
+    runtime.close()
+    return {"secrets": n, "workers": workers, "expected_get_parameters_per_pass": batches(n), "passes": passes}
 
 
 # --- 2. fleet against the sequential peer -------------------------------------------------------
 
 def measure_fleet(bench: Bench, size: int, latency_size: int, workers: int, issuer_latency_ms: float,
-                  backend_latency_ms: float, rounds: int) -> list[dict[str, Any]]:
+                  backend_latency_ms: float, rounds: int,
+                  layouts: tuple[tuple[str, ...], ...] = FLEET_LAYOUTS) -> list[dict[str, Any]]:
     biggest = max(size, latency_size)
-    rot_specs, peer_specs = build("rot", biggest, FLEET_LAYOUTS), build("peer", biggest, FLEET_LAYOUTS)
+    rot_specs, peer_specs = build("rot", biggest, layouts), build("peer", biggest, layouts)
     base = bench.endpoints("fleet")
     peer_files = base.files / "peer"
     bench.use("fleet@example.com", PEER_USER)
@@ -313,7 +441,7 @@ def measure_fleet(bench: Bench, size: int, latency_size: int, workers: int, issu
         row = {
             "scenario": label, "secrets": n, "workers": workers, "rounds": rounds,
             "issuer_latency_ms": issuer_ms, "backend_latency_ms": backend_ms,
-            "layouts": [layout_name(x) for x in FLEET_LAYOUTS],
+            "layouts": [layout_name(x) for x in layouts],
             "peer_seconds": round(peer_seconds, 2), "rotator_seconds": round(rotator_seconds, 2),
             "speedup": round(ratio, 2),
             "peer_ms_per_rotation": round(peer_seconds / n * 1000, 1),
@@ -599,6 +727,20 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                                      f" vs {best['minimum']}",
                          "ratio": f"+{worst[mode]['over_minimum']}",
                          "met": all(r[mode]["over_minimum"] <= 1 for r in calls)})
+    batching = results.get("ssm_batching")
+    if batching:
+        # A read pass's Parameter Store requests: the batches, and the single reads the read-ahead
+        # leaves (a batch of one name is sent as a GetParameter). The target: ceil(N/10) in all.
+        def requests(r: dict[str, Any], k: str) -> int:
+            return r["passes"][k]["GetParameters"] + r["passes"][k]["GetParameter"]
+        passes = [(r, k) for r in batching for k in ("revoke", "verify")]
+        worst = max(passes, key=lambda rk: requests(*rk) / rk[0]["expected_get_parameters_per_pass"])
+        rows.append({"target": "SSM read pass ≤ ceil(N/10) requests (GetParameters, 10 names each)",
+                     "measured": "; ".join(f"N={r['secrets']}: {requests(r, 'revoke')} / {requests(r, 'verify')}"
+                                           f" vs {r['expected_get_parameters_per_pass']}" for r in batching)
+                                 + " (revoke pass, 8 workers / verify pass)",
+                     "ratio": f"{requests(*worst) / worst[0]['expected_get_parameters_per_pass']:.2f}",
+                     "met": all(requests(r, k) <= r["expected_get_parameters_per_pass"] for r, k in passes)})
     for row in results.get("fleet", []):
         rows.append({"target": f"fleet ≥ 8× the sequential peer ({row['scenario']}, {row['secrets']} secrets)",
                      "measured": f"peer {row['peer_seconds']} s, rotator {row['rotator_seconds']} s",
@@ -638,8 +780,9 @@ def markdown(results: dict[str, Any]) -> str:
                    " calls into the provider Protocols, the key listing left out (it is one per issuer per run:"
                    " amortised); wire = HTTP requests + file operations, everything included (session, listing,"
                    " retries) and divided by the secrets of the row:\n")
-        out.append("| primary → secondaries | B | minimum | engine calls | over minimum | wire requests | issuer | AWS | Vault | file ops |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        out.append("| primary → secondaries | B | minimum | engine calls | over minimum | wire requests | issuer | AWS |"
+                   " SSM | Vault | file ops |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in results["calls"]:
             two, one = r["two_runs"], r["one_run"]
 
@@ -647,7 +790,38 @@ def markdown(results: dict[str, Any]) -> str:
                 return f"{sign}{two[key]} / {sign}{one[key]}"
             out.append(f"| {r['combo']} | {r['backends']} | {r['minimum']} | {both('logical_per_rotation')} | "
                        f"{both('over_minimum', '+')} | {both('wire_per_rotation')} | {both('issuer_requests_per_rotation')} | "
-                       f"{both('aws_requests_per_rotation')} | {both('vault_requests_per_rotation')} | {both('file_ops_per_rotation')} |")
+                       f"{both('aws_requests_per_rotation')} | {both('ssm_requests_per_rotation')} | "
+                       f"{both('vault_requests_per_rotation')} | {both('file_ops_per_rotation')} |")
+        ssm_rows = [r for r in results["calls"] if "ssm_wire_minimum" in r["two_runs"]]
+        if ssm_rows:
+            out.append("\nParameter Store requests per rotation (botocore hook / the backend's own reports), against"
+                       " the SSM wire minimum (PutParameter 1 + read-back 1 + each batched read pass"
+                       " ceil(N/10)/N), and per run (the backend's reports, whole counts):\n")
+            out.append("| primary → secondaries | normal rotation | SSM minimum | one run | SSM minimum |"
+                       " runs of the normal rotation | the one run |")
+            out.append("|---|---|---|---|---|---|---|")
+            for r in ssm_rows:
+                two, one = r["two_runs"], r["one_run"]
+
+                def runs(mode: dict[str, Any]) -> str:
+                    return " ; ".join(", ".join(f"{op} {c}" for op, c in run.items()) or "none"
+                                      for run in mode["ssm_requests_per_run"])
+                out.append(f"| {r['combo']} | {two['ssm_requests_per_rotation']} ({'/'.join(map(str, two['ssm_requests_hooks_vs_provider']))})"
+                           f" | {two['ssm_wire_minimum']} | {one['ssm_requests_per_rotation']}"
+                           f" ({'/'.join(map(str, one['ssm_requests_hooks_vs_provider']))}) | {one['ssm_wire_minimum']} |"
+                           f" {runs(two)} | {runs(one)} |")
+    if results.get("ssm_batching"):
+        out.append("\nParameter Store reads per pass, N secrets file → ssm (the backend's reports; engine read_many"
+                   " calls in brackets):\n")
+        out.append("| N | ceil(N/10) | rotate: GetParameters / GetParameter / PutParameter |"
+                   " revoke pass: GetParameters / GetParameter | verify pass: GetParameters / GetParameter |")
+        out.append("|---|---|---|---|---|")
+        for r in results["ssm_batching"]:
+            rot, rev, ver = (r["passes"][k] for k in ("rotate", "revoke", "verify"))
+            out.append(f"| {r['secrets']} | {r['expected_get_parameters_per_pass']} |"
+                       f" {rot['GetParameters']} / {rot['GetParameter']} / {rot['PutParameter']} |"
+                       f" {rev['GetParameters']} [{rev['engine_read_many']}] / {rev['GetParameter']} |"
+                       f" {ver['GetParameters']} [{ver['engine_read_many']}] / {ver['GetParameter']} |")
     if results.get("fleet"):
         out.append("\nFleet (layouts " + ", ".join(results["fleet"][0]["layouts"]) + "; grace 0 so both revoke at once):\n")
         out.append("| scenario | secrets | workers | peer s | rotator s | speed-up | ms/rotation peer / rotator |"
@@ -673,11 +847,21 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def layouts_argument(text: str) -> tuple[tuple[str, ...], ...]:
+    try:
+        return parse_layouts(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a couple of minutes")
     parser.add_argument("--fleet", type=int, help="fleet size (default 1000; --quick 120)")
     parser.add_argument("--latency-fleet", type=int, help="fleet size with latency (default: --fleet)")
+    parser.add_argument("--fleet-layouts", type=layouts_argument, default=FLEET_LAYOUTS,
+                        help="the fleet's layouts, used in turn: primary/secondary,... (stores file, file2, aws,"
+                             " vault, ssm; default file/aws,vault/aws,aws/vault)")
     parser.add_argument("--workers", type=int, default=8, help="rotator [rotator] workers (default 8)")
     parser.add_argument("--issuer-latency-ms", type=float, default=25.0)
     parser.add_argument("--backend-latency-ms", type=float, default=10.0)
@@ -705,10 +889,12 @@ def main(argv: list[str] | None = None) -> int:
                 bench = Bench(servers, workdir)
                 if "calls" in only:
                     results["calls"] = measure_calls(bench, 4 if quick else 12, args.workers)
+                    results["ssm_batching"] = measure_ssm_batching(
+                        bench, SSM_BATCH_SIZES[1:4] if quick else SSM_BATCH_SIZES, args.workers)
                 if "fleet" in only:
                     results["fleet"] = measure_fleet(bench, fleet_size, latency_size, args.workers,
                                                      args.issuer_latency_ms, args.backend_latency_ms,
-                                                     2 if quick else 4)
+                                                     2 if quick else 4, args.fleet_layouts)
                 if "rate" in only:
                     results["rate"] = measure_rate(bench, 60 if quick else 150, 16, args.rate, 10, 5)
                 if "probes" in only:
