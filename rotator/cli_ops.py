@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable
 
 from rotator import output
 from rotator.errors import ConfigError, RotatorError, UsageError
 from rotator.output import credential_row, print_json, table
 from rotator.redact import redact
-from rotator.timeutil import format_instant
+from rotator.timeutil import format_duration, format_instant
+
+if TYPE_CHECKING:
+    from rotator.models import Listing
 
 AUDIT_DEPRECATED = ("rotator: 'audit' is deprecated, use 'review'; from the next release 'audit' means only"
                     " the audit trail")
@@ -230,7 +234,13 @@ def cmd_review(args: argparse.Namespace) -> int:
                     problems.append(f"issuer {name}: its listing contradicts itself"
                                     f" ({'; '.join(listing.problems[:3])}); nothing is revoked on it")
                 bound = getattr(issuer, "in_flight_bound", None) or DEFAULT_IN_FLIGHT
-                findings += review.classify(name, listing, managed, now, runtime.credential_of(name), in_flight=bound)
+                listed, uses = _with_last_use(issuer, listing, problems)
+                found = review.classify(name, listed, managed, now, runtime.credential_of(name), in_flight=bound,
+                                        named_keys=issuer.capabilities.named_keys)
+                findings += [replace(f, last_use=uses.get(f.key_id)) for f in found]
+                if hasattr(issuer, "dormant_keys"):
+                    findings += review.dormant(name, issuer.dormant_keys(), managed, now,
+                                               getattr(issuer, "delete_after", None))
         flags = {"orphans": args.fix, "unmanaged": args.revoke_unmanaged, "unused": args.revoke_unused}
         for f in review.withheld(findings, **flags):
             results[(f.issuer, f.key_id)] = ("held", f.hold or "")
@@ -245,6 +255,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"problem: {redact(problem)}", file=sys.stderr)
     rows = [{"issuer": f.issuer, "key_id": f.key_id, "name": f.name or "(empty)", "key": f"…{f.last4}",
+             "status": f.status, "created": format_instant(f.created_on),
+             "age": format_duration(now - f.created_on) if f.created_on else None, "last_use": f.last_use,
              "expires": format_instant(f.expires_on), "role": f.role, "secret": f.secret,
              "shared_by": list(f.shared_by), "flags": ",".join(f.flags), "revocable": f.revocable,
              "hold": f.hold, "notes": f.notes,
@@ -274,6 +286,26 @@ def _key(f: Any) -> str:
 
 def _outcome(result: tuple[str, str] | None) -> dict[str, str] | None:
     return None if result is None else {"result": result[0], "reason": redact(result[1])}
+
+
+def _with_last_use(issuer: Any, listing: Listing, problems: list[str]) -> tuple[Listing, dict[str, str]]:
+    """Where the issuer reports last use per key (AWS IAM ``GetAccessKeyLastUsed``): the listing
+    with ``last_used_on`` filled in, and each key's last use in words (service, region)."""
+    from rotator.models import Listing
+
+    if not (issuer.capabilities.reports_last_used and hasattr(issuer, "last_used")):
+        return listing, {}
+    keys, uses = [], {}
+    for key in listing:
+        try:
+            use = issuer.last_used(key.key_id)
+        except RotatorError as exc:
+            problems.append(f"issuer {issuer.name}: last use of {key.label()}: {exc}")
+            keys.append(key)
+            continue
+        uses[key.key_id] = use.describe()
+        keys.append(replace(key, last_used_on=use.when))
+    return Listing(keys, listing.problems), uses
 
 
 def _read_managed(secret: Any, shared: Any, problems: list[str], ahead: Any = None) -> Any:

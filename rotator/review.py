@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from rotator import gate
 from rotator.gate import Holder, LiveClaim, Purpose, Request
@@ -78,6 +78,8 @@ class Finding:
     shared_by: tuple[str, ...] = ()     # every managed secret relying on it, when two or more do
     hold: str | None = None             # why the gate would not revoke it now (revocable roles, held)
     held_since: datetime | None = None  # role "held": since when the record holds the revoke
+    status: str = "active"              # active | inactive (deactivated: two-stage revokes, AWS IAM)
+    last_use: str | None = None         # where the issuer reports it: when, by which service, where
 
     @property
     def revocable(self) -> bool:
@@ -123,9 +125,12 @@ def name_pattern(template: str, secret: str) -> re.Pattern[str]:
 
 
 def classify(issuer: str, listing: Sequence[KeyInfo], secrets: list[Managed], now: datetime,
-             credential: Secret | None = None, in_flight: timedelta | None = None) -> list[Finding]:
+             credential: Secret | None = None, in_flight: timedelta | None = None, *,
+             named_keys: bool = True) -> list[Finding]:
     """A finding for every listed key. ``in_flight``: the issuer's in-flight bound (keys younger
-    than it may come from an issue request still in flight; the sweep leaves them alone)."""
+    than it may come from an issue request still in flight; the sweep leaves them alone).
+    ``named_keys`` False (AWS IAM): keys have no names, every key of the owner is rotator's, so a
+    key no record names is an orphan (flagged ``not-managed``), and names are not judged."""
     if in_flight is None:
         from rotator.revoker import DEFAULT_IN_FLIGHT
 
@@ -147,13 +152,19 @@ def classify(issuer: str, listing: Sequence[KeyInfo], secrets: list[Managed], no
             owner, lead = secret.name, secret.lead_time
         elif credential is not None and key.last4 == credential.last4:
             role = "credential"
+        elif not named_keys and secrets:
+            role, owner, lead = "orphan", secrets[0].name, secrets[0].lead_time
         else:
             for secret in secrets:
                 if name_pattern(secret.key_name, secret.name).match(key.name):
                     role, owner, lead = "orphan", secret.name, secret.lead_time
                     break
         users = _shared_by(secrets, key, named, listing)
-        flags = list(_flags(key, now, lead))
+        flags = [f for f in _flags(key, now, lead) if named_keys or f != "unclear-name"]
+        if not named_keys and role == "orphan":
+            flags.append("not-managed")
+        if key.kept:
+            flags.append("rescued")
         if len(users) > 1:
             flags.append("shared")
         hold = held.reason if held is not None else None
@@ -168,13 +179,35 @@ def classify(issuer: str, listing: Sequence[KeyInfo], secrets: list[Managed], no
             if role == "orphan":
                 if verdict.revoke:
                     flags.append("would-sweep")
-                elif _young(key, evidence.in_flight_since) or _claimed(key, evidence.claims, now):
+                elif _young(key, evidence.in_flight_since) or _claimed(key, evidence.claims, now) \
+                        or (not named_keys and any(c.until > now for c in evidence.claims)):
                     flags.append("in-flight")
         findings.append(Finding(issuer, key.key_id, key.name, key.last4, key.account, key.created_on,
                                 key.expires_on, key.last_used_on, role, owner, tuple(flags),
                                 shared_by=tuple(users) if len(users) > 1 else (), hold=hold,
                                 held_since=held.since if held is not None else None))
     return findings
+
+
+def dormant(issuer: str, keys: Iterable[Any], secrets: list[Managed], now: datetime,
+            delete_after: timedelta | None) -> list[Finding]:
+    """Findings for an issuer's deactivated keys (two-stage revokes, AWS IAM): role ``inactive``,
+    flagged ``deactivated-by-hand`` (rotator did not deactivate it: it is never deleted by a run)
+    or ``past-delete-after`` (deleted by the next run's sweep, or waiting on the gate)."""
+    found = []
+    for key in keys:
+        flags = []
+        deactivated = getattr(key, "deactivated_on", None)
+        if deactivated is None:
+            flags.append("deactivated-by-hand")
+        elif delete_after is not None and deactivated + delete_after <= now:
+            flags.append("past-delete-after")
+        info = KeyInfo(key.key_id, "", key.key_id[-4:], key.created_on, None)
+        owner = next((s.name for s, _ in _named_by(secrets, info)), None)
+        found.append(Finding(issuer, key.key_id, "", key.key_id[-4:], None, key.created_on, None, None,
+                             "inactive", owner, tuple(flags), status="inactive",
+                             hold=f"deactivated {format_instant(deactivated)}" if deactivated else None))
+    return found
 
 
 # --- what the managed secrets rely on ------------------------------------------------------------

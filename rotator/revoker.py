@@ -185,7 +185,9 @@ class Revoker:
         if entry is None:
             return False
         if request.purpose is not Purpose.COMPROMISED:
-            verdict = gate.judge(replace(request, key=None, entry=entry), self.evidence(issuer, dormant, self.clock.now()))
+            # judged as a purge whatever it is for: a deactivated key is no issue request in flight
+            verdict = gate.judge(replace(request, purpose=Purpose.PURGE, key=None, entry=entry),
+                                 self.evidence(issuer, dormant, self.clock.now()))
             if not verdict.revoke:
                 log.info("%s: deleting deactivated key %s held: %s", request.secret, entry.label(), verdict.reason)
                 return False
