@@ -417,10 +417,10 @@ class IamIssuer:
         try:
             keys = self._access_keys()
         except IssuerError as exc:
-            found.append(Finding("keys", "fail", str(exc)))
+            found.append(Finding("key limit", "fail", str(exc)))
             return found
         active = sum(k.active for k in keys)
-        found.append(Finding("keys", "warn" if len(keys) >= MAX_KEYS else "ok",
+        found.append(Finding("key limit", "warn" if len(keys) >= MAX_KEYS else "ok",
                              f"{len(keys)} access key(s), {active} active"
                              + ("; at IAM's limit: the next rotation must first delete one" if len(keys) >= MAX_KEYS else "")))
         return found

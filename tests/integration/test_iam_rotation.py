@@ -485,3 +485,45 @@ def test_iam_review_flags_keys_not_managed_and_deactivated_by_hand(iam_world, ca
     rows, _ = review_rows(w, capsys, monkeypatch)
     assert "deactivated-by-hand" in rows[shown(stray_id)]["flags"]
     assert stray_secret not in out
+
+
+# --- rotator check ---------------------------------------------------------------------------
+
+def test_iam_check_reads_the_user_and_its_keys_and_changes_nothing(iam_world, capsys, monkeypatch):
+    from rotator import check
+    from tests.integration.test_check import _args
+    from tests.world import to_toml
+
+    w = iam_world
+    w.add_secret("ci")
+    key_id, _ = w.seed("ci")
+    path = w.root / "rotator.toml"
+    path.write_text(to_toml(w.config_data()))
+    before = w.keys()
+    capsys.readouterr()
+    code = check.cmd_check(_args("-c", str(path), "check", "-o", "json"))
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0, data
+    issuer = next(r for r in data["issuers"] if r["issuer"] == "iam")
+    checks = {f["check"]: f for f in issuer["findings"]}
+    assert checks["sign-in"]["status"] == "ok" and w.user in checks["sign-in"]["detail"]
+    assert checks["key limit"]["status"] == "ok" and "1 access key(s), 1 active" in checks["key limit"]["detail"]
+    assert w.keys() == before, "check changes nothing at IAM"
+
+
+def test_iam_check_fails_for_a_user_that_does_not_exist(iam_world, capsys):
+    from rotator import check
+    from tests.integration.test_check import _args
+    from tests.world import to_toml
+
+    w = iam_world
+    w.issuer["user_name"] = "no-such-user-anywhere"
+    w.add_secret("ci")
+    path = w.root / "rotator.toml"
+    path.write_text(to_toml(w.config_data()))
+    capsys.readouterr()
+    code = check.cmd_check(_args("-c", str(path), "check", "-o", "json"))
+    data = json.loads(capsys.readouterr().out)
+    issuer = next(r for r in data["issuers"] if r["issuer"] == "iam")
+    sign_in = next(f for f in issuer["findings"] if f["check"] == "sign-in")
+    assert code == 1 and sign_in["status"] == "fail" and "does not exist" in sign_in["detail"]
