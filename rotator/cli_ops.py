@@ -202,6 +202,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
     from rotator import review
     from rotator.engine import Engine, RunShared
+    from rotator.interfaces import TwoStageRevoke
     from rotator.readahead import ReadAhead
     from rotator.revoker import DEFAULT_IN_FLIGHT
 
@@ -238,9 +239,8 @@ def cmd_review(args: argparse.Namespace) -> int:
                 found = review.classify(name, listed, managed, now, runtime.credential_of(name), in_flight=bound,
                                         named_keys=issuer.capabilities.named_keys)
                 findings += [replace(f, last_use=uses.get(f.key_id)) for f in found]
-                if hasattr(issuer, "dormant_keys"):
-                    findings += review.dormant(name, issuer.dormant_keys(), managed, now,
-                                               getattr(issuer, "delete_after", None))
+                if isinstance(issuer, TwoStageRevoke):
+                    findings += review.dormant(name, issuer.dormant_keys(), managed, now, issuer.delete_after)
         flags = {"orphans": args.fix, "unmanaged": args.revoke_unmanaged, "unused": args.revoke_unused}
         for f in review.withheld(findings, **flags):
             results[(f.issuer, f.key_id)] = ("held", f.hold or "")
@@ -291,9 +291,10 @@ def _outcome(result: tuple[str, str] | None) -> dict[str, str] | None:
 def _with_last_use(issuer: Any, listing: Listing, problems: list[str]) -> tuple[Listing, dict[str, str]]:
     """Where the issuer reports last use per key (AWS IAM ``GetAccessKeyLastUsed``): the listing
     with ``last_used_on`` filled in, and each key's last use in words (service, region)."""
+    from rotator.interfaces import UsageEvidence
     from rotator.models import Listing
 
-    if not (issuer.capabilities.reports_last_used and hasattr(issuer, "last_used")):
+    if not isinstance(issuer, UsageEvidence):
         return listing, {}
     keys, uses = [], {}
     for key in listing:

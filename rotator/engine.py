@@ -23,7 +23,7 @@ from typing import Callable
 from rotator import gate, planner, review
 from rotator.errors import RotatorError
 from rotator.gate import Holder, Purpose, Request
-from rotator.interfaces import Issuer
+from rotator.interfaces import Issuer, TwoStageRevoke
 from rotator.listings import Listings
 from rotator.models import KeyInfo, KeyRef, Phase, RotationRecord, Snapshot
 from rotator.readahead import ReadAhead
@@ -150,14 +150,14 @@ class Engine:
                 except RotatorError as exc:
                     shared.problem(f"{secret}: stray key {entry.label()}: {redact(str(exc))}")
             owners = [s.name for s in secrets if s.issuer is issuer]
-            if hasattr(issuer, "dormant_keys") and owners:
+            if isinstance(issuer, TwoStageRevoke) and owners:
                 self.purge_dormant(issuer, shared, owners[0])
 
-    def purge_dormant(self, issuer: Issuer, shared: RunShared, secret: str) -> None:
+    def purge_dormant(self, issuer: TwoStageRevoke, shared: RunShared, secret: str) -> None:
         """The second stage of a two-stage revoke (AWS IAM): delete the keys rotator deactivated
         at least the issuer's ``delete_after`` ago, each through the gate. Keys deactivated by
         someone else (no time noted) are left alone; ``rotator review`` shows them."""
-        after = getattr(issuer, "delete_after", None)
+        after = issuer.delete_after
         now = self.clock.now()
         try:
             dormant = issuer.dormant_keys()
@@ -165,7 +165,7 @@ class Engine:
             log.warning("could not list the deactivated keys of issuer %s: %s", issuer.name, redact(str(exc)))
             return
         for key in dormant:
-            if after is None or key.deactivated_on is None or key.deactivated_on + after > now:
+            if key.deactivated_on is None or key.deactivated_on + after > now:
                 continue
             try:
                 shared.revoker.purge(Request(secret, Purpose.PURGE), issuer, key.key_id)

@@ -30,18 +30,21 @@ when the value goes on the wire, and never put it in a message, a tag, a name or
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from rotator.models import (
     BackendCapabilities,
+    DormantKey,
     IssuedKey,
     IssuerCapabilities,
     KeyRef,
+    KeyUse,
     Listing,
     RotationRecord,
     Secret,
     Snapshot,
+    UsagePolicy,
 )
 
 
@@ -325,6 +328,45 @@ class IssuerAccessCheck(Protocol):
     """
 
     def check_access(self) -> list[Finding]: ...
+
+
+@runtime_checkable
+class TwoStageRevoke(Protocol):
+    """Optional for an :class:`Issuer` whose revoke only deactivates (AWS IAM): the key stops
+    working but can be reactivated by a person to rescue a consumer rotator did not know about.
+
+    * :meth:`Issuer.revoke` deactivates, notes when, and the key leaves :meth:`Issuer.list_keys`
+      (which lists *live* keys), so the core confirms the revoke as for any issuer;
+    * :meth:`dormant_keys` lists the deactivated keys (with when rotator deactivated each);
+    * the end-of-run sweep deletes those rotator deactivated at least ``delete_after`` ago, each
+      through the revoke gate, with :meth:`purge`; ``revoke --compromised`` deletes at once;
+    * an issuer with a per-owner key limit counts dormant keys toward it (IAM does): deleting one
+      is the first way the core makes room for a new key.
+
+    A dormant key that is active again was reactivated by a person: the issuer marks its listing
+    entry ``kept`` and the core leaves it alone."""
+
+    delete_after: timedelta
+
+    def dormant_keys(self) -> list[DormantKey]: ...
+
+    def purge(self, key_id: str) -> None:
+        """Delete a deactivated key for good; refuse (IssuerError) an active one. KeyNotFound when
+        it no longer exists. Confirmed by the caller through :meth:`dormant_keys`."""
+        ...
+
+
+@runtime_checkable
+class UsageEvidence(Protocol):
+    """Optional for an :class:`Issuer` that can tell when a key last signed a request (AWS IAM
+    ``GetAccessKeyLastUsed``; ``capabilities.reports_last_used``). Before an old key is revoked
+    the core asks :meth:`last_used`, and the revoke gate applies ``usage_policy``: an old key used
+    after its replacement was deployed everywhere (beyond ``slack``) is held until it has gone
+    unused for ``quiet_for`` — or, without ``require_unused``, revoked with the use reported."""
+
+    usage_policy: UsagePolicy
+
+    def last_used(self, key_id: str) -> KeyUse: ...
 
 
 #: Signature of a registered backend class: ``BackendClass(name, settings, context)``.

@@ -521,6 +521,23 @@ class Listing(Sequence[KeyInfo]):
 
 
 @dataclass(frozen=True)
+class DormantKey:
+    """A deactivated key of an issuer whose revoke has two stages (AWS IAM): it can no longer
+    sign requests but still exists, so a person can reactivate it. ``deactivated_on``: when
+    rotator deactivated it (None: not rotator, or the note of it was lost)."""
+
+    key_id: str
+    created_on: datetime
+    deactivated_on: datetime | None
+
+    def entry(self, account: str | None, lifetime: timedelta | None) -> KeyInfo:
+        """As a listing entry (the gate judges its deletion on a listing of dormant keys)."""
+        return KeyInfo(key_id=self.key_id, name="", last4=self.key_id[-4:], created_on=self.created_on,
+                       expires_on=self.created_on + lifetime if lifetime else None, account=account,
+                       note="inactive")
+
+
+@dataclass(frozen=True)
 class KeyUse:
     """When a key last signed a request, as the issuer knows it (None: never), and where."""
 

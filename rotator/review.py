@@ -25,11 +25,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from rotator import gate
 from rotator.gate import Holder, LiveClaim, Purpose, Request
-from rotator.models import HeldKey, KeyInfo, KeyRef, Listing, Phase, RotationRecord, Secret
+from rotator.models import DormantKey, HeldKey, KeyInfo, KeyRef, Listing, Phase, RotationRecord, Secret
 from rotator.timeutil import format_instant
 
 UNUSED_AFTER = timedelta(days=30)
@@ -189,7 +189,7 @@ def classify(issuer: str, listing: Sequence[KeyInfo], secrets: list[Managed], no
     return findings
 
 
-def dormant(issuer: str, keys: Iterable[Any], secrets: list[Managed], now: datetime,
+def dormant(issuer: str, keys: Iterable[DormantKey], secrets: list[Managed], now: datetime,
             delete_after: timedelta | None) -> list[Finding]:
     """Findings for an issuer's deactivated keys (two-stage revokes, AWS IAM): role ``inactive``,
     flagged ``deactivated-by-hand`` (rotator did not deactivate it: it is never deleted by a run)
@@ -197,7 +197,7 @@ def dormant(issuer: str, keys: Iterable[Any], secrets: list[Managed], now: datet
     found = []
     for key in keys:
         flags = []
-        deactivated = getattr(key, "deactivated_on", None)
+        deactivated = key.deactivated_on
         if deactivated is None:
             flags.append("deactivated-by-hand")
         elif delete_after is not None and deactivated + delete_after <= now:

@@ -27,7 +27,7 @@ from rotator import gate
 from rotator.errors import IssuerError, KeyNotFound, RotatorError
 from rotator.evidence import Usage
 from rotator.gate import Purpose, Request, Verdict
-from rotator.interfaces import Clock, Issuer
+from rotator.interfaces import Clock, Issuer, TwoStageRevoke, UsageEvidence
 from rotator.listings import Listings
 from rotator.models import KeyInfo, KeyRef, KeyUse, Listing, Secret, Snapshot
 from rotator.readahead import ReadAhead
@@ -114,14 +114,13 @@ class Revoker:
         bound = getattr(issuer, "in_flight_bound", None) or DEFAULT_IN_FLIGHT
         return gate.Evidence(now=now, listing=listing, holders=holders, unknown=unknown, claims=claims,
                              admin=admin, admin_issuer=issuer.name, in_flight_since=now - bound,
-                             use=use, usage=getattr(issuer, "usage_policy", None))
+                             use=use, usage=issuer.usage_policy if isinstance(issuer, UsageEvidence) else None)
 
     def last_use(self, request: Request, issuer: Issuer) -> KeyUse | None:
         """The old key's last use, where the issuer reports it (usage evidence, I3). Asked only
         for the revoke of an old key whose replacement's deploy time is known."""
         if (request.purpose not in (Purpose.OLD, Purpose.HELD) or request.replaced_at is None
-                or request.key is None or not request.key.key_id
-                or not issuer.capabilities.reports_last_used or not hasattr(issuer, "last_used")):
+                or request.key is None or not request.key.key_id or not isinstance(issuer, UsageEvidence)):
             return None
         return issuer.last_used(request.key.key_id)
 
@@ -154,7 +153,7 @@ class Revoker:
                        " replacement was deployed; revoked as the issuer's usage policy allows", request.secret,
                        key=request.key, entry=verdict.entry, rotation_id=rotation_id, result="error")
         verdict = self._revoke(request, issuer, verdict, value, rotation_id)
-        if request.purpose is Purpose.COMPROMISED and verdict.key_id and hasattr(issuer, "purge"):
+        if request.purpose is Purpose.COMPROMISED and verdict.key_id and isinstance(issuer, TwoStageRevoke):
             self.purge(request, issuer, verdict.key_id, rotation_id=rotation_id)
         return verdict
 
@@ -169,12 +168,10 @@ class Revoker:
     def dormant(self, issuer: Issuer) -> Listing:
         """The issuer's deactivated keys (two-stage revokes, AWS IAM) as a listing; empty for an
         issuer whose revoke deletes at once."""
-        found = getattr(issuer, "dormant_keys", None)
-        if found is None:
+        if not isinstance(issuer, TwoStageRevoke):
             return Listing()
-        owner = getattr(issuer, "user", None)
         lifetime = getattr(issuer, "key_lifetime", None)
-        return Listing(key.info(owner, lifetime) for key in found())
+        return Listing(key.entry(issuer.owner, lifetime) for key in issuer.dormant_keys())
 
     def purge(self, request: Request, issuer: Issuer, key_id: str, *, rotation_id: str | None = None) -> bool:
         """Delete a deactivated key for good (the second stage of a two-stage revoke), asking the

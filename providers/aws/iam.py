@@ -55,6 +55,7 @@ from rotator.errors import (
 )
 from rotator.interfaces import Finding, ProviderContext
 from rotator.models import (
+    DormantKey,
     IssuedKey,
     IssuerCapabilities,
     KeyInfo,
@@ -149,20 +150,6 @@ class AccessKey:
     key_id: str
     active: bool
     created_on: datetime
-
-
-@dataclass(frozen=True)
-class DormantKey:
-    """An inactive key of the user, and when rotator deactivated it (None: not rotator, or the
-    tag was lost)."""
-
-    key_id: str
-    created_on: datetime
-    deactivated_on: datetime | None
-
-    def info(self, user: str, max_age: timedelta) -> KeyInfo:
-        return KeyInfo(key_id=self.key_id, name="", last4=self.key_id[-4:], created_on=self.created_on,
-                       expires_on=self.created_on + max_age, account=user, note="inactive")
 
 
 class IamIssuer:
