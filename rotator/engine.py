@@ -142,7 +142,7 @@ class Engine:
             except RotatorError as exc:
                 log.warning("could not list the keys of issuer %s to sweep strays: %s", issuer.name,
                             redact(str(exc)))
-                continue
+                strays = []
             for secret, entry in strays:
                 try:
                     shared.revoker.revoke(Request(secret, Purpose.STRAY, entry=entry), issuer,
@@ -156,7 +156,9 @@ class Engine:
     def purge_dormant(self, issuer: TwoStageRevoke, shared: RunShared, secret: str) -> None:
         """The second stage of a two-stage revoke (AWS IAM): delete the keys rotator deactivated
         at least the issuer's ``delete_after`` ago, each through the gate. Keys deactivated by
-        someone else (no time noted) are left alone; ``rotator review`` shows them."""
+        someone else (no time noted) are not deleted here; ``rotator review`` shows them, and a
+        rotation that needs room at the owner's key limit deletes a deactivated key first
+        (rotation.Rotation._make_room)."""
         after = issuer.delete_after
         now = self.clock.now()
         try:

@@ -192,8 +192,9 @@ def classify(issuer: str, listing: Sequence[KeyInfo], secrets: list[Managed], no
 def dormant(issuer: str, keys: Iterable[DormantKey], secrets: list[Managed], now: datetime,
             delete_after: timedelta | None) -> list[Finding]:
     """Findings for an issuer's deactivated keys (two-stage revokes, AWS IAM): role ``inactive``,
-    flagged ``deactivated-by-hand`` (rotator did not deactivate it: it is never deleted by a run)
-    or ``past-delete-after`` (deleted by the next run's sweep, or waiting on the gate)."""
+    flagged ``deactivated-by-hand`` (rotator did not deactivate it: the sweep leaves it, though a
+    rotation needing room at the owner's key limit deletes it) or ``past-delete-after`` (deleted
+    by the next run's sweep, or waiting on the gate)."""
     found = []
     for key in keys:
         flags = []

@@ -147,8 +147,9 @@ class Revoker:
         if verdict.hold:
             log.info("%s: revoke of %s held: %s", request.secret, _what(request, verdict), verdict.reason)
             return verdict
+        slack = issuer.usage_policy.slack if isinstance(issuer, UsageEvidence) else timedelta(0)
         if use is not None and request.replaced_at is not None and use.when is not None \
-                and use.when > request.replaced_at:
+                and use.when > request.replaced_at + slack:
             self._emit("used-after-replacement", f"{_what(request, verdict)}: {use.describe()}, after its"
                        " replacement was deployed; revoked as the issuer's usage policy allows", request.secret,
                        key=request.key, entry=verdict.entry, rotation_id=rotation_id, result="error")
@@ -173,21 +174,21 @@ class Revoker:
         lifetime = getattr(issuer, "key_lifetime", None)
         return Listing(key.entry(issuer.owner, lifetime) for key in issuer.dormant_keys())
 
-    def purge(self, request: Request, issuer: Issuer, key_id: str, *, rotation_id: str | None = None) -> bool:
+    def purge(self, request: Request, issuer: Issuer, key_id: str, *, rotation_id: str | None = None) -> str | None:
         """Delete a deactivated key for good (the second stage of a two-stage revoke), asking the
-        gate first with the deactivated keys as the listing: nothing may serve or name it. True
-        when it was deleted (confirmed: no longer among the deactivated keys)."""
+        gate first with the deactivated keys as the listing: nothing may serve or name it. None
+        once deleted (confirmed: no longer among the deactivated keys), else why not."""
         dormant = self.dormant(issuer)
         entry = dormant.by_id(key_id)
         if entry is None:
-            return False
+            return "it is not among the issuer's deactivated keys"
         if request.purpose is not Purpose.COMPROMISED:
             # judged as a purge whatever it is for: a deactivated key is no issue request in flight
             verdict = gate.judge(replace(request, purpose=Purpose.PURGE, key=None, entry=entry),
                                  self.evidence(issuer, dormant, self.clock.now()))
             if not verdict.revoke:
                 log.info("%s: deleting deactivated key %s held: %s", request.secret, entry.label(), verdict.reason)
-                return False
+                return verdict.reason
         self._emit("delete", f"{entry.label()} ({request.purpose.value})", request.secret, key=request.key,
                    entry=entry, rotation_id=rotation_id, result="intent")
         try:
@@ -201,7 +202,7 @@ class Revoker:
             raise RevokeNotConfirmed(message, provider=issuer.name)
         self._emit("deleted", f"{entry.label()} ({request.purpose.value})", request.secret, key=request.key,
                    entry=entry, rotation_id=rotation_id)
-        return True
+        return None
 
     def _revoke(self, request: Request, issuer: Issuer, verdict: Verdict, value: Secret | None,
                 rotation_id: str | None) -> Verdict:

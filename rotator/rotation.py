@@ -67,6 +67,7 @@ class SecretRun:
         self.minted: Secret | None = None     # a key issued by this run and not yet staged
         self.minted_name: str | None = None
         self.minted_rotation: str | None = None   # the rotation it was minted under (our own claim)
+        self.minted_id: str | None = None         # its id, when the issuer said (keys without names)
         self.issue_ticket = 0                 # listings after this ticket show the key this run issued
         self.held_reason: str | None = None   # why the gate held the old key's revoke
         self.held_consumers: tuple[str, ...] = ()   # ... when it was held for consumer gates
@@ -504,14 +505,16 @@ class SecretRun:
             return
         request = Request(self.secret.name, Purpose.ROOM, claim=record.rotation_id)
         epoch = datetime.min.replace(tzinfo=self.clock.now().tzinfo)
+        busy: list[str] = []
         for entry in sorted(dormant, key=lambda k: k.created_on or epoch):
-            if revoker.purge(request, issuer, entry.key_id, rotation_id=record.rotation_id):
+            held = revoker.purge(request, issuer, entry.key_id, rotation_id=record.rotation_id)
+            if held is None:
                 self._note("made-room", f"deleted deactivated key {entry.label()}: {issuer.owner} had {limit}"
                            " keys, the most it may have")
                 return
+            busy.append(f"deactivated key {entry.label()}: {held}")
         roles = (("current", record.current), ("pending", record.pending), ("previous", record.previous),
                  *(("held", h.key) for h in record.held))
-        busy: list[str] = [f"{k.label()} deactivated, not yet deletable" for k in dormant]
         for entry in listing:
             role = next((r for r, ref in roles if ref is not None and ref.refers_to(entry)), None)
             if role is not None:
@@ -521,7 +524,7 @@ class SecretRun:
                                      rotation_id=record.rotation_id)
             if verdict.hold:
                 busy.append(f"{entry.label()}: {verdict.reason}")
-            elif entry.key_id and revoker.purge(request, issuer, entry.key_id, rotation_id=record.rotation_id):
+            elif entry.key_id and revoker.purge(request, issuer, entry.key_id, rotation_id=record.rotation_id) is None:
                 self._note("made-room", f"deactivated and deleted key {entry.label()}, which no record knows:"
                            f" {issuer.owner} had {limit} keys, the most it may have")
                 return
@@ -570,7 +573,7 @@ class SecretRun:
                 self._revoke_unusable(exc.name)     # ... or another carrying this rotation's tag
             raise
         self.issue_ticket = self.shared.listings.ticket(self.issuer)
-        self.minted = issued.value
+        self.minted, self.minted_id = issued.value, issued.key_id
         ref = issued.ref(record.rotation_id)
         note = f"; {issued.note}" if issued.note else ""
         if issued.maybe_twinned:      # the confirmation in a listing finds the twin, if there is one
@@ -851,7 +854,7 @@ class SecretRun:
         done now, its rotation-tagged name lets the sweep of a later run find it."""
         value, self.minted = self.minted, None
         assert value is not None
-        ref = KeyRef.of(value, name=self.minted_name, rotation_id=self.minted_rotation)
+        ref = KeyRef.of(value, name=self.minted_name, rotation_id=self.minted_rotation, key_id=self.minted_id)
         try:
             verdict = self.shared.revoker.revoke(Request(self.secret.name, purpose, key=ref,
                                                          claim=self.minted_rotation), self.issuer, value=value)

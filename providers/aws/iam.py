@@ -327,21 +327,23 @@ class IamIssuer:
             return True
 
     def revoke(self, *, key_id: str | None = None, value: Secret | None = None) -> None:
-        """Deactivate the key (the first stage): tag the user with the time, then set the key
-        ``Inactive``. The key is deleted by :meth:`purge` once ``delete_after`` has passed.
+        """Deactivate the key (the first stage), then note the time in a user tag; the key is
+        deleted by :meth:`purge` once ``delete_after`` has passed. In this order, a key that is
+        active and tagged was always reactivated by a person (a rescue); a failure between the two
+        leaves an inactive key without a note, which only a rotation needing room deletes.
         Raises KeyNotFound when IAM does not know the id."""
         if key_id is None:
             if value is None:
                 raise ValueError("revoke needs a key id or a value")
             key_id = self._parts(value)[0]
+        self._call("revoke", "UpdateAccessKey", UserName=self.user, AccessKeyId=key_id, Status="Inactive")
         now = self._context.clock.now()
-        self._call("revoke", "TagUser", UserName=self.user,
-                   Tags=[{"Key": TAG_PREFIX + key_id, "Value": format_instant(now)}])
         try:
-            self._call("revoke", "UpdateAccessKey", UserName=self.user, AccessKeyId=key_id, Status="Inactive")
-        except KeyNotFound:
-            self._untag(key_id)
-            raise
+            self._call("revoke", "TagUser", UserName=self.user,
+                       Tags=[{"Key": TAG_PREFIX + key_id, "Value": format_instant(now)}])
+        except IssuerError as exc:
+            log.warning("%s: key …%s deactivated, but the time could not be noted (%s): it is not deleted after"
+                        " delete_after; a rotation needing room deletes it", self.name, key_id[-4:], exc)
 
     def purge(self, key_id: str) -> None:
         """Delete an inactive key for good (the second stage), and its tag. An active key is

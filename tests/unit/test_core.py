@@ -356,6 +356,6 @@ def test_the_example_config_loads_builds_and_rotates_its_own_admin_key(tmp_path,
     try:
         managed = {issuer: [s.name for s in runtime.secrets if runtime.issuers[issuer] in s.signs_in]
                    for issuer in runtime.issuers}
-        assert managed == {"quiva-prod": ["quiva-prod-admin"], "quiva-staging": []}
+        assert managed == {"quiva-prod": ["quiva-prod-admin"], "quiva-staging": [], "iam-ci-deployer": []}
     finally:
         runtime.close()

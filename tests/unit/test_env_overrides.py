@@ -92,7 +92,7 @@ DOCUMENTED: dict[str, tuple[str, Check | str]] = {
     # the documented errors
     "ROTATOR_ISSUERS__QUIVA_PRD__BASE_URL": (
         "http://127.0.0.1:8787", "ROTATOR_ISSUERS__QUIVA_PRD__BASE_URL: QUIVA_PRD names no issuer in the file (issuers:"
-        " quiva-prod, quiva-staging); did you mean QUIVA_PROD ('quiva-prod')?"),
+        " iam-ci-deployer, quiva-prod, quiva-staging); did you mean QUIVA_PROD ('quiva-prod')?"),
     "ROTATOR_ROTATOR__GRAC": ("24h", "ROTATOR_ROTATOR__GRAC: rotator has no setting 'grac' (did you mean"
                                      " ROTATOR_ROTATOR__GRACE?)"),
     "ROTATOR_SECRETS__PROD_WEB_APP__GRAC": (
