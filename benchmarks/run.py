@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """rotator's performance, measured in one command: ``python benchmarks/run.py`` (``--quick``).
 
-Five measurements, each against servers this script starts on loopback and stops itself (the
+Six measurements, each against servers this script starts on loopback and stops itself (the
 QuivaWorks emulator and moto in their own processes, an OpenBao dev server, latency proxies):
 
 1. ``calls``  — calls per rotation for each primary/secondary combination against the crash-safe
@@ -9,12 +9,14 @@ QuivaWorks emulator and moto in their own processes, an OpenBao dev server, late
    emulator's own counters and what each provider reports per remote call); and Parameter Store's
    batched reads: ``GetParameters`` per read pass for fleets of N SSM secondaries, against
    ceil(N / 10);
-2. ``fleet``  — a fleet (``--fleet``, default 1000; its layouts ``--fleet-layouts``) across file,
+2. ``cpu``    — own CPU per rotation against the peer's, one layout at a time (``--cpu-layouts``),
+   with a cProfile of every thread of a further round: where rotator's CPU goes, per component;
+3. ``fleet``  — a fleet (``--fleet``, default 1000; its layouts ``--fleet-layouts``) across file,
    moto and OpenBao: rotator's wall time against :mod:`baseline`, the sequential peer, in the same
    process run, all local and again with latency (25 ms per issuer call, 10 ms per backend request);
-3. ``rate``   — with the emulator limiting to R requests/s: total time against calls / R;
-4. ``idle``   — a ``rotator daemon`` process: RSS and CPU over 60 s of idling;
-5. ``cold``   — ``rotator --help`` and ``rotator plan`` (100 secrets) as whole processes.
+4. ``rate``   — with the emulator limiting to R requests/s: total time against calls / R;
+5. ``idle``   — a ``rotator daemon`` process: RSS and CPU over 60 s of idling;
+6. ``cold``   — ``rotator --help`` and ``rotator plan`` (100 secrets) as whole processes.
 
 Prints a Markdown table and writes ``benchmarks/results.json``. Not part of the test suite.
 """
@@ -456,6 +458,7 @@ def measure_fleet(bench: Bench, size: int, latency_size: int, workers: int, issu
             "peer_cpu_ms_per_rotation": round(sum(peer_cpu.values()) / n * 1000, 1),
             "rotator_cpu_ms_per_rotation": round(sum(rotator_cpu.values()) / n * 1000, 1),
             "rotator_own_cpu_ms_per_rotation": round(rotator_cpu["rotator/peer process"] / n * 1000, 1),
+            "peer_own_cpu_ms_per_rotation": round(peer_cpu["rotator/peer process"] / n * 1000, 1),
             "rotator_calls_per_rotation": {f"{p}.{m}": round(c / n, 2) for (p, m), c in sorted(totals["calls"].items())},
             "rotator_thread_cpu_ms_per_rotation": {f"{p}.{m}": round(c / n * 1000, 2)
                                                   for (p, m), c in sorted(totals["thread_cpu"].items())},
@@ -503,6 +506,216 @@ def check_fleet(bench: Bench, runtime: Runtime, sample: list[Any], live: list[di
         records = list(pool.map(lambda s: s.primary.backend.read(s.primary.target).record, runtime.secrets))
     runtime.close()
     return sum(1 for r in records if r is not None and r.current is not None and r.current.key_id is None)
+
+
+# --- 2b. CPU per rotation, one layout at a time ----------------------------------------------------
+
+#: The layouts of the CPU measurement (primary first): every store file-only, and the two mixes of
+#: issue 18. ``--cpu-layouts`` chooses others.
+CPU_LAYOUTS: tuple[tuple[str, ...], ...] = (("file", "file2"), ("vault", "aws"), ("aws", "vault"))
+
+#: Where the profile attributes CPU: (component, file suffix, function name or "*"). A component's
+#: time is the cumulative time of its boundary functions, entered from outside the component, less
+#: what boundaries of other components nested inside took (:func:`_components`); threads are profiled
+#: apart, so the issuer client's helper threads (one per HTTP attempt) count under "issuer (httpx)".
+PROFILE_BOUNDARIES: tuple[tuple[str, str, str], ...] = (
+    ("AWS (botocore)", "botocore/client.py", "_make_api_call"),
+    ("Vault (KV requests)", "providers/vault/connection.py", "request"),
+    ("issuer requests (httpx, helper threads)", "providers/quiva/client.py", "_fetch"),
+    ("issuer key listings (parsing)", "providers/quiva/issuer.py", "list_keys"),
+    ("file store (durable writes, reads)", "providers/file.py", "*"),
+    ("logging", "logging/__init__.py", "_log"),
+    ("audit trail", "rotator/audit.py", "*"),
+    ("record / payload (de)serialisation", "rotator/models.py", "to_dict"),
+    ("record / payload (de)serialisation", "rotator/models.py", "from_dict"),
+    ("record / payload (de)serialisation", "providers/document.py", "*"),
+    ("record / payload (de)serialisation", "providers/aws/sm_payload.py", "*"),
+    ("fingerprints", "rotator/models.py", "fingerprint"),
+    ("decide / observations", "rotator/machine.py", "decide"),
+    ("decide / observations", "rotator/rotation.py", "_observations"),
+    ("revoke evidence (reads of every target, survey)", "rotator/evidence.py", "survey"),
+)
+
+
+def measure_cpu(bench: Bench, per_layout: int, rounds: int, workers: int,
+                layouts: tuple[tuple[str, ...], ...] = CPU_LAYOUTS, profile: int = 0,
+                profile_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Own CPU per rotation of rotator and of the sequential peer, one layout at a time.
+
+    Per layout, ``per_layout`` secrets for each side (seeded, adopted untimed, then all due), in
+    ``rounds`` interleaved rounds (peer, rotator, peer, ...), each a fresh start for both (new
+    clients, new session), rotator with ``workers`` workers, grace 0 and info logs in JSON to a
+    file, as in the fleet. CPU is ``getrusage`` of this process (every server runs in its own),
+    requests are counted by the request hooks per destination. ``profile`` more secrets are then
+    rotated by rotator with one worker under cProfile (not part of the CPU numbers): where the
+    CPU goes, per component (:data:`PROFILE_BOUNDARIES`)."""
+    rows = []
+    for index, layout in enumerate(layouts):
+        prefix = f"cpu{index}"
+        bench.use(f"{prefix}@example.com", f"{prefix}-peer@example.com")
+        rot_specs = build(f"{prefix}r", per_layout + profile, [layout])
+        peer_specs = build(f"{prefix}p", per_layout, [layout])
+        endpoints = bench.endpoints(prefix)
+        peer_files = endpoints.files / "peer"
+        seeding = bench.runtime(rotator_config(rot_specs, endpoints, workers=workers))
+        created = bench.emulator.now() - 70 * DAY
+        seed_for_rotator(seeding, bench.emulator, rot_specs, created, user=bench.rotator_user)
+        peer = Peer(quiva=endpoints.quiva, admin_key=bench.peer_key, aws=endpoints.aws, vault=endpoints.vault,
+                    vault_token=endpoints.vault_token, files=peer_files)
+        seed_for_peer(peer, bench.emulator, peer_specs, created, user=bench.peer_user)
+        peer.close()
+        check(Engine(seeding).run(), f"cpu {layout}: adoption")
+        seeding.close()
+        bench.shift(10 * DAY)
+        sides: dict[str, Any] = {side: {"cpu": 0.0, "wire": Counter(), "n": 0} for side in ("peer", "rotator")}
+        where = {"issuer": endpoints.quiva, "aws": endpoints.aws, "vault": endpoints.vault}
+        statuses: Counter[str] = Counter()
+        load = [os.getloadavg()[0]]
+        for part in range(rounds):
+            peers, rot = peer_specs[part::rounds], rot_specs[:per_layout][part::rounds]
+            WireCounter.take()
+            cpu0 = own_cpu()
+            peer = Peer(quiva=endpoints.quiva, admin_key=bench.peer_key, aws=endpoints.aws, vault=endpoints.vault,
+                        vault_token=endpoints.vault_token, files=peer_files)
+            failed = peer.run((s.name, s.targets) for s in peers)
+            peer.close()
+            sides["peer"]["cpu"] += own_cpu() - cpu0
+            sides["peer"]["n"] += len(peers)
+            sides["peer"]["wire"].update(WireCounter.take())
+            assert failed == 0, f"cpu {layout}: the peer failed {failed}"
+            with (bench.workdir / f"cpu-{index}-{part}.log").open("w") as stream:
+                rotator_log.setup("info", "json", stream=stream)        # as `rotator rotate` logs
+                cpu0 = own_cpu()
+                runtime = bench.runtime(rotator_config(rot, endpoints, workers=workers))
+                report = Engine(runtime).run()
+                runtime.close()
+                sides["rotator"]["cpu"] += own_cpu() - cpu0
+                logging.getLogger().handlers.clear()
+            sides["rotator"]["n"] += len(rot)
+            sides["rotator"]["wire"].update(WireCounter.take())
+            statuses.update(o.status for o in report.outcomes)
+            check(report, f"cpu {layout}: rotator round {part + 1}")
+        load.append(os.getloadavg()[0])
+
+        def per_rotation(side: str) -> dict[str, Any]:
+            got = sides[side]
+            n = got["n"]
+            requests = {k: round(WireCounter.for_url(got["wire"], url) / n, 2) for k, url in where.items() if url}
+            return {"cpu_ms_per_rotation": round(got["cpu"] / n * 1000, 2), "rotations": n,
+                    "requests_per_rotation": {k: v for k, v in requests.items()
+                                              if k == "issuer" or k in {"aws" if s == "ssm" else s for s in layout}}}
+
+        peer_row, rotator_row = per_rotation("peer"), per_rotation("rotator")
+        row = {"layout": layout_name(layout), "secrets": per_layout, "rounds": rounds, "workers": workers,
+               "peer": peer_row, "rotator": rotator_row,
+               "ratio": round(rotator_row["cpu_ms_per_rotation"] / peer_row["cpu_ms_per_rotation"], 2),
+               "rotator_outcomes": dict(statuses), "load_average_1m": load}
+        if profile:
+            row["profile"] = _profile_layout(bench, rot_specs[per_layout:], endpoints, layout, index, workers,
+                                             profile_dir)
+            own = rotator_row["cpu_ms_per_rotation"]
+            row["profile"]["components_ms_per_rotation"] = {
+                k: round(v * own, 2) for k, v in row["profile"]["components_share"].items()}
+        rows.append(row)
+        say(f"cpu {row['layout']}: peer {peer_row['cpu_ms_per_rotation']} ms, rotator"
+            f" {rotator_row['cpu_ms_per_rotation']} ms per rotation ({row['ratio']}x); requests"
+            f" {peer_row['requests_per_rotation']} / {rotator_row['requests_per_rotation']}")
+    return rows
+
+
+def _profile_layout(bench: Bench, specs: list[Any], endpoints: Endpoints, layout: tuple[str, ...], index: int,
+                    workers: int, profile_dir: Path | None) -> dict[str, Any]:
+    """Rotate ``specs`` as the measured rounds do, every thread under cProfile (the workers and
+    the issuer client's helper threads; each with its own thread-CPU timer); the CPU per
+    component, as shares of the profiled time scaled to the run's own CPU, in ms per rotation."""
+    import cProfile
+    import pstats
+
+    profilers: list[cProfile.Profile] = []
+
+    def start(frame: Any, event: str, arg: Any) -> None:      # the first event of each new thread
+        profiler = cProfile.Profile(time.thread_time)
+        profilers.append(profiler)
+        profiler.enable()
+
+    with (bench.workdir / f"cpu-{index}-profile.log").open("w") as stream:
+        rotator_log.setup("info", "json", stream=stream)
+        main = cProfile.Profile(time.thread_time)
+        cpu0 = own_cpu()
+        threading.setprofile(start)
+        main.enable()
+        try:
+            runtime = bench.runtime(rotator_config(specs, endpoints, workers=workers))
+            report = Engine(runtime).run()
+            runtime.close()
+        finally:
+            main.disable()
+            threading.setprofile(None)
+        cpu = own_cpu() - cpu0
+        logging.getLogger().handlers.clear()
+    check(report, f"cpu {layout}: profiled round")
+    stats = pstats.Stats(main)
+    for profiler in profilers:
+        try:
+            stats.add(profiler)
+        except TypeError:             # a thread that never ran profiled code
+            pass
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        stats.dump_stats(str(profile_dir / f"cpu-{'-'.join(layout)}.pstats"))
+    shares = _components(stats)
+    n = len(specs)
+    return {"rotations": n, "workers": workers, "cpu_ms_per_rotation_profiled": round(cpu / n * 1000, 2),
+            "components_share": {k: round(v, 3) for k, v in shares.items()}}
+
+
+def _components(stats: Any) -> dict[str, float]:
+    """Share of the profiled time per component: the time spent inside each component's boundary
+    functions (their cumulative time, minus what nested boundaries of another component took),
+    the rest under "engine and everything else"."""
+    boundaries: dict[tuple[str, int, str], str] = {}
+    for func in stats.stats:
+        filename, _, name = func
+        path = filename.replace("\\", "/")
+        for component, suffix, wanted in PROFILE_BOUNDARIES:
+            if path.endswith(suffix) and (wanted == "*" or name == wanted):
+                boundaries[func] = component
+                break
+    total = stats.total_tt or 1e-9
+    found: Counter[str] = Counter()
+    for func, component in boundaries.items():
+        # time entering this boundary from outside any boundary of the same component
+        for caller, (_, _, _, cumulative) in stats.stats[func][4].items():
+            if boundaries.get(caller) != component:
+                found[component] += cumulative
+    # a boundary nested in another component's (e.g. a record encoded inside a file write) counts for
+    # the inner one only
+    for func, component in boundaries.items():
+        for caller, (_, _, _, cumulative) in stats.stats[func][4].items():
+            outer = _outer_component(stats, caller, boundaries, component)
+            if outer is not None:
+                found[outer] -= cumulative
+    shares = {k: max(v, 0.0) / total for k, v in found.items()}
+    shares["engine and everything else"] = max(0.0, 1.0 - sum(shares.values()))
+    return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
+def _outer_component(stats: Any, func: Any, boundaries: dict[Any, str], inner: str,
+                     depth: int = 0, seen: set | None = None) -> str | None:
+    """The component of the nearest boundary above ``func`` other than ``inner`` (None: none)."""
+    if func in boundaries:
+        return boundaries[func] if boundaries[func] != inner else None
+    if depth > 12:
+        return None
+    seen = seen if seen is not None else set()
+    if func in seen or func not in stats.stats:
+        return None
+    seen.add(func)
+    for caller in stats.stats[func][4]:
+        found = _outer_component(stats, caller, boundaries, inner, depth + 1, seen)
+        if found is not None:
+            return found
+    return None
 
 
 # --- 3. under a rate limit -----------------------------------------------------------------------
@@ -741,6 +954,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                                  + " (revoke pass, 8 workers / verify pass)",
                      "ratio": f"{requests(*worst) / worst[0]['expected_get_parameters_per_pass']:.2f}",
                      "met": all(requests(r, k) <= r["expected_get_parameters_per_pass"] for r, k in passes)})
+    for row in results.get("cpu", []):
+        limit = 2.0 if all(s.startswith("file") for s in row["layout"].split(" → ")) else 1.5
+        rows.append({"target": f"own CPU per rotation ≤ {limit}× the peer's ({row['layout']})",
+                     "measured": f"peer {row['peer']['cpu_ms_per_rotation']} ms, rotator"
+                                 f" {row['rotator']['cpu_ms_per_rotation']} ms",
+                     "ratio": f"{row['ratio']}×", "met": row["ratio"] <= limit})
     for row in results.get("fleet", []):
         rows.append({"target": f"fleet ≥ 8× the sequential peer ({row['scenario']}, {row['secrets']} secrets)",
                      "measured": f"peer {row['peer_seconds']} s, rotator {row['rotator_seconds']} s",
@@ -822,6 +1041,25 @@ def markdown(results: dict[str, Any]) -> str:
                        f" {rot['GetParameters']} / {rot['GetParameter']} / {rot['PutParameter']} |"
                        f" {rev['GetParameters']} [{rev['engine_read_many']}] / {rev['GetParameter']} |"
                        f" {ver['GetParameters']} [{ver['engine_read_many']}] / {ver['GetParameter']} |")
+    if results.get("cpu"):
+        r0 = results["cpu"][0]
+        out.append(f"\nOwn CPU per rotation, one layout at a time ({r0['secrets']} secrets per side and layout,"
+                   f" {r0['rounds']} interleaved rounds, {r0['workers']} workers, grace 0; requests per rotation by"
+                   " destination):\n")
+        out.append("| layout | peer ms | rotator ms | ratio | requests peer | requests rotator |\n|---|---|---|---|---|---|")
+        for r in results["cpu"]:
+            def reqs(side: dict[str, Any]) -> str:
+                return ", ".join(f"{k} {v}" for k, v in side["requests_per_rotation"].items())
+            out.append(f"| {r['layout']} | {r['peer']['cpu_ms_per_rotation']} | {r['rotator']['cpu_ms_per_rotation']} |"
+                       f" {r['ratio']}× | {reqs(r['peer'])} | {reqs(r['rotator'])} |")
+        profiled = [r for r in results["cpu"] if r.get("profile")]
+        if profiled:
+            out.append("\nWhere rotator's CPU goes (cProfile of every thread in a further round; each component's"
+                       " share of the profiled time applied to the measured ms per rotation):\n")
+            for r in profiled:
+                p = r["profile"]
+                out.append(f"* {r['layout']} ({p['rotations']} rotations profiled): " + ", ".join(
+                    f"{k} {v}" for k, v in p["components_ms_per_rotation"].items()))
     if results.get("fleet"):
         out.append("\nFleet (layouts " + ", ".join(results["fleet"][0]["layouts"]) + "; grace 0 so both revoke at once):\n")
         out.append("| scenario | secrets | workers | peer s | rotator s | speed-up | ms/rotation peer / rotator |"
@@ -867,7 +1105,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend-latency-ms", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=50.0, help="emulator rate limit, requests/s")
     parser.add_argument("--idle-seconds", type=float, help="idle window (default 60; --quick 10)")
-    parser.add_argument("--only", default="calls,fleet,rate,idle,cold,probes")
+    parser.add_argument("--cpu-secrets", type=int, help="secrets per layout in the CPU measurement (default 200;"
+                        " --quick 60)")
+    parser.add_argument("--cpu-layouts", type=layouts_argument, default=CPU_LAYOUTS,
+                        help="the CPU measurement's layouts (default file/file2,vault/aws,aws/vault)")
+    parser.add_argument("--cpu-profile", type=int, default=None, metavar="N",
+                        help="per layout, N more secrets rotated with one worker under cProfile (default 100;"
+                             " --quick 30; 0: none)")
+    parser.add_argument("--profile-dir", type=Path, help="write each layout's cProfile stats there (.pstats)")
+    parser.add_argument("--only", default="calls,cpu,fleet,rate,idle,cold,probes")
     parser.add_argument("--out", type=Path, help="default: results.json for a full run, "
                         "results-partial.json with --quick or --only (so they do not replace the full run's)")
     args = parser.parse_args(argv)
@@ -883,7 +1129,7 @@ def main(argv: list[str] | None = None) -> int:
     begun = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rotator-bench-") as tmp:
         workdir = Path(tmp)
-        if only & {"calls", "fleet", "rate", "probes"}:
+        if only & {"calls", "cpu", "fleet", "rate", "probes"}:
             servers = Servers.start()
             try:
                 bench = Bench(servers, workdir)
@@ -891,6 +1137,10 @@ def main(argv: list[str] | None = None) -> int:
                     results["calls"] = measure_calls(bench, 4 if quick else 12, args.workers)
                     results["ssm_batching"] = measure_ssm_batching(
                         bench, SSM_BATCH_SIZES[1:4] if quick else SSM_BATCH_SIZES, args.workers)
+                if "cpu" in only:
+                    profile = args.cpu_profile if args.cpu_profile is not None else (30 if quick else 100)
+                    results["cpu"] = measure_cpu(bench, args.cpu_secrets or (60 if quick else 200), 2,
+                                                 args.workers, args.cpu_layouts, profile, args.profile_dir)
                 if "fleet" in only:
                     results["fleet"] = measure_fleet(bench, fleet_size, latency_size, args.workers,
                                                      args.issuer_latency_ms, args.backend_latency_ms,
