@@ -437,7 +437,9 @@ def _target_task(bound: Any, *, primary: bool) -> Callable[[], tuple[Any, list[F
             raise
         except Exception as exc:  # noqa: BLE001 - shown as the failed read
             return exc, [Finding("read", "fail", _describe(exc))]
-        findings = [_read_finding(snapshot, primary=primary, field=bound.target.field)]
+        layout = getattr(bound.target, "layout", None)     # a key with parts: every field it occupies
+        where = layout.describe() if layout is not None else f"field '{bound.target.field}'"
+        findings = [_read_finding(snapshot, primary=primary, where=where)]
         probe = getattr(bound.backend, "check_access", None)
         if callable(probe):
             try:
@@ -459,12 +461,12 @@ def _target_task(bound: Any, *, primary: bool) -> Callable[[], tuple[Any, list[F
     return task
 
 
-def _read_finding(snapshot: Any, *, primary: bool, field: str) -> Finding:
+def _read_finding(snapshot: Any, *, primary: bool, where: str) -> Finding:
     if not snapshot.exists:
         return Finding("read", "ok", "does not exist yet: the first run writes it" if primary
                        else "does not exist yet: the next run deploys the key here")
     if snapshot.current is None:
-        return Finding("read", "warn", f"exists but holds no key in its field '{field}'")
+        return Finding("read", "warn", f"exists but holds no key in its {where}")
     key = f"…{snapshot.current.last4}"
     record = snapshot.record
     if not primary:

@@ -81,6 +81,10 @@ class Target(Protocol):
     ``label`` is a short human-readable locator used in messages ("file:/etc/app/quiva.json").
     ``field`` is the name of the JSON field applications read the key from.
 
+    When the issuer's keys have several parts (an AWS access key), the target also carries
+    ``layout`` (:class:`rotator.values.Layout`): the JSON field of each part, built from the
+    ``fields`` key the core puts in the spec given to :meth:`Backend.target`.
+
     Optional: ``addresses: frozenset[tuple[str, ...]]``, what this target addresses, as comparable
     keys: two targets sharing any key are the same place. A key says where the target is, not how
     the config spelled it (a file's resolved path; the endpoint, account, region and name of a
@@ -126,7 +130,13 @@ class Backend(Protocol):
     capabilities: BackendCapabilities
 
     def target(self, spec: Mapping[str, Any]) -> Target:
-        """Validate one target entry (without the network); raise ConfigError naming the field."""
+        """Validate one target entry (without the network); raise ConfigError naming the field.
+
+        ``spec`` always has ``field`` (the JSON field of a plain key, default ``api_key``). For an
+        issuer whose keys have parts it also has ``fields``: part -> JSON field, complete, checked
+        and in the issuer's order; the value is then read, written and compared as one
+        (:class:`rotator.values.Layout` does the reading and writing). A backend that cannot store
+        such values refuses ``fields`` as an unknown setting."""
         ...
 
     def read(self, target: Target) -> Snapshot:
