@@ -173,6 +173,10 @@ class Engine:
                 shared.revoker.purge(Request(secret, Purpose.PURGE), issuer, key.key_id)
             except RotatorError as exc:
                 shared.problem(f"{secret}: deleting deactivated key …{key.key_id[-4:]}: {redact(str(exc))}")
+        try:
+            issuer.tidy()
+        except RotatorError as exc:
+            log.warning("issuer %s: could not forget notes of deleted keys: %s", issuer.name, redact(str(exc)))
 
     def strays(self, issuer: Issuer, shared: RunShared, names: set[str]) -> list[tuple[str, KeyInfo]]:
         """Keys of ``issuer`` named like the keys of the secrets ``names`` (the run's) that no

@@ -347,7 +347,9 @@ class TwoStageRevoke(Protocol):
 
     * :meth:`Issuer.revoke` deactivates, notes when, and the key leaves :meth:`Issuer.list_keys`
       (which lists *live* keys), so the core confirms the revoke as for any issuer;
-    * :meth:`dormant_keys` lists the deactivated keys (with when rotator deactivated each);
+    * :meth:`dormant_keys` lists the deactivated keys (with when rotator deactivated each); a key
+      a record names that is found deactivated with no time noted (a crash between the two
+      steps of a revoke) is revoked again, which notes the time;
     * the end-of-run sweep deletes those rotator deactivated at least ``delete_after`` ago, each
       through the revoke gate, with :meth:`purge`; ``revoke --compromised`` deletes at once;
     * an issuer with a per-owner key limit counts dormant keys toward it (IAM does): deleting one
@@ -363,6 +365,11 @@ class TwoStageRevoke(Protocol):
     def purge(self, key_id: str) -> None:
         """Delete a deactivated key for good; refuse (IssuerError) an active one. KeyNotFound when
         it no longer exists. Confirmed by the caller through :meth:`dormant_keys`."""
+        ...
+
+    def tidy(self) -> None:
+        """Forget what the issuer noted about keys that no longer exist (the end-of-run sweep
+        calls it after the purges)."""
         ...
 
 

@@ -143,6 +143,8 @@ class Revoker:
         if verdict.gone:
             self._emit("already-revoked", f"{_what(request, verdict)}: {verdict.reason}", request.secret, key=request.key,
                        entry=request.entry, rotation_id=rotation_id)
+            if request.purpose in (Purpose.OLD, Purpose.HELD) and request.key is not None and request.key.key_id:
+                self._note_deactivation(issuer, request.key.key_id)
             return verdict
         if verdict.hold:
             log.info("%s: revoke of %s held: %s", request.secret, _what(request, verdict), verdict.reason)
@@ -165,6 +167,22 @@ class Revoker:
         return gate.judge(request, self.evidence(issuer, listing, now, use))
 
     # --- two-stage revokes: deleting what a revoke deactivated ---------------------------------
+
+    def _note_deactivation(self, issuer: Issuer, key_id: str) -> None:
+        """An old key found already revoked may have been deactivated by a revoke that stopped
+        before it noted the time (a crash between its two steps): revoke it again, which notes
+        it, so it is deleted after ``delete_after`` rather than only when room is needed."""
+        if not isinstance(issuer, TwoStageRevoke):
+            return
+        try:
+            unnoted = any(k.key_id == key_id and k.deactivated_on is None for k in issuer.dormant_keys())
+            if unnoted:
+                issuer.revoke(key_id=key_id)
+                log.info("%s: deactivated key …%s had no deactivation time noted; noted now", issuer.name,
+                         key_id[-4:])
+        except RotatorError as exc:      # the note is for the later purge; the revoke itself stands
+            log.warning("%s: could not note the deactivation of key …%s: %s", issuer.name, key_id[-4:],
+                        redact(str(exc)))
 
     def dormant(self, issuer: Issuer) -> Listing:
         """The issuer's deactivated keys (two-stage revokes, AWS IAM) as a listing; empty for an

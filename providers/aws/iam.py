@@ -359,6 +359,15 @@ class IamIssuer:
         self._call("purge", "DeleteAccessKey", UserName=self.user, AccessKeyId=key_id)
         self._untag(key_id)
 
+    def tidy(self) -> None:
+        """Drop the deactivation notes of keys that no longer exist (a crash or a failed
+        UntagUser after a delete, a key deleted by hand): each takes one of a user's 50 tags."""
+        tags = self._tags()
+        listed = {k.key_id for k in self._access_keys()}
+        for key in tags:
+            if key.startswith(TAG_PREFIX) and key[len(TAG_PREFIX):] not in listed:
+                self._untag(key[len(TAG_PREFIX):])
+
     def last_used(self, key_id: str) -> KeyUse:
         """``GetAccessKeyLastUsed`` (on AWS this lags by up to a few hours)."""
         answer = self._call("last-used", "GetAccessKeyLastUsed", AccessKeyId=key_id)
@@ -475,7 +484,7 @@ class IamIssuer:
     def _untag(self, key_id: str) -> None:
         try:
             self._call("purge", "UntagUser", UserName=self.user, TagKeys=[TAG_PREFIX + key_id])
-        except IssuerError as exc:        # a stale tag only costs a tag slot; the next purge retries
+        except IssuerError as exc:        # a stale tag only costs a tag slot; the next sweep's tidy() retries
             log.warning("%s: could not remove the tag of deleted key …%s: %s", self.name, key_id[-4:], exc)
 
     def _propagated_by(self, key_id: str) -> datetime | None:

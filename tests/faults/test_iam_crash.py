@@ -12,7 +12,8 @@ server that checks request signatures (tests/servers/aws_signing.py).
 2. Real SIGKILLs of a child process (tests/faults/iam_support_faults.py run as a module): right
    after CreateAccessKey returned (the new key's secret dies with the process), between the two
    calls of the old key's revoke, and after the revoke, before the deletion.
-3. Product bugs found on the way, as strict xfails (each passes once its bug is fixed).
+3. Product bugs found on the way (fixed since; the tests that found them stay as regressions:
+   UNNOTED, STALE_TAG; RESCUED applies only if the revoke's order were flipped).
 
 moto stamps keys with the real time, so the fake clock starts at the real time and rotations are
 started with ``force``; moto accepts an Inactive key, so deactivation is proved by ListAccessKeys.
@@ -50,7 +51,7 @@ RESUMES = [LEASE + timedelta(minutes=1), GRACE + timedelta(hours=1), DELETE_AFTE
            LEASE + timedelta(minutes=1), GRACE + timedelta(hours=1), DELETE_AFTER + timedelta(hours=1)]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# --- the product bugs this file found (strict xfails) --------------------------------------------
+# --- the product bugs this file found (fixed; kept to document what each test guards) -------
 
 #: With REVOKE = (UpdateAccessKey, TagUser): a crash between the two leaves the key Inactive with no
 #: note of when; the next run finds it gone from the live listing ("already revoked") and finishes,
@@ -189,8 +190,7 @@ AFTER_STAGE = CLEAN["one-key"][CLEAN["one-key"].index("stage") + 1:]
 #: to no key's state is the same as from one key, and so is every effect after the issue).
 CRASH_AT = {"one-key": range(1, len(CLEAN["one-key"]) + 1), "current+deactivated": (3, 5),
             "current+unknown": (3, 4, 7)}
-BUGS = {("one-key", 8): known_bug(UNNOTED, REVOKE[0] == "UpdateAccessKey"),
-        ("current+unknown", 3): known_bug(RESCUED, REVOKE[0] == "TagUser")}
+BUGS = {("current+unknown", 3): known_bug(RESCUED, REVOKE[0] == "TagUser")}
 CASES = [pytest.param(start, k, id=f"{start}-{k}-{CLEAN[start][k - 1]}", marks=BUGS.get((start, k), []))
          for start, ks in CRASH_AT.items() for k in ks]
 
@@ -419,7 +419,6 @@ def test_iam_sigkill_after_the_old_keys_revoke_before_its_deletion(w, watch):
     assert later.ops()[0] == "write_record" and iam_calls(later) == [("DeleteAccessKey", old), ("UntagUser", old)]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=INSIDE_REVOKE_BUG)
 def test_iam_sigkill_inside_the_old_keys_revoke_between_its_two_calls(w, watch):
     """The runner dies inside IamIssuer.revoke, after its first IAM call and before its second.
     A later run must end the job: the old key Inactive with its deactivation noted, deleted
@@ -456,7 +455,6 @@ def test_iam_crash_inside_the_orphan_sweep(w, watch, first):
     assert record_of(watch).phase is Phase.GRACE and orphan not in watch.stored_text()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=STALE_TAG)
 def test_iam_crash_between_delete_and_untag_leaves_no_stale_tag(w, watch):
     old, new = in_grace(w, watch)
     ok(rotate(w, IamEffects(w.clock), "runner-B"))                             # deactivates the old key
