@@ -21,8 +21,29 @@ from rotator.testing import FakeClock
 ADMIN_EMAIL = "ops@example.com"
 
 
+class Runs:
+    """Runtime, engine and run from a world's ``config_data()`` on its clock, recording calls
+    and events (``calls``, ``events``, ``_runtimes`` and ``clock`` are the world's fields)."""
+
+    def runtime(self, identity: str | None = None) -> Runtime:
+        runtime = Runtime(config.load(data=self.config_data()), clock=self.clock, sleep=self.clock.sleep,
+                          identity=identity, on_call=lambda *call: self.calls.append(call))
+        self._runtimes.append(runtime)
+        return runtime
+
+    def engine(self, identity: str | None = None) -> Engine:
+        return Engine(self.runtime(identity), on_event=self.events.append)
+
+    def rotate(self, names: list[str] | None = None, *, force: bool = False, identity: str | None = None) -> RunReport:
+        return self.engine(identity).run(names, force=force)
+
+    def close(self) -> None:
+        for runtime in self._runtimes:
+            runtime.close()
+
+
 @dataclass
-class World:
+class World(Runs):
     emulator: Any
     clock: FakeClock
     root: Path
@@ -52,18 +73,6 @@ class World:
         if self.hooks:
             data["hooks"] = self.hooks
         return data
-
-    def runtime(self, identity: str | None = None) -> Runtime:
-        runtime = Runtime(config.load(data=self.config_data()), clock=self.clock, sleep=self.clock.sleep,
-                          identity=identity, on_call=lambda *call: self.calls.append(call))
-        self._runtimes.append(runtime)
-        return runtime
-
-    def engine(self, identity: str | None = None) -> Engine:
-        return Engine(self.runtime(identity), on_event=self.events.append)
-
-    def rotate(self, names: list[str] | None = None, *, force: bool = False, identity: str | None = None) -> RunReport:
-        return self.engine(identity).run(names, force=force)
 
     # --- seeding and looking ---------------------------------------------------------------
 
@@ -100,11 +109,6 @@ class World:
         for label, snap in self.snapshots(name).items():
             assert snap.current is not None, f"{label} holds no key"
             assert self.emulator.is_active(snap.current.reveal()), f"{label} holds a key the issuer refuses"
-
-    def close(self) -> None:
-        for runtime in self._runtimes:
-            runtime.close()
-
 
 def to_toml(data: dict[str, Any]) -> str:
     """Just enough TOML for test configs: tables, arrays of tables, inline tables, scalars."""

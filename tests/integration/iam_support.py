@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from rotator import config
-from rotator.engine import Engine, Event, RunReport
+from rotator.engine import Event
 from rotator.models import KeyRef, Secret
 from rotator.runtime import ManagedSecret, Runtime
+from tests.world import Runs
 from rotator.testing import FakeClock
 
 PARTS = ("aws_access_key_id", "aws_secret_access_key")
@@ -28,7 +28,7 @@ def real_now() -> datetime:
 
 
 @dataclass
-class IamWorld:
+class IamWorld(Runs):
     """``endpoint``: the moto server; ``admin``: (id, secret) rotator signs in with; ``user``: the
     managed IAM user."""
 
@@ -62,18 +62,6 @@ class IamWorld:
     def config_data(self) -> dict[str, Any]:
         return {"rotator": self.defaults, "issuers": {"iam": self.issuer}, "backends": self.backends,
                 "secrets": self.secrets}
-
-    def runtime(self, identity: str | None = None) -> Runtime:
-        runtime = Runtime(config.load(data=self.config_data()), clock=self.clock, sleep=self.clock.sleep,
-                          identity=identity, on_call=lambda *call: self.calls.append(call))
-        self._runtimes.append(runtime)
-        return runtime
-
-    def engine(self, identity: str | None = None) -> Engine:
-        return Engine(self.runtime(identity), on_event=self.events.append)
-
-    def rotate(self, names: list[str] | None = None, *, force: bool = False, identity: str | None = None) -> RunReport:
-        return self.engine(identity).run(names, force=force)
 
     # --- AWS as the test sees it -----------------------------------------------------------------
 
@@ -119,11 +107,6 @@ class IamWorld:
 
     def file_payload(self, backend: str, path: str) -> dict[str, Any]:
         return json.loads((Path(self.backends[backend]["directory"]) / path).read_text())
-
-    def close(self) -> None:
-        for runtime in self._runtimes:
-            runtime.close()
-
 
 def advance(world: IamWorld, **delta: float) -> None:
     world.clock.advance(timedelta(**delta))
