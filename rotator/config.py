@@ -34,7 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from rotator.errors import ConfigError
 from rotator.overrides import Applied, EnvOverrides
 from rotator.timeutil import format_duration, parse_duration
-from rotator.validation import StrictModel, closest, describe
+from rotator.validation import StrictModel, closest, describe, insecure_http_problem
 
 CONFIG_ENV = "ROTATOR_CONFIG"
 DEFAULT_KEY_NAME = "{secret} [{rotation}]"
@@ -166,6 +166,10 @@ class TargetEntry(BaseModel):
         return dict(self.model_extra or {})
 
 
+#: What an http hook's request carries, for the plain-http refusal (never a key value).
+HOOK_SENDS = "the signed hook body (key ids, dates; its signature is all that protects it)"
+
+
 class HookSpec(StrictModel):
     """``[[hooks]]`` (named, shared) or an inline entry of a secret's ``hooks``: something to tell
     when a rotation reaches an event (rotator.hooks, docs/hooks.md)."""
@@ -190,6 +194,7 @@ class HookSpec(StrictModel):
     signing_secret: Reference | None = None   # HMAC-SHA256 of the body: X-Rotator-Signature
     headers: dict[str, str] = {}
     ca_cert: Path | None = None        # TLS verification is always on; this adds a CA bundle
+    insecure_http: bool = False        # allow plain http:// to a host that is not loopback
 
     @model_validator(mode="after")
     def _kind(self) -> HookSpec:
@@ -206,6 +211,8 @@ class HookSpec(StrictModel):
             elif isinstance(self.url, str):
                 if not re.match(r"^https?://[^\s]+$", self.url):
                     problems.append("url: expected http(s)://... or a reference like { env = \"NAME\" }")
+                elif not self.insecure_http and (problem := insecure_http_problem(self.url, "url", HOOK_SENDS)):
+                    problems.append(problem)
             else:
                 _reference(self.url, "url")
             if self.signing_secret is not None:

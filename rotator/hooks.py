@@ -43,12 +43,13 @@ import httpx
 
 from rotator import __version__
 from rotator.clock import SystemClock
-from rotator.config import HookSpec
+from rotator.config import HOOK_SENDS, HookSpec
 from rotator.credentials import check_reference
 from rotator.errors import ConfigError, RotatorError
 from rotator.models import KeyRef, Secret
 from rotator.redact import MASK, redact
 from rotator.timeutil import format_instant
+from rotator.validation import insecure_http_problem
 
 log = logging.getLogger("rotator.hooks")
 
@@ -462,6 +463,7 @@ class HttpHook(Hook):
         self._spec_signing = spec.signing_secret
         self.headers: dict[str, str] = dict(spec.headers)
         self.ca_cert: Path | None = spec.ca_cert
+        self.insecure_http = spec.insecure_http
         self._resolve = resolve
         self._lock = threading.Lock()
         self._url: Secret | None = Secret(spec.url) if isinstance(spec.url, str) else None   # masked in logs
@@ -476,6 +478,10 @@ class HttpHook(Hook):
                 url = self._resolve(self._spec_url, f"{self.where}.url")
                 if not re.match(r"^https?://\S+$", url.reveal()):
                     raise ConfigError(f"{self.where}.url: the referenced value is not an http(s) URL")
+                if not self.insecure_http and insecure_http_problem(url.reveal(), "url", HOOK_SENDS):
+                    raise ConfigError(f"{self.where}.url: the referenced URL is plain http:// to a host that is"
+                                      " not loopback: use https://, or set insecure_http = true if the network"
+                                      " in between is trusted")
                 self._url = url
             if self._signing is None and self._spec_signing is not None:
                 self._signing = self._resolve(self._spec_signing, f"{self.where}.signing_secret")

@@ -166,6 +166,23 @@ def test_hook_http_url_from_a_missing_variable_fails_the_delivery_not_the_load(m
     assert "secret-token" not in result.detail
 
 
+def test_hook_plain_http_url_is_refused_unless_loopback_or_insecure_http():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"plain http:// to hooks.example.com"):
+        spec(kind="http", url="http://hooks.example.com/rotated")
+    assert spec(kind="http", url="http://127.0.0.1:8080/rotated").url.startswith("http://127.0.0.1")
+    assert spec(kind="http", url="http://localhost:8080/rotated") is not None       # a sidecar
+    assert spec(kind="http", url="http://hooks.example.com/rotated", insecure_http=True).insecure_http
+
+
+def test_hook_plain_http_url_from_a_reference_fails_the_delivery(monkeypatch):
+    monkeypatch.setenv("HOOK_URL_PLAIN", "http://hooks.example.com/rotated?token=abcdefgh12345678")
+    hook = build(spec(kind="http", url={"env": "HOOK_URL_PLAIN"}), credentials.resolve, "hooks[0]")
+    result = hook.deliver(context(), None, threading.Event())
+    assert not result.ok and "plain http://" in result.detail and "abcdefgh12345678" not in result.detail
+
+
 # --- the exec environment ------------------------------------------------------------------------
 
 def test_hook_exec_environment_is_minimal_and_hands_on_no_credentials(monkeypatch):
