@@ -132,26 +132,31 @@ class SecretRun:
                     del self.snapshots[label]
                     self.fresh.discard(label)
 
-    def _write_primary(self, write: Callable[[str | None], str], record: RotationRecord, *,
-                       phase_change: bool = True, **slots: Secret | None) -> None:
+    def _write_primary(self, write: Callable[[str | None], str], record: RotationRecord,
+                       **slots: Secret | None) -> None:
         """One compare-and-swap of the primary (``write(expect)`` returns the new version), then
-        remember what it left there. No lease renewal runs from inside it."""
+        remember what it left there. No lease renewal runs from inside it.
+
+        What the write left counts as read (the primary stays *fresh*), so the staged phase's
+        read-back reads the secondaries only: the compare-and-swap succeeded, so the new version
+        holds exactly what this run sent (versions are immutable; a file's version is the digest
+        of its bytes), and any later change by someone else makes this run's next
+        compare-and-swap (promote) fail, after which the run reads the primary again and decides
+        again. A re-read could only return that same version, or show a change the next write
+        catches anyway (docs/rotation.md, "Crashes and retries")."""
         with self.keeper.paused():
             version = write(self.primary.version)
         label = self.secret.policy.primary
         before = self.snapshots[label]
         changed = before.record is None or before.record.phase != record.phase
         self.snapshots[label] = replace(before, version=version, record=record, **slots)
-        if phase_change:
-            self.fresh.discard(label)
         if changed:
             self.obs = replace(self.obs, deployed=frozenset())
         self.shared.revoker.wrote(self.secret, label, self.snapshots[label])
 
-    def _write_record(self, record: RotationRecord, **options) -> None:
+    def _write_record(self, record: RotationRecord) -> None:
         bound = self.secret.primary
-        self._write_primary(lambda expect: bound.backend.write_record(bound.target, record, expect=expect),
-                            record, **options)
+        self._write_primary(lambda expect: bound.backend.write_record(bound.target, record, expect=expect), record)
 
     # --- the lease -----------------------------------------------------------------------------
 
@@ -172,7 +177,7 @@ class SecretRun:
         assert record is not None
         renewed = record.evolve(lease_until=self._lease_end(self.clock.now()))
         try:
-            self._write_record(renewed, phase_change=False)
+            self._write_record(renewed)
         except Conflict:
             raise LeaseLost(f"{self.secret.primary.label}: another runner took rotation"
                             f" {short_id(record.rotation_id or '')} over; stopping before any further effect") from None
@@ -233,8 +238,7 @@ class SecretRun:
             return
         try:
             self._write_record(record.evolve(last_error=None, attempts=0, error_since=None,
-                                             deliveries=deliveries.forget_failures(record.deliveries)),
-                               phase_change=False)
+                                             deliveries=deliveries.forget_failures(record.deliveries)))
         except RotatorError as exc:     # a note, not an effect: the next run tries again
             log.info("%s: could not clear the last error: %s", self.secret.name, redact(str(exc)))
 
@@ -243,7 +247,7 @@ class SecretRun:
         out = self.outcome
         record = self.record
         if record is not None and record.owner == self.engine.me:
-            self._write_record(record.evolve(owner=None, lease_until=None), phase_change=False)
+            self._write_record(record.evolve(owner=None, lease_until=None))
         if out.status == "ok":
             out.status = "waiting"
         out.detail = f"stopped before {step.name} (shutting down); the next run resumes"
@@ -287,7 +291,7 @@ class SecretRun:
             if mine:
                 note = note.evolve(owner=None, lease_until=None)
             try:
-                self._write_record(note, phase_change=False)
+                self._write_record(note)
                 self._deliver_quietly()
                 return
             except Conflict:
@@ -306,7 +310,7 @@ class SecretRun:
         record = self.record
         assert record is not None
         owed = self._owe(record, step.event, key=record.current, old_key=record.previous)
-        self._write_record(record.evolve(deliveries=owed), phase_change=False)
+        self._write_record(record.evolve(deliveries=owed))
 
     def _do_DeliverHooks(self, step: machine.DeliverHooks, now: datetime) -> None:
         self._deliver(now)
@@ -322,7 +326,7 @@ class SecretRun:
         timeouts = {name: timedelta(seconds=hook.timeout) for name, hook in hooks.items()}
         claimed = deliveries.claim(record.deliveries, {d.ident for d in runnable}, now, timeouts)
         if runnable:                  # (deliveries of hooks no longer configured are only given up)
-            self._write_record(record.evolve(deliveries=claimed), phase_change=False)
+            self._write_record(record.evolve(deliveries=claimed))
         attempts = {d.ident: d.attempts for d in claimed}
         jobs = []
         for d in runnable:
@@ -347,7 +351,7 @@ class SecretRun:
             assert record is not None
             settled = deliveries.settle(record.deliveries, results, now, self.secret.hooks)
             try:
-                self._write_record(record.evolve(deliveries=settled), phase_change=False)
+                self._write_record(record.evolve(deliveries=settled))
             except Conflict:
                 self._read_primary()
                 continue
@@ -472,7 +476,7 @@ class SecretRun:
         taken = record.evolve(owner=self.engine.me, lease_until=self._lease_end(now))
         left_by = record.owner or "a stopped runner"
         self._intent("take-over", f"{short_id(record.rotation_id or '')} left by {left_by}")
-        self._write_record(taken, phase_change=False)      # the claim is ours before anything it owned is touched
+        self._write_record(taken)      # the claim is ours before anything it owned is touched
         self.obs = replace(self.obs, deployed=frozenset(), took_over=True)
         self._note("resumed", f"{short_id(record.rotation_id or '')} left by {left_by}")
 
@@ -828,7 +832,7 @@ class SecretRun:
         self.obs = replace(self.obs, held_checked=True)
         if tuple(keep) != record.held:
             self._intent("update-held", f"{len(record.held) - len(keep)} held revoke(s) done")
-            self._write_record(record.evolve(held=tuple(keep), deliveries=deliveries), phase_change=False)
+            self._write_record(record.evolve(held=tuple(keep), deliveries=deliveries))
             self._note("held-revokes", f"{len(record.held) - len(keep)} done, {len(keep)} still held")
 
     def _do_Finish(self, step: machine.Finish, now: datetime) -> None:

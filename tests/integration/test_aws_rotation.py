@@ -101,7 +101,7 @@ def test_calls_per_rotation_match_the_documented_counts(world, aws, clock):
     aws_calls(world)
 
     assert world.rotate(["web"]).exit_code == 0
-    assert aws_calls(world) == {"GetSecretValue": 3, "PutSecretValue": 4, "UpdateSecretVersionStage": 3}
+    assert aws_calls(world) == {"GetSecretValue": 2, "PutSecretValue": 4, "UpdateSecretVersionStage": 3}
     assert world.rotate(["batch"]).exit_code == 0
     assert aws_calls(world) == {"GetSecretValue": 2, "PutSecretValue": 1}     # deploy, then read back
     assert Engine(daemon).run(["web2", "batch2"]).exit_code == 0
