@@ -12,6 +12,12 @@ alone. Secondaries are read ahead only on demand, so a run that reads none pays 
 reads some may fetch a few that are never used, at no extra request (a batch costs one request
 whatever its size).
 
+The revoke's evidence (:mod:`rotator.evidence`) reads every target of the issuer's secrets through
+the same read-ahead, once per run, often before most secrets' runs have started. A primary it
+reads for a secret whose run has not made its first read yet is *lent* to that first read, on every
+backend (batch-reading or not): the run starts from the evidence's snapshot instead of reading the
+primary a second time moments later.
+
 Reading just in time (not the whole fleet up front) keeps every snapshot only as old as the time a
 few secrets take to start. An old primary snapshot is never a risk anyway: each primary write is a
 compare-and-swap on the version read, so a snapshot that changed since loses the write and the
@@ -48,6 +54,7 @@ class ReadAhead:
     def __init__(self, secrets: Sequence[ManagedSecret], clock: Clock, max_age: timedelta = MAX_AGE,
                  evidence_age: timedelta = EVIDENCE_AGE) -> None:
         self._clock = clock
+        self._primary_age = max_age
         self._lock = threading.Lock()
         queues: dict[tuple[str, bool], list[Entry]] = {}    # (backend, primary?) -> entries, run order
         self._slot: dict[Entry, tuple[list[Entry], int]] = {}   # entry -> its queue and place in it
@@ -58,6 +65,8 @@ class ReadAhead:
         self._in_flight: dict[Entry, threading.Event] = {}  # entry -> its batch's "done"
         self.batches = 0
         self._names = {secret.name for secret in secrets}
+        self._primaries = {(secret.name, secret.primary.label) for secret in secrets}
+        self._started: set[Entry] = set()                   # primaries whose run made its first read
         for secret in secrets:
             for bound in secret.targets:
                 backend = bound.backend
@@ -76,32 +85,50 @@ class ReadAhead:
         return any((secret.name, bound.label) in self._bound for bound in secret.targets) \
             or secret.name in self._names
 
-    def read(self, secret: ManagedSecret) -> Snapshot:
-        """The primary's snapshot for the first step of ``secret``'s run."""
-        return self.read_target(secret, secret.primary)
+    def batched(self, secret: ManagedSecret, bound: Bound) -> bool:
+        """Is ``bound`` read in batches here (a batch-reading backend)?"""
+        return (secret.name, bound.label) in self._bound
 
-    def read_target(self, secret: ManagedSecret, bound: Bound) -> Snapshot:
+    def read(self, secret: ManagedSecret) -> Snapshot:
+        """The primary's snapshot for the first step of ``secret``'s run: read ahead in a batch,
+        or lent by the evidence's read of it, or read now."""
+        entry = (secret.name, secret.primary.label)
+        with self._lock:
+            self._started.add(entry)
+            lent = self._take_ready(entry) if entry not in self._bound else None
+        if lent is not None:
+            return lent
+        return self.read_target(secret, secret.primary, first=True)
+
+    def read_target(self, secret: ManagedSecret, bound: Bound, *, first: bool = False) -> Snapshot:
         """``bound``'s snapshot, read ahead (or now, with the next ones of its queue) if it is on a
         batch-reading backend. Call it once per target and run, and never for a read that must
-        follow a write of this run."""
+        follow a write of this run. A primary read here before its run's first read (the
+        evidence's) is lent to that first read."""
         entry = (secret.name, bound.label)
         if entry not in self._bound:
-            return bound.backend.read(bound.target)
+            snap = bound.backend.read(bound.target)
+            if not first:
+                self._lend(entry, snap)
+            return snap
         with self._lock:
+            waiting = self._ready.get(entry)
             snap = self._take_ready(entry)
             if snap is not None:
+                if not first and entry in self._primaries and entry not in self._started:
+                    self._ready[entry] = waiting      # the evidence read it: still its run's first read
                 return snap
             in_flight = self._in_flight.get(entry)
             alone = in_flight is None and entry in self._claimed   # a batch left it out, or read twice
             if in_flight is None and not alone:
                 batch = self._take_batch(entry)
         if alone:
-            return bound.backend.read(bound.target)
+            return self._lent_back(entry, bound.backend.read(bound.target), first)
         if in_flight is not None:        # another worker's batch is reading it right now
             in_flight.wait()
             with self._lock:
                 snap = self._take_ready(entry)
-            return snap if snap is not None else bound.backend.read(bound.target)
+            return self._lent_back(entry, snap if snap is not None else bound.backend.read(bound.target), first)
         snapshots: dict = {}
         try:
             snapshots = self._read_many(bound, batch)
@@ -117,20 +144,36 @@ class ReadAhead:
                     self._in_flight.pop(other, None)
             done.set()
         mine = snapshots.get(bound.target)
-        return mine if mine is not None else bound.backend.read(bound.target)
+        return self._lent_back(entry, mine if mine is not None else bound.backend.read(bound.target), first)
+
+    def _lent_back(self, entry: Entry, snap: Snapshot, first: bool) -> Snapshot:
+        if not first:
+            self._lend(entry, snap)
+        return snap
+
+    def _lend(self, entry: Entry, snap: Snapshot) -> None:
+        """A primary read for someone else (the evidence) before its own run's first read: keep
+        it for that read."""
+        if entry not in self._primaries:
+            return
+        with self._lock:
+            if entry not in self._started:
+                self._ready[entry] = (snap, self._clock.now())
 
     def _take_ready(self, entry: Entry) -> Snapshot | None:
         waiting = self._ready.pop(entry, None)
-        if waiting is not None and self._clock.now() - waiting[1] <= self._max_age[entry]:
+        if waiting is not None and self._clock.now() - waiting[1] <= self._max_age.get(entry, self._primary_age):
             return waiting[0]
         return None
 
     def _take_batch(self, entry: Entry) -> list[Entry]:
-        """``entry`` and the next entries of its queue not yet read, marked as being read."""
+        """``entry`` and the next entries of its queue not yet read (then, if the batch has room,
+        the nearest ones before it: runs started out of order under concurrency), marked as being
+        read."""
         size = getattr(self._bound[entry].backend, "read_batch")
         queue, place = self._slot[entry]
         batch = [entry]
-        for other in queue[place + 1:]:
+        for other in (*queue[place + 1:], *reversed(queue[:place])):
             if len(batch) >= size:
                 break
             if other not in self._claimed:

@@ -177,3 +177,45 @@ def test_a_second_read_of_the_same_target_goes_to_the_backend():
 
 def store_reads(store: Store) -> Counter:
     return store.single + store.batched
+
+
+# --- the evidence's reads of primaries, lent to their runs' first reads ----------------------------
+
+def test_a_primary_the_evidence_read_before_its_run_started_is_not_read_again():
+    """The revoke's evidence reads every target once, often before most runs started: a primary
+    it read is the first read of its run (any backend), unless that run had already read it."""
+    clock = FakeClock()
+    plain, aws = Plain("vault"), Store("aws", batch=20)
+    secrets = fleet(plain, 3) + fleet(aws, 3, "a")
+    ahead = ReadAhead(secrets, clock)
+    ahead.read(secrets[0])                                   # this run started before the evidence
+    for secret in secrets:                                   # the evidence, as rotator.evidence reads
+        for bound in secret.targets:
+            ahead.read_target(secret, bound)
+    clock.advance(timedelta(seconds=5))
+    for secret in secrets[1:]:
+        assert ahead.read(secret).version == f"v-{secret.name}"
+    assert plain.single == Counter({"s0": 2, "s1": 1, "s2": 1})     # s0: its own read, then the evidence's
+    assert aws.batches == [3] and not aws.single
+
+
+def test_a_lent_primary_older_than_max_age_is_read_again():
+    clock = FakeClock()
+    plain = Plain("vault")
+    secrets = fleet(plain, 2)
+    ahead = ReadAhead(secrets, clock, max_age=timedelta(seconds=30))
+    ahead.read_target(secrets[1], secrets[1].primary)
+    clock.advance(timedelta(seconds=31))
+    ahead.read(secrets[1])
+    assert plain.single == Counter({"s1": 2})
+
+
+def test_a_batch_also_takes_unread_entries_before_the_asking_one():
+    """Runs start out of order under concurrency: the first to ask reads its neighbours on both sides."""
+    aws = Store("aws", batch=4)
+    secrets = fleet(aws, 6)
+    ahead = ReadAhead(secrets, FakeClock())
+    ahead.read(secrets[4])                                   # s4 asks first: s4, s5, then s3, s2
+    for secret in secrets[:4] + secrets[5:]:
+        ahead.read(secret)
+    assert aws.batches == [4, 2] and not aws.single
