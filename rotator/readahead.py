@@ -100,6 +100,26 @@ class ReadAhead:
             return lent
         return self.read_target(secret, secret.primary, first=True)
 
+    def read_batched(self, secret: ManagedSecret, bound: Bound) -> Snapshot | None:
+        """``bound``'s snapshot if it comes from a batch (read ahead already, being read by
+        another worker's batch, or read now together with other entries of its queue); None,
+        reading nothing, when it would be a read of its own. For the read a deploy starts from:
+        worth taking from a batch, not worth a request before the deploy's own."""
+        entry = (secret.name, bound.label)
+        if entry not in self._bound:
+            return None
+        with self._lock:
+            if entry in self._claimed and entry not in self._ready and entry not in self._in_flight:
+                return None               # read already (or left out of its batch): the deploy reads
+            if entry not in self._claimed and not self._company(entry):
+                return None               # a batch of one
+        return self.read_target(secret, bound)
+
+    def _company(self, entry: Entry) -> bool:
+        """Would a batch taken now for ``entry`` read another entry too?"""
+        queue, _ = self._slot[entry]
+        return any(other != entry and other not in self._claimed for other in queue)
+
     def read_target(self, secret: ManagedSecret, bound: Bound, *, first: bool = False) -> Snapshot:
         """``bound``'s snapshot, read ahead (or now, with the next ones of its queue) if it is on a
         batch-reading backend. Call it once per target and run, and never for a read that must

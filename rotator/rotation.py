@@ -690,6 +690,7 @@ class SecretRun:
         for label in labels:
             bound = self.secret.bound(label)
             self.keeper.renew_if_due()
+            self._read_before_deploy(label, bound)
             bound.backend.deploy(bound.target, current, previous, ref)
             self.written.add(label)
             self.snapshots.pop(label, None)
@@ -697,6 +698,24 @@ class SecretRun:
             self.obs = replace(self.obs, deployed=self.obs.deployed | {label})
             self.shared.revoker.wrote(self.secret, label, Snapshot(version="written", current=current,
                                                                    previous=previous))
+
+    def _read_before_deploy(self, label: str, bound) -> None:
+        """A deploy rewrites its target from a read of it (to keep the application's other fields
+        and skip a write that changes nothing). On a batch-reading backend that read comes from
+        the run's read-ahead when a batch serves it (one request for the next secrets'
+        secondaries too), and the backend's deploy starts from it (AWS: ``providers/aws/common.py``,
+        ``_take_base``); a read that would be alone is left to the deploy. Not when this run read
+        or wrote the target already (the backend has it), nor when the revoke's evidence read it
+        moments ago. Best effort: if it fails, the deploy reads for itself (and fails, if it
+        does, with its own error)."""
+        if (self.ahead is None or label in self.written or label in self.fresh
+                or not self.ahead.batched(self.secret, bound)
+                or self.shared.revoker.recent(self.secret, label) is not None):
+            return
+        try:
+            self.ahead.read_batched(self.secret, bound)
+        except RotatorError as exc:
+            log.debug("%s: reading %s before the deploy failed: %s", self.secret.name, label, redact(str(exc)))
 
     def _do_ReadBack(self, step: machine.ReadBack, now: datetime) -> None:
         primary = self.secret.policy.primary

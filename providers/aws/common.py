@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import threading
+import time
 from typing import (
     TYPE_CHECKING,
     Annotated,
@@ -51,6 +52,11 @@ _ENDPOINTS = (("endpoint_url", "every key"), ("sts_endpoint_url", "the assumed r
 DENIED = frozenset({"AccessDeniedException", "AccessDenied"})
 #: Credentials that were valid and have run out: a refresh (the next run) may succeed.
 _EXPIRED = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
+#: How long what ``read`` / ``read_many`` returned stays the base of a ``deploy`` of the same target
+#: (seconds, monotonic): the engine reads a secondary through its batched read-ahead just before
+#: deploying to it, so the deploy needs no read of its own (see :meth:`AwsBackend._take_base`).
+DEPLOY_BASE_AGE = 10.0
+_BASES_KEPT = 1024
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -216,6 +222,7 @@ class AwsBackend(Generic[TargetT]):
                                on_call=context.on_call)
         self._lock = threading.Lock()
         self._batching = True       # False once ``batch_get`` was denied: read one by one
+        self._bases: dict[Any, tuple[Any, float]] = {}     # target -> (what a read found, when)
 
     def close(self) -> None:
         self._aws.close()
@@ -293,6 +300,34 @@ class AwsBackend(Generic[TargetT]):
             return
         self.log.debug("%s: %s failed in %s after %d tries (%s); reading those %s one by one",
                        self.name, self.batch_get, region, failure.attempts, failure.code, self.items)
+
+    # --- the base of a deploy ------------------------------------------------------------------
+
+    def _keep_base(self, target: TargetT, found: Any) -> None:
+        """``read`` or ``read_many`` found ``found`` (the service's answer for ``target``) just now."""
+        now = time.monotonic()
+        with self._lock:
+            self._bases.pop(target, None)
+            self._bases[target] = (found, now)
+            if len(self._bases) > _BASES_KEPT:          # reads never followed by a deploy: drop the oldest
+                for stale in list(self._bases)[:len(self._bases) - _BASES_KEPT]:
+                    del self._bases[stale]
+
+    def _take_base(self, target: TargetT) -> Any:
+        """What a ``read`` / ``read_many`` of ``target`` found at most :data:`DEPLOY_BASE_AGE` ago
+        (once: a deploy uses it, the next one reads), else None.
+
+        A secondary's deploy is not a compare-and-swap (the services have no conditional write),
+        so it rewrites the target from a read of it: the application's other fields are kept and a
+        deploy that would change nothing writes nothing. The engine reads the secondary through its
+        read-ahead right before deploying (one batched request for many secrets instead of one
+        read per deploy); an application writing another field in those few seconds could lose it,
+        as it could in the milliseconds between a read of the deploy's own and its write."""
+        with self._lock:
+            kept = self._bases.pop(target, None)
+        if kept is None or time.monotonic() - kept[1] > DEPLOY_BASE_AGE:
+            return None
+        return kept[0]
 
     # --- calls -----------------------------------------------------------------------------------
 

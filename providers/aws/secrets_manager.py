@@ -186,7 +186,9 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
         head = self._fetch_head(target)
         if head is None:
             return Snapshot()
-        return self._snapshot(target, head)
+        snapshot = self._snapshot(target, head)
+        self._keep_base(target, head)
+        return snapshot
 
     def _snapshot(self, target: SecretsManagerTarget, head: _Head) -> Snapshot:
         return Snapshot(version=head.version, current=head.doc.current,
@@ -255,7 +257,10 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
         if not entry.get("VersionId") or CURRENT not in entry.get("VersionStages", (CURRENT,)):
             return None
         try:
-            return self._snapshot(target, self._head_from(target, entry))
+            head = self._head_from(target, entry)
+            snapshot = self._snapshot(target, head)
+            self._keep_base(target, head)
+            return snapshot
         except Problem as problem:
             why = problem.kind.__name__
         except AwsFailure as failure:
@@ -460,7 +465,7 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
         if target.replica:
             self._await_replica(target, current)
             return
-        head = self._fetch_head(target)
+        head = self._deploy_base(target)
         base = head.doc if head is not None else Doc()
         wanted_meta = describing(current, meta)
         if (head is not None and base.current == current and base.meta == wanted_meta
@@ -487,6 +492,15 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
             self._unlabel(target, PREVIOUS, head.version)
         elif head is not None and prev_ref is not None and prev_ref.version != head.version:
             self._relabel(target, PREVIOUS, prev_ref.version, head.version)
+
+    def _deploy_base(self, target: SecretsManagerTarget) -> _Head | None:
+        """The head a deploy starts from: the one ``read`` / ``read_many`` found moments ago (the
+        engine's batched read before the deploy; see ``AwsBackend._take_base``) if nothing of this
+        process replaced it since, else a fresh GetSecretValue."""
+        head = self._take_base(target)
+        with self._lock:
+            still = head is not None and self._heads.get(target) is head
+        return head if still else self._fetch_head(target)
 
     def _previous_for(self, target: SecretsManagerTarget, head: _Head | None, previous: Secret | None,
                       meta: KeyRef) -> tuple[Ref | None, tuple[str, str] | None]:

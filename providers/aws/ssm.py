@@ -156,7 +156,9 @@ class ParameterStoreBackend(AwsBackend[ParameterTarget]):
         parameter = self._get(target)
         if parameter is None:
             return Snapshot()
-        return _snapshot(self._parse(parameter, target))
+        snapshot = _snapshot(self._parse(parameter, target))
+        self._keep_base(target, parameter)
+        return snapshot
 
     def _get(self, target: ParameterTarget) -> dict[str, Any] | None:
         """GetParameter(WithDecryption=True): the parameter, or None when it does not exist."""
@@ -223,15 +225,18 @@ class ParameterStoreBackend(AwsBackend[ParameterTarget]):
         """What ``read`` would return for ``target``, from its GetParameters entry; None when it
         cannot say (left to ``read``, which raises the precise error)."""
         try:
-            return _snapshot(self._parse(parameter, target))
+            snapshot = _snapshot(self._parse(parameter, target))
         except Problem as problem:
             log.debug("%s: %s left to a single read (%s)", self.name, target.label, problem.kind.__name__)
             return None
+        self._keep_base(target, parameter)
+        return snapshot
 
     # --- writing -------------------------------------------------------------------------------
 
     def _deploy(self, target: ParameterTarget, current: Secret, previous: Secret | None, meta: KeyRef) -> None:
-        parameter = self._get(target)
+        # what read / read_many found moments ago (the engine's batched read before the deploy), else a read
+        parameter = self._take_base(target) or self._get(target)
         described = meta_fields(meta, last4=True) or None
         if parameter is None:
             if not self._settings.create_if_missing:

@@ -235,9 +235,10 @@ def test_a_run_reads_aws_primaries_twenty_per_request(world, aws, emulator, cloc
 
 
 def test_the_second_run_rereads_aws_secondaries_twenty_per_request(world, aws, emulator, clock):
-    """I3's re-read of the secondaries before the old key is revoked is batched like the primaries;
-    the read-back right after the first run's deploy is not (it must follow the write). The old
-    key's version is read by id once per process (a daemon already holds it from its deploy)."""
+    """I3's re-read of the secondaries before the old key is revoked is batched like the primaries,
+    and so is the read each deploy starts from; the read-back right after the first run's deploy is
+    not (it must follow the write). The old key's version is read by id once per process (a daemon
+    already holds it from its deploy)."""
     world.defaults["workers"] = 4
     names = [f"fleet-{i:02d}" for i in range(45)]
     for name in names:
@@ -249,8 +250,9 @@ def test_the_second_run_rereads_aws_secondaries_twenty_per_request(world, aws, e
     first = daemon.run()                                        # adopt, issue, deploy, read back
     assert first.exit_code == 0 and all(world.record(n).phase is Phase.GRACE for n in names)
     calls = aws_calls(world)
-    assert calls["BatchGetSecretValue"] == 0, calls            # nothing read before a write of this run
-    assert calls["GetSecretValue"] >= 45                        # each read-back alone, after its deploy
+    assert calls["BatchGetSecretValue"] == 3, calls            # the deploys' reads: 20 per request
+    assert calls["GetSecretValue"] == 45, calls                 # each read-back alone, after its deploy
+    assert calls["PutSecretValue"] == 45, calls
 
     clock.advance(timedelta(hours=49))
     done = daemon.run()                                         # re-read, revoke the old keys, finish

@@ -491,3 +491,34 @@ def test_an_application_reading_awscurrent_during_a_rotation_always_gets_a_valid
     assert not refused, f"the application read a key the issuer refuses: {refused}"
     assert seen[0] == old and seen[-1] == new and set(seen) == {old, new}
     assert not emulator.is_active(old)
+
+
+def test_a_deploy_starts_from_a_batched_read_made_just_before_and_only_then(make, moto_server, calls, monkeypatch):
+    """The engine reads a secondary in a batch right before deploying to it: the deploy starts from
+    that head (no GetSecretValue of its own), once; a read older than DEPLOY_BASE_AGE, or a second
+    deploy, reads again, so an application's field written meanwhile is kept."""
+    from rotator_providers.aws import common
+
+    backend = make()
+    targets = [backend.target({"secret_id": f"app/base-{i}"}) for i in range(2)]
+    old, new = secret("old"), secret("new")
+    for target in targets:
+        backend.deploy(target, old, None, ref(old))
+    calls.clear()
+    backend.read_many(targets)
+    backend.deploy(targets[0], new, old, ref(new, "r-2"))
+    assert [op for _, op, _ in calls] == ["BatchGetSecretValue", "PutSecretValue"]
+    calls.clear()
+    backend.deploy(targets[0], new, old, ref(new, "r-2"))            # used once: the next deploy reads
+    assert [op for _, op, _ in calls] == ["GetSecretValue"]
+
+    now = common.time.monotonic()
+    monkeypatch.setattr(common.time, "monotonic", lambda: now + common.DEPLOY_BASE_AGE + 1)
+    client = moto_server.client()
+    stored = json.loads(client.get_secret_value(SecretId=targets[1].secret_id)["SecretString"])
+    client.put_secret_value(SecretId=targets[1].secret_id, SecretString=json.dumps({**stored, "endpoint": "https://x"}))
+    calls.clear()
+    backend.deploy(targets[1], new, old, ref(new, "r-2"))            # its batched read is too old now
+    assert [op for _, op, _ in calls][:1] == ["GetSecretValue"]
+    after = json.loads(client.get_secret_value(SecretId=targets[1].secret_id)["SecretString"])
+    assert after["endpoint"] == "https://x" and after["api_key"] == new.reveal()

@@ -618,3 +618,22 @@ def test_ssm_calls_per_rotation_match_the_documented_counts(ssm_world, clock):
         assert ops(world.calls, "ssm") == {"GetParameter": 1}
         assert world.record("web").phase is Phase.IDLE
         clock.advance(timedelta(days=80))
+
+
+def test_ssm_deploy_starts_from_a_batched_read_made_just_before(make, ssm, calls):
+    """The engine reads SSM targets in a GetParameters right before deploying: each deploy starts
+    from its parameter as read there (no GetParameter of its own), once."""
+    backend = make()
+    targets = [backend.target({"name": f"/app/base/{i}"}) for i in range(3)]
+    old, new = secret("old"), secret("new")
+    for target in targets:
+        backend.deploy(target, old, None, ref(old))
+    calls.clear()
+    backend.read_many(targets)
+    for target in targets:
+        backend.deploy(target, new, old, ref(new))
+    assert [op for _, op, _ in calls] == ["GetParameters", "PutParameter", "PutParameter", "PutParameter"]
+    calls.clear()
+    backend.deploy(targets[0], new, old, ref(new))                   # used once: this one reads
+    assert [op for _, op, _ in calls] == ["GetParameter"]
+    assert all(backend.read(t).current == new and backend.read(t).previous == old for t in targets)

@@ -219,3 +219,21 @@ def test_a_batch_also_takes_unread_entries_before_the_asking_one():
     for secret in secrets[:4] + secrets[5:]:
         ahead.read(secret)
     assert aws.batches == [4, 2] and not aws.single
+
+
+# --- the read a deploy starts from: from a batch, or not at all -------------------------------------
+
+def test_read_batched_reads_only_in_company():
+    """Before a deploy the engine takes the target from a batch; a read that would be alone is left
+    to the deploy (which reads for itself: no request more than before)."""
+    aws = Store("aws", batch=20)
+    secrets = fleet(Plain("files"), 3, secondary=aws)
+    ahead = ReadAhead(secrets, FakeClock())
+    bound = [s.secondaries[0] for s in secrets]
+    assert ahead.read_batched(secrets[0], bound[0]).version == "v-2nd-s0"     # s0, s1, s2 in one request
+    assert ahead.read_batched(secrets[2], bound[2]).version == "v-2nd-s2"     # read ahead
+    assert ahead.read_batched(secrets[2], bound[2]) is None                   # taken already: not again
+    assert aws.batches == [3] and not aws.single
+    alone = ReadAhead(secrets[:1], FakeClock())
+    assert alone.read_batched(secrets[0], bound[0]) is None and aws.batches == [3] and not aws.single
+    assert ahead.read_batched(secrets[0], secrets[0].primary) is None         # a plain backend: nothing
