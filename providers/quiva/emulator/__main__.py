@@ -10,6 +10,14 @@ nothing but this emulator.
 ``--state-file PATH`` keeps users and keys across restarts: loaded at start, saved (atomically,
 mode 0600: it holds the emulator's key values) within half a second of any change and at exit.
 Sessions, faults, counters and the clock are not kept. Runs until SIGINT or SIGTERM, then exits 0.
+
+A rate limit, in real time, with one of two models (``POST /_emulator/faults`` with
+``{"rate_limit": ...}`` sets or changes it while serving):
+
+* ``--token-bucket RATE[,BURST[,RETRY_AFTER]]``: RATE requests a second, BURST at once (default 1);
+  a refused request's 429 says RETRY_AFTER seconds (default 1) whatever the refill time;
+* ``--fixed-window LIMIT/SECONDS``: LIMIT requests per window of SECONDS, windows aligned on the
+  Unix clock; a refused request's 429 says the time left until the window resets.
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ def _parse_args(argv: Sequence[str] | None, prog: str | None = None) -> argparse
         epilog=f"Knobs (no auth): {KNOB_PREFIX}users, keys, clock, counters, reset, faults. "
                f"POST {KNOB_PREFIX}faults arms faults by name: {knobs}; "
                "e.g. {\"mangle_next\": {\"n\": 1, \"mode\": \"html\", \"path\": \"GET /accounts/api-keys\"}} "
-               "or {\"clear\": true}.")
+               "or {\"clear\": true}. Rate limits: {\"rate_limit\": {\"per_second\": 50, \"burst\": 10,"
+               " \"retry_after\": 1}} (token bucket) or {\"rate_limit\": {\"model\": \"fixed_window\", \"limit\": 50,"
+               " \"window\": 1}}; {\"rate_limit\": {\"per_second\": null}} lifts it.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8787, help="default 8787; 0 picks a free port")
     parser.add_argument("--user", default="admin@example.com", help="email of the user to create")
@@ -44,8 +54,52 @@ def _parse_args(argv: Sequence[str] | None, prog: str | None = None) -> argparse
                         help="where to write a minted key (mode 0600) when QUIVA_API_KEY is unset")
     parser.add_argument("--state-file", metavar="PATH",
                         help="keep users and keys in this file (mode 0600) so they survive a restart")
+    limits = parser.add_mutually_exclusive_group()
+    limits.add_argument("--token-bucket", metavar="RATE[,BURST[,RETRY_AFTER]]", type=_token_bucket,
+                        help="limit requests with a token bucket: RATE per second, BURST at once (default 1);"
+                             " a 429 says retry_after = RETRY_AFTER seconds (default 1)")
+    limits.add_argument("--fixed-window", metavar="LIMIT/SECONDS", type=_fixed_window,
+                        help="limit requests to LIMIT per window of SECONDS (windows aligned on the clock);"
+                             " a 429 says retry_after = the time left until the window resets")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the 'listening on' line")
     return parser.parse_args(argv)
+
+
+def _token_bucket(text: str) -> dict:
+    """``50`` / ``50,10`` / ``50,10,1`` → the ``rate_limit`` knob's arguments."""
+    parts = text.split(",")
+    try:
+        if not 1 <= len(parts) <= 3:
+            raise ValueError
+        spec: dict = {"per_second": float(parts[0])}
+        if len(parts) > 1:
+            spec["burst"] = int(parts[1])
+        if len(parts) > 2:
+            spec["retry_after"] = float(parts[2])
+        return _checked(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected RATE[,BURST[,RETRY_AFTER]], e.g. 50,10,1{_why(exc)}") from None
+
+
+def _fixed_window(text: str) -> dict:
+    """``50/1`` / ``3000/60`` → the ``rate_limit`` knob's arguments."""
+    try:
+        limit, _, seconds = text.partition("/")
+        return _checked({"model": "fixed_window", "limit": int(limit), "window": float(seconds)})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected LIMIT/SECONDS, e.g. 50/1 or 3000/60{_why(exc)}") from None
+
+
+def _checked(spec: dict) -> dict:
+    """The knob's own validation, on a throwaway emulator state."""
+    from rotator_providers.quiva.emulator.state import Faults
+
+    Faults(threading.RLock()).rate_limit(**spec)
+    return spec
+
+
+def _why(exc: ValueError) -> str:
+    return f" ({exc})" if str(exc) and "invalid literal" not in str(exc) else ""
 
 
 def write_secret_file(path: str, value: str) -> None:
@@ -63,6 +117,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     me = prog or "emulator"
     supplied = os.environ.get("QUIVA_API_KEY") or None
     emu = Emulator(host=args.host, port=args.port)
+    limit = args.token_bucket or args.fixed_window
+    if limit:
+        emu.faults.rate_limit(**limit)
     if args.state_file:
         try:
             restored = load_state(emu.state, args.state_file)

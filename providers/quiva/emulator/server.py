@@ -7,7 +7,9 @@ not counted. ``POST /_emulator/faults`` arms the fault knobs of ``state.Faults``
 (``_FAULT_KNOBS``): besides failures and slowness, a misbehaving server whose answers a client
 must check: replies altered after the effect (``mangle_next``), bodies written slowly
 (``trickle_next``), listings that never end (``endless_pages``), deletes that lie
-(``lying_deletes``) and one-off latency before the effect (``latency_next``).
+(``lying_deletes``) and one-off latency before the effect (``latency_next``). ``rate_limit``
+takes a ``model``: ``token_bucket`` (``per_second``, ``burst``, ``retry_after``) or ``fixed_window``
+(``limit``, ``window``); see ``state.Faults.rate_limit``.
 
 Nothing here logs: request lines carry ``key=`` values in their query strings.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import socket
 import threading
 import time
@@ -58,16 +61,17 @@ class Reply:
     trickle: float | None = None
 
 
-def error_reply(status: int, message: str, retry_after: int | None = None,
+def error_reply(status: int, message: str, retry_after: float | None = None,
                 retry_after_header: bool = False) -> Reply:
-    """An error in the reference's shape: ``{"error": ..., "message": ...}`` (+ ``retry_after``)."""
+    """An error in the reference's shape: ``{"error": ..., "message": ...}`` (+ ``retry_after``,
+    in seconds; the ``Retry-After`` header carries it rounded up to whole seconds)."""
     name = _ERROR_NAMES.get(status) or ("Internal error" if status >= 500 else "Error")
     body: dict[str, Any] = {"error": name, "message": message}
     headers: dict[str, str] = {}
     if status == 429:
         body["retry_after"] = 1 if retry_after is None else retry_after
         if retry_after_header:
-            headers["Retry-After"] = str(body["retry_after"])
+            headers["Retry-After"] = str(math.ceil(body["retry_after"]))
     return Reply(status, body, headers)
 
 
@@ -209,7 +213,7 @@ _FAULT_KNOBS: dict[str, tuple[str, set[str]]] = {
     "fail_next": ("fail_next", {"n", "status", "path"}),
     "fail_after_effect_next": ("fail_after_effect_next", {"n", "status", "path"}),
     "throttle_next": ("throttle_next", {"n", "retry_after", "header"}),
-    "rate_limit": ("rate_limit", {"per_second", "burst", "retry_after"}),
+    "rate_limit": ("rate_limit", {"model", "per_second", "burst", "retry_after", "limit", "window"}),
     "latency": ("set_latency", {"seconds", "path"}),
     "latency_next": ("latency_next", {"n", "seconds", "path"}),
     "trickle_next": ("trickle_next", {"n", "bytes_per_second", "path"}),

@@ -8,7 +8,8 @@ Thread safety: :class:`State` owns one re-entrant lock; every public method take
 :class:`Faults` object shares it. Nothing in this module sleeps while holding it.
 
 Fault knobs (:class:`Faults`): failures without effect (``fail_next``, ``throttle_next``,
-``rate_limit``), failures after the effect (``fail_after_effect_next``), slowness before the
+``rate_limit`` with one of two limiter models: :class:`TokenBucket` or :class:`FixedWindow`),
+failures after the effect (``fail_after_effect_next``), slowness before the
 effect (``latency``, ``latency_next``) or while the reply is written (``trickle_next``), and
 misbehaviour of a server that answers wrongly (``mangle_next``, ``endless_pages``,
 ``lying_deletes``). ``server.py`` applies them; this module only holds and hands them out.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import json
+import math
 import secrets
 import threading
 import time
@@ -191,7 +193,7 @@ class Injected:
 
     status: int
     message: str
-    retry_after: int | None = None
+    retry_after: float | None = None       # seconds; the header carries it rounded up
     retry_after_header: bool = False
 
 
@@ -252,22 +254,80 @@ class _Lie:
     mode: str
 
 
-class _TokenBucket:
-    """Classic token bucket in real monotonic time: ``burst`` tokens, refilled at ``rate``/s."""
+class TokenBucket:
+    """A token bucket: ``burst`` tokens, refilled at ``rate`` per second. A refused request is
+    told to come back after ``retry_after`` seconds, a constant, whatever the refill time (as
+    many APIs do: the emulator's default of 1 s against a token every 20 ms at 50/s).
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
+    ``now`` is a monotonic clock in seconds (real time by default; a simulation passes its own).
+    """
+
+    model = "token_bucket"
+
+    def __init__(self, rate: float, burst: int, retry_after: float = 1,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.retry_after = rate, burst, retry_after
+        self._now = now
         self._tokens = float(burst)
-        self._stamp = time.monotonic()
+        self._stamp = now()
 
-    def take(self) -> bool:
-        now = time.monotonic()
+    def admit(self) -> float | None:
+        """None when the request may proceed (a token taken), else the ``retry_after`` to answer."""
+        now = self._now()
         self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
         if self._tokens >= 1:
             self._tokens -= 1
-            return True
-        return False
+            return None
+        return self.retry_after
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model, "per_second": self.rate, "burst": self.burst,
+                "retry_after": self.retry_after}
+
+
+class FixedWindow:
+    """A fixed-window counter: at most ``limit`` requests per ``window`` seconds, the windows
+    aligned on multiples of ``window`` (on the Unix clock by default: a 60 s window resets at each
+    full minute, as "N per minute" plans do). A refused request is told the time left until the
+    window resets (``retry_after``): every request before then is refused too.
+
+    ``now`` is a clock in seconds (``time.time`` by default; a simulation passes its own).
+    """
+
+    model = "fixed_window"
+
+    def __init__(self, limit: int, window: float, now: Callable[[], float] = time.time) -> None:
+        self.limit, self.window = limit, window
+        self._now = now
+        self._index: int | None = None
+        self._count = 0
+
+    def admit(self) -> float | None:
+        """None when the request may proceed (counted in its window), else the seconds until the
+        window resets."""
+        now = self._now()
+        index = int(now // self.window)
+        if index != self._index:
+            self._index, self._count = index, 0
+        if self._count < self.limit:
+            self._count += 1
+            return None
+        return max(0.0, (index + 1) * self.window - now)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model, "limit": self.limit, "window": self.window,
+                "retry_after": "the time left until the window resets"}
+
+
+LIMITER_MODELS = (TokenBucket.model, FixedWindow.model)
+
+
+def _to_millis(seconds: float) -> float:
+    """``seconds`` rounded up to the millisecond; a whole number stays an int (``1``, not ``1.0``)."""
+    if float(seconds).is_integer():
+        return int(seconds)
+    return math.ceil(seconds * 1000) / 1000
 
 
 def _path_matches(wanted: str | None, method: str, path: str) -> bool:
@@ -373,18 +433,48 @@ class Faults:
             self._throttle_retry_after = int(_seconds(retry_after, "retry_after"))
             self._throttle_header = bool(header)
 
-    def rate_limit(self, per_second: float | None, burst: int = 1, retry_after: int = 1) -> None:
-        """Limit all requests with a token bucket in real time; ``None`` disables the limit."""
+    def rate_limit(self, per_second: float | None = None, burst: int | None = None,
+                   retry_after: float | None = None, model: str = "token_bucket",
+                   limit: int | None = None, window: float | None = None) -> None:
+        """Limit all requests, in real time, with one of two models (``None`` disables the limit):
+
+        * ``model="token_bucket"`` (the default): ``per_second`` tokens a second, ``burst`` at
+          most at once (default 1); a refused request's 429 says ``retry_after`` seconds
+          (default 1), a constant whatever the refill time;
+        * ``model="fixed_window"``: at most ``limit`` requests in each ``window`` seconds, the
+          windows aligned on multiples of ``window`` on the Unix clock; a refused request's 429
+          says the time left until the window resets (in the body to the millisecond, in the
+          ``Retry-After`` header rounded up to whole seconds, as HTTP wants).
+        """
         with self._lock:
-            if per_second is None:
-                self._bucket = None
+            model = _choice(model, LIMITER_MODELS, "model")
+            if model == TokenBucket.model:
+                if limit is not None or window is not None:
+                    raise ValueError("the token_bucket model takes per_second, burst and retry_after"
+                                     " (limit and window are the fixed_window model's)")
+                if per_second is None:
+                    self._limiter = None
+                    return
+                if _seconds(per_second, "per_second") <= 0:
+                    raise ValueError("per_second must be positive (or None to disable)")
+                burst = 1 if burst is None else burst
+                if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+                    raise ValueError("burst must be a positive integer")
+                wait = 1 if retry_after is None else _seconds(retry_after, "retry_after")
+                self._limiter = TokenBucket(float(per_second), burst,
+                                            int(wait) if float(wait).is_integer() else wait)
                 return
-            if _seconds(per_second, "per_second") <= 0:
-                raise ValueError("per_second must be positive (or None to disable)")
-            if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-                raise ValueError("burst must be a positive integer")
-            self._bucket = _TokenBucket(float(per_second), burst)
-            self._bucket_retry_after = int(_seconds(retry_after, "retry_after"))
+            if per_second is not None or burst is not None or retry_after is not None:
+                raise ValueError("the fixed_window model takes limit and window (its retry_after"
+                                 " is the time to the window's reset)")
+            if limit is None and window is None:
+                self._limiter = None
+                return
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ValueError("limit must be a positive integer")
+            if window is None or _seconds(window, "window") <= 0:
+                raise ValueError("window must be a positive number of seconds")
+            self._limiter = FixedWindow(limit, float(window))
 
     def set_latency(self, seconds: float, path: str | None = None) -> None:
         """Sleep ``seconds`` (real time) before answering requests to ``path`` (all if None); 0 removes."""
@@ -466,8 +556,7 @@ class Faults:
             self._throttle_left = 0
             self._throttle_retry_after = 1
             self._throttle_header = True
-            self._bucket: _TokenBucket | None = None
-            self._bucket_retry_after = 1
+            self._limiter: TokenBucket | FixedWindow | None = None
             self._latency: dict[str | None, float] = {}
             self._latency_next: list[_Paced] = []
             self._trickle: list[_Paced] = []
@@ -484,9 +573,7 @@ class Faults:
                 "fail_after_effect_next": self._armed(self._after),
                 "throttle_next": {"n": self._throttle_left, "retry_after": self._throttle_retry_after,
                                   "header": self._throttle_header},
-                "rate_limit": None if self._bucket is None else {
-                    "per_second": self._bucket.rate, "burst": self._bucket.burst,
-                    "retry_after": self._bucket_retry_after},
+                "rate_limit": None if self._limiter is None else self._limiter.describe(),
                 "latency": [{"path": p, "seconds": s} for p, s in self._latency.items()],
                 "latency_next": [{"n": r.remaining, "seconds": r.amount, "path": r.path}
                                  for r in self._latency_next if r.remaining],
@@ -554,9 +641,10 @@ class Faults:
     def before_effect(self, method: str, path: str) -> Injected | None:
         """A response that replaces the real one, the action not performed; None to proceed."""
         with self._lock:
-            if self._bucket is not None and not self._bucket.take():
-                return Injected(429, "Too many requests; slow down",
-                                self._bucket_retry_after, retry_after_header=True)
+            wait = None if self._limiter is None else self._limiter.admit()
+            if wait is not None:
+                return Injected(429, "Too many requests; slow down", _to_millis(wait),
+                                retry_after_header=True)
             if self._throttle_left:
                 self._throttle_left -= 1
                 return Injected(429, "Too many requests; slow down",
