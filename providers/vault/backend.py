@@ -296,9 +296,10 @@ class VaultKVBackend:
 
     def _put(self, op: str, target: VaultTarget, data: Mapping[str, Any], cas: int) -> int:
         call = Call(op, target, "create" if cas == 0 else "update", target.data_path, cas)
+        url = api_url(f"{target.mount}/data/{target.path}")
+        body = {"options": {"cas": cas}, "data": dict(data)}
         try:
-            response = self._connection.request(call, lambda c: c.secrets.kv.v2.create_or_update_secret(
-                path=target.path, secret=dict(data), cas=cas, mount_point=target.mount))
+            response = self._connection.request(call, lambda c: self._connection.send(c, "post", url, json=body))
         except Conflict:
             with self._lock:      # what we remembered is stale now
                 known = self._cache.get((target.mount, target.path))
@@ -330,7 +331,7 @@ class VaultKVBackend:
         url = api_url(f"/v1/{target.mount}/metadata/{target.path}")
         try:
             self._connection.request(Call(f"{op}.metadata", target, "update", target.metadata_path),
-                          lambda c: c.adapter.post(url, json=params))
+                                     lambda c: self._connection.send(c, "post", url, json=params))
         except BackendError as exc:
             log.warning("%s: %s: metadata not updated (the key itself was written): %s",
                         self.name, target.label, redact(str(exc)))
@@ -344,11 +345,12 @@ class VaultKVBackend:
 
     def _fetch(self, op: str, target: VaultTarget, version: int | None = None) -> _Entry | None:
         """Read the latest (or one) version; None when there is none. Remembers what it saw."""
+        url = api_url(f"{target.mount}/data/{target.path}")
+        params = {"version": version} if version is not None else None
+
         def call(c: Any) -> Any:
             try:
-                return c.secrets.kv.v2.read_secret_version(
-                    path=target.path, version=version, mount_point=target.mount,
-                    raise_on_deleted_version=False)
+                return self._connection.send(c, "get", url, params=params, deleted_ok=True)
             except _invalid_path() as exc:
                 if route_problem(exc):
                     raise
@@ -406,9 +408,11 @@ class VaultKVBackend:
     # --- KV v1 --------------------------------------------------------------------------------
 
     def _read_v1(self, op: str, target: VaultTarget) -> Mapping[str, Any] | None:
+        url = api_url(f"/v1/{target.mount}/{target.path}")
+
         def call(c: Any) -> Any:
             try:
-                return c.adapter.get(api_url(f"/v1/{target.mount}/{target.path}"))
+                return self._connection.send(c, "get", url)
             except _invalid_path() as exc:
                 if route_problem(exc):
                     raise
@@ -431,8 +435,9 @@ class VaultKVBackend:
         if wanted == data:
             return
         capability = "create" if data is None else "update"
+        url = api_url(f"/v1/{target.mount}/{target.path}")
         self._connection.request(Call("deploy", target, capability, target.data_path),
-                      lambda c: c.adapter.post(api_url(f"/v1/{target.mount}/{target.path}"), json=wanted))
+                                 lambda c: self._connection.send(c, "post", url, json=wanted))
 
     # --- shared -------------------------------------------------------------------------------
 

@@ -724,3 +724,43 @@ def test_sealed_vault_mid_rotation_pauses_and_resumes_without_outage(world, emul
         assert emulator.counters().get("POST /accounts/api-key", 0) == 1   # no second key, none lost
         world.assert_i1("web")
         world.close()
+
+
+# --- the KV requests' own path through the session's adapter --------------------------------------
+
+def test_a_standby_redirect_and_a_load_balancers_cookie_take_the_whole_requests_path(openbao, make, vault_prefix):
+    """KV requests skip requests' Session machinery, except where it matters: a 307 from a standby
+    node to the active one is followed (the write lands once), and cookies a load balancer set are
+    sent back."""
+    import http.server
+    import threading
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Standby(http.server.BaseHTTPRequestHandler):
+        def _redirect(self) -> None:
+            seen.append((self.command, self.headers.get("Cookie")))
+            self.send_response(307)
+            self.send_header("Location", openbao.url + self.path)
+            self.send_header("Set-Cookie", "lb=node-2; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = _redirect
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Standby)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = make(url=f"http://127.0.0.1:{server.server_address[1]}")
+        target = backend.target({"path": f"{vault_prefix}/apps/standby/quiva"})
+        value = secret("standby")
+        backend.deploy(target, value, None, ref(value))
+        assert backend.read(target).current == value
+        assert raw(openbao, target)["metadata"]["version"] == 1          # written once
+        assert any(cookie == "lb=node-2" for _, cookie in seen[1:])      # the cookie went back
+    finally:
+        server.shutdown()
+        server.server_close()
