@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 
@@ -49,8 +49,8 @@ class Backoff:
              pause: Callable[[float], None] | None = None) -> None:
         """Record a failed try and wait before the next, or re-raise ``error`` if none is left.
 
-        ``pause`` replaces sleeping here: a shared :class:`Throttle` takes the wait instead, so
-        every worker of the same API waits it out, this one included.
+        ``pause`` replaces sleeping here (it is given the wait). A 429 holds back only the
+        request it refused: the shared :class:`Throttle` cuts the pace of the others instead.
         """
         self.tries += 1
         if self.tries >= self.policy.attempts:
@@ -60,25 +60,76 @@ class Backoff:
         (pause or self._sleep)(delay)
 
 
+@dataclass
+class Ticket:
+    """One request's turn through a :class:`Throttle`: the time it may go (``slot``), the pace
+    epoch it was reserved under, how long it waited, and when it went (``sent_at``)."""
+
+    slot: float
+    epoch: int
+    waited: float = 0.0
+    sent_at: float | None = None
+
+
+_NEVER = float("-inf")
+
+
 class Throttle:
-    """Client-side pacing shared by every worker talking to one API: a token bucket (``rate``
-    requests per second, ``burst`` at most at once; None = unlimited) plus a shared pause, so a
-    429 seen by one worker slows all of them instead of each finding out on its own.
+    """Client-side pacing shared by every worker talking to one API.
 
-    Without a configured ``rate`` (an API's limits are often unpublished) the first 429 makes the
-    throttle learn one, the way TCP backs off: pace at 0.7 of the rate that was being sent, one
-    request at a time (no burst when the pause ends, so the waiting workers do not all fire at
-    once), grow that rate by 5 % a second, cut it again at the next 429 (not when the one request
-    sent after a pause is refused again: that is the server still busy, and its pause covers it),
-    and stop pacing once it is back above the rate that drew the first 429.
+    The pace is a rate (requests per second, all workers together; ``None``: unpaced), kept as a
+    token bucket: ``burst`` at once at the configured ``rate``, one at a time at any other pace.
+    Each request takes a turn (:meth:`acquire`) and reports its answer (:meth:`answered`, or
+    :meth:`refused` for a 429 with its ``retry_after``).
 
-    Waits are reserved under the lock and slept outside it, so callers queue fairly.
+    **A 429 holds back only the request it refused**: that request waits its ``retry_after``
+    (the caller sleeps it, then takes a turn again). Every other worker keeps to the pace, which
+    429s adjust as TCP adjusts its window (AIMD), without a limit being configured:
+
+    * **Multiplicative decrease**, at most once per ``INTERVAL`` and ``SAMPLES`` answers, and
+      only for a request sent at the current pace (one sent before the last cut was answered by
+      that cut): the pace goes to ``DECREASE`` of itself, or to ``MARGIN`` of the share of
+      requests the server let through since the last cut when that is lower — never below
+      ``DEEPEST`` of itself at once. An unpaced client's first 429 cuts to ``FIRST_CUT`` of the
+      rate it was sending (then it regrows by ``FIRST_GROWTH`` of that rate a second, a guess
+      the next 429 corrects).
+    * **Additive increase**: a cut's pace grows by a constant step, ``GROWTH`` of it per second
+      (``PROBE`` of that step above the rate the server took at that cut), counting only time in
+      which the pace held requests back — and never while a ``retry_after`` window any 429
+      announced is still open: inside one, no more requests go out than the pace in force when
+      it was announced allows.
+    * **A closed window** (a fixed-window limit, used up): nothing accepted since the last cut,
+      and ``CLOSED_AFTER`` 429s naming the same end — their ``retry_after`` shrinking as time
+      passes, unlike a limiter that says "1 s" every time. Nobody sends until the latest end
+      named, and the pace becomes what the window allowed (the requests accepted since the
+      previous closed window ended, or since sending began, over the time to this one's end):
+      one cut per window, and no regrowing into it. Refusals of requests sent before that end
+      only extend the hold to the end they name.
+
+    With ``rate`` configured the pace starts there and never goes above it (its burst comes back
+    with it). Without, the client sends as fast as its workers go until the first 429, and goes
+    back to unpaced once the pace has grown above the rate that drew that 429.
+
+    Turns are reserved under the lock and slept outside it, so callers queue fairly; a cut or a
+    hold makes every waiting turn take a new place at the new pace. ``events`` keeps the last
+    changes of pace (time, why, pace) for traces.
     """
 
-    DECREASE = 0.7       # the learned rate after a 429: this share of what was being sent
-    GROWTH = 1.05        # ... then it grows this much per second without a 429
-    WINDOW = 1.0         # seconds of sending measured to know "what was being sent"
-    FLOOR = 0.5          # requests per second: the learned rate never goes below
+    INTERVAL = 0.1       # seconds: at most one cut per interval ...
+    SAMPLES = 12         # ... and per this many answers at the pace it set
+    FIRST_CUT = 0.5      # the first 429 of an unpaced client: this share of what it was sending
+    FIRST_GROWTH = 0.1   # ... then grows by this share of what it was sending per second
+    DECREASE = 0.95      # a cut: at most this share of the pace ...
+    MARGIN = 0.95        # ... and at most this share of what the server accepted since the last cut
+    DEEPEST = 0.5        # a cut never goes below this share of the pace
+    GROWTH = 0.02        # per second of paced sending: this share of the pace the last cut set
+    PROBE = 0.25         # ... and this share of that above the rate the server took at the last cut
+    CLOSED_AFTER = 2     # refusals in a row, none accepted, that make a window closed
+    FLOOR = 0.5          # requests per second: the pace never goes below
+    SPAN = 1.0           # seconds of sending measured to know "what was being sent"
+    SHORTEST = 0.1       # ... over this many seconds at least
+    IDLE = 5.0           # seconds without a request that end a period of sending
+    MEMORY = 60.0        # seconds of accepted requests kept to measure a window
 
     def __init__(self, rate: float | None, burst: int, now: Callable[[], float],
                  sleep: Callable[[float], None]) -> None:
@@ -87,82 +138,223 @@ class Throttle:
         self._now = now
         self._sleep = sleep
         self._lock = threading.Lock()
-        self._tokens = float(self.burst)
-        self._last = now()
-        self._paused_until = 0.0
-        self.learned: float | None = None      # the pace learnt from 429s when no rate is configured
-        self._ceiling = 0.0
-        self._grown_at = 0.0
-        self._sent: deque[float] = deque()
+        self.pace: float | None = rate
+        self._tat = _NEVER              # the pace's next free turn (GCRA "theoretical arrival time")
+        self._epoch = 0                 # a cut or a closed window renews it: waiting turns re-queue
+        self._cut_at = _NEVER
+        self._run: _Run | None = None   # the 429s since the last cut
+        self._step = 0.0                # additive growth, requests per second per second
+        self._grown_at = _NEVER
+        self._window_end = _NEVER       # the latest end announced by any 429
+        self._hold_until = _NEVER       # a closed window: nobody sends before
+        self._closed_at = _NEVER       # when the last closed window was seen
+        self._boundary: float | None = None     # where that window ended: the next one began
+        self._accepted = 0              # answers, other than 429, to requests sent since the last cut
+        self._refused = 0               # 429s to requests sent since the last cut
+        self._sent: deque[float] = deque()       # send times, the last SPAN
+        self._accepts: deque[float] = deque()    # send times of accepted requests, this period
+        self._last_sent = _NEVER
+        self._ceiling: float | None = None
+        self._known: float | None = None    # the rate the server took at the last cut
+        self.refusals = 0
+        self.events: deque[tuple[float, str, float | None]] = deque(maxlen=1024)   # (time, what, pace)
 
-    def acquire(self) -> float:
-        """Wait for a turn; returns how long it waited."""
-        with self._lock:
-            now = self._now()
-            wait = max(0.0, self._paused_until - now)
-            rate, burst = self._pace(now)
-            if rate:
-                if now > self._last:       # after a pause, tokens accrue only from its end
-                    self._tokens = min(burst, self._tokens + (now - self._last) * rate)
-                    self._last = now
-                self._tokens -= 1
-                if self._tokens < 0:
-                    wait = max(wait, (self._last - now) + -self._tokens / rate)
-            if self.rate is None:
-                self._sent.append(now + wait)
-                while self._sent[0] < now - self.WINDOW:
-                    self._sent.popleft()
-        if wait > 0:
+    @property
+    def learned(self) -> float | None:
+        """The pace learnt from 429s (None: unpaced, or at the configured rate)."""
+        return None if self.pace == self.rate else self.pace
+
+    # ---- taking a turn ----------------------------------------------------------------------
+
+    def acquire(self) -> Ticket:
+        """Wait for a turn; the ticket says how long it waited. Report its answer with
+        :meth:`answered` or :meth:`refused`."""
+        ticket: Ticket | None = None
+        waited = 0.0
+        while True:
+            wait, ticket = self.turn(ticket)
+            if wait <= 0:
+                ticket.waited = waited
+                return ticket
             self._sleep(wait)
-        return wait
+            waited += wait
 
-    def pause(self, seconds: float) -> None:
-        """Everyone waits at least ``seconds`` from now before the next request (a 429)."""
+    def turn(self, ticket: Ticket | None = None) -> tuple[float, Ticket]:
+        """One step of :meth:`acquire` without sleeping: ``(0, ticket)`` when the request goes now
+        (it is counted as sent), else ``(wait, ticket)``: sleep ``wait``, then call again with the
+        ticket, which then goes unless a cut or a closed window came in between (a simulation
+        drives this itself)."""
         with self._lock:
             now = self._now()
-            if self.rate is None and now >= self._paused_until and not self._refused_on_resume(now):
-                self._learn(now)            # the first 429 of this pause, and not a lone retry's
-            self._paused_until = max(self._paused_until, now + max(0.0, seconds))
-            if self.rate or self.learned:  # no burst when the pause ends: one goes, the rest paced
-                if self._last < now:
-                    self._tokens = min(self.burst, self._tokens + (now - self._last) * (self.rate or self.learned))
-                # one token at the pause's end, no more; a debt means waiters already queued
-                self._tokens = 1.0 if self._tokens >= 0 else self._tokens
-                self._last = max(self._last, self._paused_until)
+            if ticket is not None and ticket.epoch == self._epoch:
+                return 0.0, self._go(ticket, now)      # slept until its turn: the pace still stands
+            pace = self._current(now)
+            start = max(now, self._hold_until)
+            if pace is None:
+                slot = start
+            else:
+                spacing = 1.0 / pace
+                tolerance = (self.burst - 1) * spacing if pace == self.rate else 0.0
+                slot = max(start, self._tat - tolerance)
+                self._tat = max(self._tat, slot) + spacing
+            ticket = Ticket(slot, self._epoch, ticket.waited if ticket else 0.0)
+            if slot <= now:
+                return 0.0, self._go(ticket, now)
+            return slot - now, ticket
 
-    def _pace(self, now: float) -> tuple[float | None, float]:
-        """The (rate, burst) in force: the configured one, else the learned one (burst 1)."""
-        if self.rate:
-            return self.rate, self.burst
-        if self.learned is None:
-            return None, 1
-        start = max(self._grown_at, self._paused_until)
-        if now > start:
-            self.learned *= self.GROWTH ** (now - start)
-            self._grown_at = now
-        if self.learned > self._ceiling:
-            self.learned = None            # recovered: unlimited again until the next 429
-            return None, 1
-        return self.learned, 1
-
-    def _refused_on_resume(self, now: float) -> bool:
-        """True when the only request sent since the last pause ended drew this 429: the server
-        is still throttling whatever we send, so the pause it asks for says all there is — cutting
-        the pace again would make a run of lone retries collapse it to the floor."""
-        if self.learned is None or now - self._paused_until >= self.WINDOW:
-            return False
-        resumed = self._paused_until - 1e-6
-        return sum(1 for sent in self._sent if sent >= resumed) <= 1
-
-    def _learn(self, now: float) -> None:
-        while self._sent and self._sent[0] < now - self.WINDOW:
+    def _go(self, ticket: Ticket, now: float) -> Ticket:
+        if now - self._last_sent > self.IDLE:
+            self._accepts.clear()           # a new period of sending
+            self._boundary = None
+        ticket.sent_at = self._last_sent = now
+        self._sent.append(now)
+        while self._sent[0] < now - self.SPAN:
             self._sent.popleft()
-        span = min(self.WINDOW, max(now - self._sent[0], 0.1)) if self._sent else self.WINDOW
-        sending = len(self._sent) / span
-        if self.learned is None:
-            self._ceiling = max(sending, self.FLOOR)
-        base = min(sending, self.learned) if self.learned else sending
-        self.learned = max(self.FLOOR, base * self.DECREASE)
-        self._grown_at = now
-        self._tokens = 0.0
-        self._last = now
+        return ticket
+
+    # ---- answers ----------------------------------------------------------------------------
+
+    def answered(self, ticket: Ticket) -> None:
+        """The request got an answer other than 429: the server had room for it."""
+        with self._lock:
+            sent = self._sent_at(ticket)
+            self._accepts.append(sent)
+            while self._accepts[0] < sent - self.MEMORY:
+                self._accepts.popleft()
+            if sent >= self._cut_at:
+                self._accepted += 1
+
+    def refused(self, ticket: Ticket, retry_after: float | None) -> None:
+        """The request got a 429 saying ``retry_after`` (None: no usable hint). The caller waits
+        for that request itself; this adjusts the pace everyone else keeps to."""
+        with self._lock:
+            now = self._now()
+            self.refusals += 1
+            end = now + retry_after if retry_after is not None else now
+            self._window_end = max(self._window_end, end)
+            pace = self._current(now)
+            if pace is None:                # unpaced until now: the first 429
+                sending = self._sending(now)
+                self._ceiling = sending
+                self._cut(now, sending * self.FIRST_CUT, end, "first 429")
+                self._step = self.FIRST_GROWTH * sending    # a guess: regrow fast until the next 429
+                self._run = _Run(now, retry_after, end)
+                return
+            if self._cut_at == self._closed_at and self._sent_at(ticket) < self._hold_until:
+                # sent before the closed window's end: the same window, its end told once more
+                # (each answer's own delay moves it a little): hold until the latest named
+                self._boundary = min(self._boundary or end, end)
+                if end > self._hold_until:
+                    self._hold_until = end
+                    self._epoch += 1
+                return
+            run = self._run = self._run or _Run(now, retry_after, end, count=0)
+            run.add(end)
+            if self._accepted == 0 and run.count >= self.CLOSED_AFTER and run.names_one_end(now, retry_after, end):
+                self._close(now, run)
+                return
+            if self._sent_at(ticket) < self._cut_at:
+                return                      # sent at the pace before the last cut: that cut answered it
+            self._refused += 1
+            if self._cut_at == _NEVER:      # the configured rate's first 429
+                self._cut(now, pace * self.DECREASE, end, "429")
+            elif self._accepted and now - self._cut_at >= self.INTERVAL \
+                    and self._accepted + self._refused >= self.SAMPLES:
+                # what the server let through of what was sent at this pace since the last cut
+                # (one more accepted than counted: a few samples lean towards the server's capacity,
+                # and an estimate too high costs a 429 where one too low costs time until it regrows)
+                accepted = (self._accepted + 1) / (self._accepted + self._refused + 1)
+                self._cut(now, pace * max(self.DEEPEST, min(self.DECREASE, self.MARGIN * accepted)), end, "429")
+                self._known = pace * accepted
+
+    # ---- the pace ---------------------------------------------------------------------------
+
+    def _sent_at(self, ticket: Ticket) -> float:
+        return ticket.sent_at if ticket.sent_at is not None else self._now()
+
+    def _sending(self, now: float) -> float:
+        """Requests per second sent over the last SPAN (over SHORTEST at least)."""
+        if not self._sent:
+            return self.FLOOR
+        span = min(self.SPAN, max(now - self._sent[0], self.SHORTEST))
+        return len(self._sent) / span
+
+    def _current(self, now: float) -> float | None:
+        """The pace in force, grown since the last look (only while the pace held requests back,
+        and never inside an announced retry_after window)."""
+        pace = self.pace
+        if pace is None or not self._step:
+            return pace
+        since = max(self._grown_at, self._window_end, self._hold_until)
+        if now > since:
+            if self._tat >= now - 1.0 / pace:          # the pace is what limits the sending
+                step = self._step if self._known is None or pace < self._known else self._step * self.PROBE
+                pace += step * (now - since)
+            self._grown_at = now
+            if self.rate is not None and pace >= self.rate:
+                pace, self._step = self.rate, 0.0      # back at the configured rate, burst and all
+                self.events.append((now, "back at the configured rate", pace))
+            elif self.rate is None and self._ceiling is not None and pace > self._ceiling:
+                pace, self._step = None, 0.0           # above what drew the first 429: unpaced again
+                self.events.append((now, "unpaced again", None))
+            self.pace = pace
+        return pace
+
+    def _cut(self, now: float, pace: float, end: float, why: str) -> None:
+        pace = max(self.FLOOR, pace)
+        if self.rate is not None:
+            pace = min(pace, self.rate)
+        self.pace = pace
+        self._step = self.GROWTH * pace
+        self._epoch += 1
+        self._cut_at = self._grown_at = now
+        self._run = None
+        self._accepted = self._refused = 0
+        self._known = None
+        # one at a time from here: the next turn one spacing after the last request went
+        self._tat = max(now, self._hold_until, self._last_sent + 1.0 / pace)
+        self.events.append((now, why, pace))
+
+    def _close(self, now: float, run: _Run) -> None:
+        """Nothing got through since the cut and the 429s name one end: the window is closed.
+        Nobody sends before the latest end they named, and the pace becomes what the window
+        allowed: the requests accepted since the previous closed window ended (or since this
+        period of sending began: then an upper bound, the window may have begun before) over the
+        time to this one's end. (Each 429 names the end a little late, by its answer's delay:
+        the earliest named is the closest.)"""
+        end = run.low
+        start = self._boundary if self._boundary is not None else \
+            (self._accepts[0] if self._accepts else now)
+        accepted = sum(1 for sent in self._accepts if sent >= start)
+        allowed = pace = self.pace or self._sending(now)
+        if end - start >= self.INTERVAL:    # (not a window of a few answers' delays)
+            allowed = min(accepted / (end - start), max(pace, self._sending(now)))
+        self._hold_until, self._closed_at, self._boundary = run.high, now, end
+        self._cut(now, allowed, run.high, "closed window")
+        self._known = self.pace
+
+
+@dataclass
+class _Run:
+    """The 429s since the last cut: when the first came, its wait and end, how many, and the
+    earliest and latest end they named."""
+
+    at: float
+    wait: float | None
+    end: float
+    count: int = 1
+    low: float = field(default=float("inf"))
+    high: float = _NEVER
+
+    def __post_init__(self) -> None:
+        self.low, self.high = min(self.low, self.end), max(self.high, self.end)
+
+    def add(self, end: float) -> None:
+        self.count += 1
+        self.low, self.high = min(self.low, end), max(self.high, end)
+
+    def names_one_end(self, now: float, wait: float | None, end: float) -> bool:
+        """Every 429 names the same end, with a wait that shrank as time passed: the end moved
+        less than half the time between the first and this one (a limiter that says "1 s" to
+        each moves it as fast as time goes, and names no end)."""
+        return wait is not None and wait != self.wait and abs(end - self.end) <= (now - self.at) / 2

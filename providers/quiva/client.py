@@ -19,6 +19,7 @@ refresh, and up to three sign-ins of up to two requests each.
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 import sys
 import threading
@@ -216,9 +217,11 @@ class QuivaClient:
         backoff = Backoff(self._policy, self._sleep)
         doubt = False
         while True:
-            self.throttle.acquire()
+            turn = self.throttle.acquire()
             reply, failure, sent = self._attempt(method, path, json=json, params=params,
                                                  headers=headers)
+            if reply is not None and reply.status != 429:
+                self.throttle.answered(turn)       # the server had room for it, whatever it said
             if reply is None:
                 doubt = doubt or sent
                 self._on_call(self.provider, operation, "error")
@@ -233,11 +236,14 @@ class QuivaClient:
             body = answers.NOT_JSON if reply.content is None else answers.decode(reply.content)
             answer = Answer(status, body, doubt, reply.retry_after)
             if status == 429:
+                # Only this request waits the server's retry_after; the others keep to the pace,
+                # which the throttle cuts (rotator.retry.Throttle).
                 wait = self._retry_after(answer)
+                self.throttle.refused(turn, wait)
                 backoff.wait(RateLimited(
                     f"{operation}: {method} {path} still rate limited (429) after"
                     f" {backoff.tries + 1} tries", provider=self.provider, retry_after=wait),
-                    retry_after=wait, pause=self.throttle.pause)
+                    retry_after=wait)
             elif status >= 500:
                 doubt = True
                 backoff.wait(IssuerUnavailable(
@@ -405,12 +411,20 @@ class QuivaClient:
             return self._http
 
     def _retry_after(self, answer: Answer) -> float | None:
-        """The longest wait the server asked for: body ``retry_after`` or a Retry-After header."""
-        waits = [answers.retry_after(answer.body)]
+        """The longest wait the server asked for: body ``retry_after`` or a Retry-After header.
+
+        A header in whole seconds that is the body's value rounded up (HTTP's ``Retry-After``
+        takes no fractions) says nothing more: the body's exact value is used, so a limiter that
+        names the moment its window resets is taken at its word."""
+        body = answers.retry_after(answer.body)
+        waits = [body]
         header = answer.retry_after
         if header:
-            waits.append(answers.seconds(header))
-            if waits[-1] is None:
+            seconds = answers.seconds(header)
+            if seconds is not None and body is not None and seconds == math.ceil(body):
+                return body
+            waits.append(seconds)
+            if seconds is None:
                 waits.append(self._until(header))
         known = [w for w in waits if w is not None]
         return max(known) if known else None

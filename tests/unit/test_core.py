@@ -168,24 +168,6 @@ def test_credential_resolution(tmp_path):
         credentials.resolve({"file": str(tmp_path / "missing")}, "w")
 
 
-def test_throttle_paces_requests_and_shares_a_429_pause():
-    from rotator.retry import Throttle
-    from rotator.testing import FakeClock
-
-    clock = FakeClock()
-    now = lambda: clock.now().timestamp()  # noqa: E731
-    throttle = Throttle(rate=10, burst=2, now=now, sleep=clock.sleep)
-    start = now()
-    waits = [throttle.acquire() for _ in range(12)]
-    assert waits[:2] == [0, 0]                       # the burst goes at once
-    assert now() - start == pytest.approx(1.0)       # then 10 per second: 10 more take 1 s
-    throttle.pause(30)                               # a 429 seen by one worker ...
-    assert 30 <= throttle.acquire() <= 30.2          # ... holds back the next request of any worker
-    assert throttle.acquire() == pytest.approx(0.1, abs=1e-4)   # and the waiters go out paced, not all at once
-    unlimited = Throttle(rate=None, burst=1, now=now, sleep=clock.sleep)
-    assert [unlimited.acquire() for _ in range(100)] == [0] * 100
-
-
 def test_redaction_stays_fast_with_thousands_of_values():
     """A fleet run remembers thousands of values and logs between each: no per-value recompiling."""
     import secrets as random_values
@@ -240,94 +222,6 @@ def test_listings_after_a_ticket_reflect_the_effect_and_are_shared():
         worker.join(5)
     assert results == [["listing 3"]] * 4 and Issuer.calls == 3   # four waiters, one request
     assert listings.at_hand(issuer) == ["listing 3"]
-
-
-class _RateLimitedServer:
-    """A server's token bucket on the fake clock: ``rate`` per second, ``burst`` at once."""
-
-    def __init__(self, clock, rate: float, burst: int) -> None:
-        self.clock, self.rate, self.burst = clock, rate, burst
-        self.tokens, self.last = float(burst), clock.now().timestamp()
-
-    def admit(self) -> bool:
-        now = self.clock.now().timestamp()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
-
-
-def _send_through(throttle, server, clock, calls: int, retry_after: float = 1.0) -> tuple[float, int]:
-    start, refused = clock.now().timestamp(), 0
-    for _ in range(calls):
-        while True:
-            throttle.acquire()
-            if server.admit():
-                break
-            refused += 1
-            throttle.pause(retry_after)
-    return clock.now().timestamp() - start, refused
-
-
-def test_throttle_without_a_configured_rate_learns_one_after_a_429():
-    """No rate_limit (the API's limit is unpublished): before the fix, every pause ended in a burst
-    that drew the next 429 — 10 requests per second of pauses against a 50/s limit, 5x the bound.
-    Learning a pace from the 429s keeps the run near calls / R and the 429s few."""
-    from rotator.retry import Throttle
-    from rotator.testing import FakeClock
-
-    clock = FakeClock()
-    throttle = Throttle(rate=None, burst=1, now=lambda: clock.now().timestamp(), sleep=clock.sleep)
-    elapsed, refused = _send_through(throttle, _RateLimitedServer(clock, rate=50, burst=10), clock, 450)
-    bound = 450 / 50
-    assert elapsed <= 1.5 * bound, (elapsed, refused)
-    assert refused <= 12
-    assert throttle.learned is not None and throttle.learned < 60
-
-
-def test_lone_retries_refused_again_do_not_cut_the_learned_pace_each_time():
-    """A server that refuses five tries in a row, one request at a time, is busy rather than
-    flooded: each of its pauses is honoured, but the pace learnt from the first 429 stands."""
-    from rotator.retry import Throttle
-    from rotator.testing import FakeClock
-
-    clock = FakeClock()
-    throttle = Throttle(rate=None, burst=1, now=lambda: clock.now().timestamp(), sleep=clock.sleep)
-    for _ in range(20):                               # sending ~20/s
-        throttle.acquire()
-        clock.sleep(0.05)
-    throttle.pause(2.0)
-    first = throttle.learned
-    assert first == pytest.approx(14, rel=0.1)
-    for _ in range(4):                                # each lone retry is refused again
-        assert throttle.acquire() == pytest.approx(2.0)
-        throttle.pause(2.0)
-    assert throttle.learned == pytest.approx(first)
-    assert throttle.acquire() == pytest.approx(2.0)
-    assert throttle.acquire() == pytest.approx(1 / first, rel=0.01)   # then paced, not collapsed
-
-
-def test_a_learned_throttle_returns_to_unlimited_when_the_limit_goes_away():
-    from rotator.retry import Throttle
-    from rotator.testing import FakeClock
-
-    clock = FakeClock()
-    throttle = Throttle(rate=None, burst=1, now=lambda: clock.now().timestamp(), sleep=clock.sleep)
-    for _ in range(100):                              # sending ~100/s
-        throttle.acquire()
-        clock.sleep(0.01)
-    throttle.pause(1.0)                               # one 429
-    assert throttle.learned == pytest.approx(70, rel=0.05)
-    waits = [throttle.acquire() for _ in range(3)]
-    assert waits[0] >= 1.0 and all(w > 0 for w in waits[1:]), "paced one at a time after the pause"
-    for _ in range(20000):                            # no more 429s: the pace grows back ...
-        throttle.acquire()
-        if throttle.learned is None:
-            break
-    assert throttle.learned is None                   # ... and pacing stops
-    assert [throttle.acquire() for _ in range(50)] == [0] * 50
 
 
 def test_the_example_config_loads_builds_and_rotates_its_own_admin_key(tmp_path, monkeypatch):

@@ -133,8 +133,10 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def sleep() -> RecordingSleep:
-    return RecordingSleep()
+def sleep(clock) -> RecordingSleep:
+    """Records each wait and moves the fake clock by it, as a real sleep moves time: the pace a
+    429 sets is kept on this clock, so a retry after ``retry_after`` finds its turn free."""
+    return RecordingSleep(clock)
 
 
 @pytest.fixture

@@ -1,0 +1,339 @@
+"""Learning the pace from 429s (issue 18), on simulated time.
+
+A discrete-event simulation drives the real :class:`rotator.retry.Throttle` with workers that
+share it, against the emulator's own limiters (:class:`TokenBucket`, :class:`FixedWindow` from
+``rotator_providers.quiva.emulator.state``) on the simulation's clock: no thread, no sleep, the
+same result every run. Each worker does some local work, takes a turn, sends; the request reaches
+the limiter half a round trip later and the answer comes back after the other half; a 429 makes
+that request (only) wait its ``retry_after`` and try again.
+
+Goals (no ``rate_limit`` configured): a job of >= 10 s takes at most 1.1x calls / rate; 429s are
+at most 2 % of the requests; and inside any ``retry_after`` window a 429 announced, no more
+requests went out than the pace in force allows (pace x window + 1).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from rotator.retry import Throttle
+from rotator_providers.quiva.emulator.state import FixedWindow, TokenBucket
+
+
+@dataclass
+class Result:
+    seconds: float
+    calls: int
+    rate: float
+    sends: list[float] = field(default_factory=list)
+    refusals: list[tuple[float, float, float | None]] = field(default_factory=list)  # (at, retry_after, pace after)
+    throttle: Throttle | None = None
+
+    @property
+    def bound(self) -> float:
+        return self.calls / self.rate
+
+    @property
+    def ratio(self) -> float:
+        return self.seconds / self.bound
+
+    @property
+    def refused_share(self) -> float:
+        return len(self.refusals) / len(self.sends)
+
+    def worst_window(self) -> tuple[int, float]:
+        """The most requests sent inside one announced retry_after window over what the pace
+        allowed there (pace x window + 1): (excess, at). <= 0 everywhere when the goal holds."""
+        worst = (-10**9, 0.0)
+        for at, wait, pace in self.refusals:
+            inside = sum(1 for s in self.sends if at < s < at + wait)
+            allowed = (pace * wait + 1) if pace is not None else float("inf")
+            worst = max(worst, (inside - allowed, at))
+        return worst
+
+    def summary(self) -> str:
+        return (f"{self.seconds:.2f}s for {self.calls} calls at {self.rate:g}/s: {self.ratio:.3f}x the bound,"
+                f" {len(self.refusals)} x 429 ({100 * self.refused_share:.1f} %)")
+
+
+class Simulation:
+    """Workers sharing one Throttle against one limiter, on simulated time."""
+
+    def __init__(self, limiter: Callable[[Callable[[], float]], Any], rate: float, *, calls: int,
+                 workers: int = 16, round_trip: float = 0.004, jitter: float = 0.0,
+                 work: tuple[float, float] = (0.002, 0.02),
+                 configured: float | None = None, burst: int = 1, seed: int = 1,
+                 max_wait: float = 300.0) -> None:
+        self.t = 0.0
+        self.rate, self.calls, self.round_trip, self.jitter, self.work = rate, calls, round_trip, jitter, work
+        self.max_wait = max_wait
+        self.limiter = limiter(lambda: self.t)
+        self.throttle = Throttle(configured, burst, now=lambda: self.t, sleep=self._no_sleep)
+        self.rng = random.Random(seed)
+        self.left = calls
+        self.done = 0
+        self.finished_at = 0.0
+        self.result = Result(0.0, calls, rate, throttle=self.throttle)
+        self._queue: list[tuple[float, int, Iterator[float]]] = []
+        self._order = itertools.count()
+        for _ in range(workers):
+            self._schedule(0.0, self._worker())
+
+    @staticmethod
+    def _no_sleep(seconds: float) -> None:
+        raise AssertionError("the simulation drives Throttle.turn; nothing may sleep")
+
+    def _schedule(self, delay: float, worker: Iterator[float]) -> None:
+        heapq.heappush(self._queue, (self.t + delay, next(self._order), worker))
+
+    def run(self) -> Result:
+        while self._queue:
+            self.t, _, worker = heapq.heappop(self._queue)
+            delay = next(worker, None)
+            if delay is not None:
+                self._schedule(max(0.0, delay), worker)
+        self.result.seconds = self.finished_at
+        return self.result
+
+    def _worker(self) -> Iterator[float]:
+        throttle = self.throttle
+        while self.left > 0:
+            self.left -= 1
+            yield self.rng.uniform(*self.work)                  # the rotation's own work between calls
+            while True:
+                wait, ticket = throttle.turn()
+                while wait > 0:
+                    yield wait
+                    wait, ticket = throttle.turn(ticket)
+                self.result.sends.append(self.t)
+                yield self.round_trip / 2 + self.rng.uniform(0, self.jitter)      # there ...
+                verdict = self.limiter.admit()
+                yield self.round_trip / 2 + self.rng.uniform(0, self.jitter)      # ... and back
+                if verdict is None:
+                    throttle.answered(ticket)
+                    self.done += 1
+                    self.finished_at = self.t
+                    break
+                throttle.refused(ticket, verdict)
+                self.result.refusals.append((self.t, verdict, throttle.pace))
+                yield min(verdict, self.max_wait)                # only this request waits
+
+
+def bucket(rate: float, burst: int = 10, retry_after: float = 1) -> Callable[[Callable[[], float]], TokenBucket]:
+    return lambda now: TokenBucket(rate, burst, retry_after, now=now)
+
+
+def window(limit: int, seconds: float, phase: float = 0.0) -> Callable[[Callable[[], float]], FixedWindow]:
+    return lambda now: FixedWindow(limit, seconds, now=lambda: now() + phase)
+
+
+# ---- the goals, against both limiter models ---------------------------------------------------
+
+REALISTIC = dict(workers=16, work=(0.05, 0.13), round_trip=0.004, jitter=0.004)   # ~180/s unpaced
+
+
+@pytest.mark.parametrize("rate", [50, 100])
+@pytest.mark.parametrize("seed", range(5))
+def test_a_token_bucket_is_learnt_within_the_goals(rate, seed):
+    """The emulator's bucket (burst 10, and a retry_after of 1 s whatever the refill time)."""
+    result = Simulation(bucket(rate, burst=10, retry_after=1), rate, calls=rate * 11, seed=seed,
+                        **REALISTIC).run()
+    assert result.bound >= 10
+    assert result.ratio <= 1.1, result.summary()
+    assert result.refused_share <= 0.02, result.summary()
+    assert result.worst_window()[0] <= 0, result.worst_window()
+    assert not [e for e in result.throttle.events if e[1] == "closed window"], \
+        "a constant retry_after names no end: never taken for a closed window"
+
+
+@pytest.mark.parametrize("rate", [50, 100])
+@pytest.mark.parametrize("phase", [0.0, 0.2, 0.4, 0.6, 0.8])
+def test_a_fixed_window_is_learnt_within_the_goals(rate, phase):
+    """``rate`` requests per 1 s window; the job starts ``phase`` into a window."""
+    result = Simulation(window(rate, 1.0, phase), rate, calls=rate * 11, seed=int(phase * 10),
+                        **REALISTIC).run()
+    assert result.bound >= 10
+    assert result.ratio <= 1.1, result.summary()
+    assert result.refused_share <= 0.02, result.summary()
+    assert result.worst_window()[0] <= 0, result.worst_window()
+
+
+def test_a_longer_window_is_held_not_hammered():
+    """100 requests per 2 s: once a window is closed nobody sends until it ends, and from the
+    second window on the pace is what a window allows."""
+    result = Simulation(window(100, 2.0, 0.7), 50, calls=600, **REALISTIC).run()
+    assert result.ratio <= 1.1 and result.refused_share <= 0.02, result.summary()
+    closed = [(at, pace) for at, what, pace in result.throttle.events if what == "closed window"]
+    assert closed and closed[-1][1] == pytest.approx(50, rel=0.05)
+    for at, wait, _ in result.refusals:
+        held = [s for s in result.sends if at < s < at + wait]
+        assert len(held) <= 3, (at, wait, held)          # no more than the answers already in flight
+
+
+# ---- the pieces, on a fake clock --------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+
+
+def sending(throttle: Throttle, clock: Clock, count: int, every: float) -> list:
+    tickets = []
+    for _ in range(count):
+        tickets.append(throttle.acquire())
+        throttle.answered(tickets[-1])
+        clock.sleep(every)
+    return tickets
+
+
+def test_a_429_holds_back_only_the_request_it_refused():
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    tickets = sending(throttle, clock, 100, 0.01)                 # ~100/s, unpaced
+    throttle.refused(tickets[-1], 1.0)                            # one 429: retry_after 1 s
+    assert throttle.pace == pytest.approx(50, rel=0.05)           # the pace is cut ...
+    start = clock.t
+    others = [throttle.acquire() for _ in range(5)]               # ... and the others go on at it
+    assert clock.t - start == pytest.approx(5 / throttle.pace, rel=0.1)
+    assert all(t.waited < 0.1 for t in others)
+
+
+def test_a_cut_at_most_once_per_interval_and_never_for_a_request_sent_before_it():
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    tickets = sending(throttle, clock, 100, 0.01)
+    in_flight = throttle.acquire()
+    throttle.refused(tickets[-1], 1.0)
+    first = throttle.pace
+    throttle.refused(in_flight, 1.0)                              # sent before the cut
+    assert throttle.pace == first
+    paced = sending(throttle, clock, 5, 0.0)
+    throttle.refused(paced[-1], 1.0)                              # too soon, too few answers
+    assert throttle.pace == first
+    paced = sending(throttle, clock, Throttle.SAMPLES, 0.0)
+    throttle.refused(paced[-1], 1.0)                              # an interval and enough answers later
+    assert throttle.pace < first
+    assert [what for _, what, _ in throttle.events] == ["first 429", "429"]
+
+
+def test_a_cut_follows_what_the_server_accepted():
+    """Of 12 answers at the pace, 6 accepted: the cut goes to what got through (with one more
+    accepted than counted, times MARGIN), not just to DECREASE of the pace."""
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    throttle.refused(sending(throttle, clock, 100, 0.01)[-1], 1.0)
+    pace = throttle.pace
+    for i in range(12):
+        ticket = throttle.acquire()
+        if i % 2:
+            throttle.refused(ticket, 1.0)
+        else:
+            throttle.answered(ticket)
+    assert [what for _, what, _ in throttle.events] == ["first 429", "429"]
+    assert throttle.pace == pytest.approx(pace * Throttle.MARGIN * 7 / 13)
+
+
+def test_the_pace_does_not_grow_inside_an_announced_window_and_grows_additively_after():
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    tickets = sending(throttle, clock, 100, 0.01)
+    throttle.refused(tickets[-1], 2.0)                            # a window of 2 s
+    cut = throttle.pace
+    sending(throttle, clock, int(cut * 1.9), 0.0)                 # ~1.9 s at the pace
+    assert throttle.pace == cut
+    sending(throttle, clock, int(cut * 2), 0.0)                   # ~2 s more, past the window
+    grown = throttle.pace - cut
+    assert 0 < grown <= Throttle.FIRST_GROWTH * 100 * 2.2        # a step per second, not a factor
+
+
+def test_a_closed_window_holds_everyone_until_it_ends():
+    """Refusals that all name one end, with waits shrinking as time passes: nobody sends before
+    that end, and the pace becomes what the window let through."""
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    reset = 1001.0
+    tickets = sending(throttle, clock, 40, 0.005)                 # 40 accepted in 0.2 s of a window
+    throttle.refused(tickets[-1], reset - clock.t)
+    for _ in range(2):
+        ticket = throttle.acquire()                               # at the cut pace: refused again
+        throttle.refused(ticket, reset - clock.t)
+    assert [what for _, what, _ in throttle.events][-1] == "closed window"
+    ticket = throttle.acquire()
+    assert ticket.sent_at >= reset                                # held to the window's end
+    assert throttle.pace == pytest.approx(40 / (reset - 1000.0), rel=0.05)
+
+
+def test_the_same_wait_again_and_again_is_no_closed_window():
+    """A limiter that says "retry after 1 s" to every refusal names no end: no hold."""
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    throttle.refused(sending(throttle, clock, 100, 0.01)[-1], 1.0)
+    for _ in range(5):
+        throttle.refused(throttle.acquire(), 1.0)
+    assert "closed window" not in [what for _, what, _ in throttle.events]
+    start = clock.t
+    throttle.acquire()
+    assert clock.t - start < 0.1
+
+
+def test_a_cut_re_queues_the_turns_already_waiting():
+    """Turns reserved at the old pace take a new place at the new one (no burst of old turns)."""
+    clock = Clock()
+    throttle = Throttle(10.0, 1, clock.now, clock.sleep)
+    waiting = [throttle.turn() for _ in range(5)]                # 5 turns, 0.1 s apart
+    assert [round(w, 3) for w, _ in waiting] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    throttle.refused(waiting[0][1], 1.0)                          # the configured rate's first 429
+    assert throttle.pace == pytest.approx(10 * Throttle.DECREASE)
+    wait, ticket = throttle.turn(waiting[1][1])                   # woken: must take a new turn
+    assert wait > 0 and ticket.epoch != waiting[1][1].epoch
+
+
+def test_a_configured_rate_paces_with_its_burst_and_comes_back_after_a_429():
+    clock = Clock()
+    throttle = Throttle(10.0, 3, clock.now, clock.sleep)
+    start = clock.t
+    waits = [throttle.acquire().waited for _ in range(13)]
+    assert waits[:3] == [0, 0, 0] and clock.t - start == pytest.approx(1.0)
+    throttle.refused(throttle.acquire(), 1.0)
+    assert throttle.pace == pytest.approx(9.5) and throttle.learned == pytest.approx(9.5)
+    for _ in range(400):                                          # no more 429s: grows back ...
+        throttle.answered(throttle.acquire())
+    assert throttle.pace == 10.0 and throttle.learned is None     # ... to the rate, never above
+    clock.sleep(10)
+    assert [throttle.acquire().waited for _ in range(3)] == [0, 0, 0]   # and its burst
+
+
+def test_a_learnt_pace_lets_go_once_the_limit_has_gone():
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    throttle.refused(sending(throttle, clock, 100, 0.01)[-1], 1.0)
+    assert throttle.learned is not None
+    for _ in range(20000):                                        # no more 429s: the pace grows ...
+        throttle.answered(throttle.acquire())
+        if throttle.learned is None:
+            break
+    assert throttle.pace is None                                  # ... past what drew the 429: unpaced
+    assert [throttle.acquire().waited for _ in range(50)] == [0] * 50
+
+
+def test_an_idle_client_does_not_grow_its_pace():
+    """Growth counts only time in which the pace held requests back."""
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    throttle.refused(sending(throttle, clock, 100, 0.01)[-1], 1.0)
+    cut = throttle.pace
+    clock.sleep(3600)                                             # an hour without a request
+    throttle.answered(throttle.acquire())
+    assert throttle.pace == cut
