@@ -124,6 +124,10 @@ class Engine:
             outcome = run.failed(exc)
         finally:
             shared.ran(secret.name, run.snapshots.get(secret.policy.primary))
+        if outcome.actions or outcome.status != "ok":
+            # one line per secret that did something (its steps are at debug level)
+            log.info("%s: %s: %s%s", secret.name, outcome.status, "; ".join(outcome.actions) or "-",
+                     f" ({outcome.detail})" if outcome.detail and outcome.status != "changed" else "")
         self._on_outcome(outcome)
         return outcome
 

@@ -1,7 +1,9 @@
 """Logging set-up: readable lines on a terminal, JSON lines otherwise; everything redacted.
 
 Every handler carries :class:`rotator.redact.RedactingFilter`, so any key value the process has
-held (and any string shaped like a key) is masked in messages, arguments and tracebacks.
+held (and any string shaped like a key) is masked in messages, arguments and tracebacks. The
+formatters mask what they produce again only for a record that filter did not see (the rest of a
+line is the time, the level and the logger's name): each record is scanned once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,17 @@ import sys
 from typing import TextIO
 
 from rotator.redact import RedactingFilter, redact
+
+#: Set on a record once :class:`RedactingFilter` (this module's subclass) has masked it.
+REDACTED = "_rotator_redacted"
+
+
+class _Redacting(RedactingFilter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, REDACTED, False):
+            super().filter(record)
+            setattr(record, REDACTED, True)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,12 +39,14 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_text:
             entry["exception"] = record.exc_text
-        return redact(json.dumps(entry, ensure_ascii=False))
+        line = json.dumps(entry, ensure_ascii=False)
+        return line if getattr(record, REDACTED, False) else redact(line)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        line = super().format(record)
+        return line if getattr(record, REDACTED, False) else redact(line)
 
 
 def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> logging.Handler:
@@ -40,7 +55,7 @@ def setup(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) 
     if fmt == "auto":
         fmt = "text" if stream.isatty() else "json"
     handler = logging.StreamHandler(stream)
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(_Redacting())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

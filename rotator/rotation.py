@@ -196,12 +196,15 @@ class SecretRun:
         self._event(action, detail, key=key, result="intent")
 
     def _note(self, action: str, detail: str = "", *, key: KeyRef | None = None, result: str = "ok") -> None:
+        """An effect done (or failed): the outcome's actions, the event (audit trail), and a log
+        line at debug for a step that went as planned — the engine logs one line per secret at
+        the end of its run with all of them (``Engine.run_secret``) — at info otherwise."""
         text = f"{action} {detail}".strip()
         if result == "ok" and action not in ("read-back", "interrupted"):
             self.outcome.did(text)
         else:
             self.outcome.actions.append(text)
-        log.info("%s: %s %s", self.secret.name, action, detail)
+        log.log(logging.DEBUG if result == "ok" else logging.INFO, "%s: %s %s", self.secret.name, action, detail)
         self._event(action, detail, key=key, result=result)
 
     # --- endings -------------------------------------------------------------------------------
