@@ -95,6 +95,46 @@ def test_concurrent_writers_never_interleave_records(tmp_path):
     assert all(r["detail"].endswith(long_detail) for r in records)
 
 
+def test_workers_writing_together_share_fsyncs_and_each_record_is_synced_before_write_returns(tmp_path, monkeypatch):
+    """A group commit: every write returns only after an fsync that began once its record was in the
+    file has completed; writers arriving together share one."""
+    import rotator.audit as audit_module
+
+    path = tmp_path / "trail.jsonl"
+    sink = AuditSink(path)
+    done: list[int] = []                     # for each completed fsync: records in the file when it began
+    lock = threading.Lock()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        before = len(path.read_bytes().splitlines())
+        threading.Event().wait(0.01)
+        real_fsync(fd)
+        with lock:
+            done.append(before)
+
+    monkeypatch.setattr(audit_module.os, "fsync", slow_fsync)
+    unsynced: list[str] = []
+
+    def write(n):
+        for i in range(10):
+            tag = f"s{n}-{i}"
+            sink(event(secret=f"s{n}", detail=tag))
+            place = next(k for k, line in enumerate(path.read_text().splitlines(), 1) if f'"{tag}"' in line)
+            with lock:
+                if not done or max(done) < place:
+                    unsynced.append(tag)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sink.close()
+    assert len(path.read_text().splitlines()) == 80 and not unsynced
+    assert 1 <= sink.fsyncs == len(done) < 80
+
+
 def test_stdout_and_off():
     stream = io.StringIO()
     sink = AuditSink(stream=stream)
