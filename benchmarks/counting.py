@@ -1,7 +1,7 @@
 """Counting calls three ways, so each number is checked by another:
 
 * :class:`WireCounter` — request hooks on the HTTP stacks of this process: botocore's
-  ``URLLib3Session.send`` (boto3 → moto), requests' ``Session.send`` (hvac → OpenBao) and httpx's
+  ``URLLib3Session.send`` (boto3 → moto), requests' ``HTTPAdapter.send`` (hvac → OpenBao) and httpx's
   ``Client.send`` (→ the QuivaWorks emulator), counted per destination ``host:port``. Every
   attempt is counted, retries included; the benchmark's own ``/_emulator/`` knob requests are not.
   botocore's requests are also counted per AWS operation, from their ``X-Amz-Target`` header
@@ -60,7 +60,9 @@ class WireCounter:
 
         botocore.httpsession.URLLib3Session.send = hook(botocore.httpsession.URLLib3Session.send, lambda r: r.url,
                                                         _aws_operation)
-        requests.Session.send = hook(requests.Session.send, lambda r: r.url)
+        # the transport adapter, not Session.send: the Vault backend hands its KV requests to the
+        # session's adapter directly (providers/vault/connection.py), hvac's other requests pass here too
+        requests.adapters.HTTPAdapter.send = hook(requests.adapters.HTTPAdapter.send, lambda r: r.url)
         httpx.Client.send = hook(httpx.Client.send, lambda r: r.url)
         cls._installed = True
         return cls
