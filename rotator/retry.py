@@ -12,6 +12,7 @@ Providers use one :class:`Backoff` per logical call::
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections import deque
@@ -86,18 +87,19 @@ class Throttle:
     (the caller sleeps it, then takes a turn again). Every other worker keeps to the pace, which
     429s adjust as TCP adjusts its window (AIMD), without a limit being configured:
 
-    * **Multiplicative decrease**, at most once per ``INTERVAL`` and ``SAMPLES`` answers, and
-      only for a request sent at the current pace (one sent before the last cut was answered by
-      that cut): the pace goes to ``DECREASE`` of itself, or to ``MARGIN`` of the share of
-      requests the server let through since the last cut when that is lower — never below
-      ``DEEPEST`` of itself at once. An unpaced client's first 429 cuts to ``FIRST_CUT`` of the
-      rate it was sending (then it regrows by ``FIRST_GROWTH`` of that rate a second, a guess
-      the next 429 corrects).
-    * **Additive increase**: a cut's pace grows by a constant step, ``GROWTH`` of it per second
-      (``PROBE`` of that step above the rate the server took at that cut), counting only time in
-      which the pace held requests back — and never while a ``retry_after`` window any 429
-      announced is still open: inside one, no more requests go out than the pace in force when
-      it was announced allows.
+    * **Multiplicative decrease**, at most once per ``INTERVAL``, and only once the requests
+      sent since the last cut brought ``SAMPLES`` answers or ``REFUSED`` 429s (a refusal of a
+      request sent before the last cut was answered by that cut). With ``REFUSED`` 429s or more
+      the pace goes to ``MARGIN`` of the share of those requests the server let through (never
+      below ``DEEPEST`` of itself at once), and that share of it is the rate the server takes;
+      with fewer, the pace was only just over that rate: one ``DECREASE`` step, which is taken
+      as the rate (``SAMPLES`` 429s and nothing let through: half). An unpaced client's first 429 cuts to ``FIRST_CUT`` of the rate it was
+      sending, a guess: it regrows by ``FIRST_GROWTH`` of that rate a second until the next 429.
+    * **Additive increase**: a cut's pace grows by a constant step, ``GROWTH`` of it per second,
+      up to the rate the server took; then not at all for ``PLATEAU`` seconds, then by ``PROBE``
+      of the step. It grows only while the pace is what holds requests back, and never while a
+      ``retry_after`` window any 429 announced is still open: inside one, no more requests go out
+      than the pace in force when it was announced allows.
     * **A closed window** (a fixed-window limit, used up): nothing accepted since the last cut,
       and ``CLOSED_AFTER`` 429s naming the same end — their ``retry_after`` shrinking as time
       passes, unlike a limiter that says "1 s" every time. Nobody sends until the latest end
@@ -111,21 +113,25 @@ class Throttle:
     back to unpaced once the pace has grown above the rate that drew that 429.
 
     Turns are reserved under the lock and slept outside it, so callers queue fairly; a cut or a
-    hold makes every waiting turn take a new place at the new pace. ``events`` keeps the last
+    hold makes every waiting turn take a new place at the new pace. Outside announced windows a
+    learnt pace lets up to ``LEARNT_BURST`` turns go at once, to make up turns nobody took. ``events`` keeps the last
     changes of pace (time, why, pace) for traces.
     """
 
     INTERVAL = 0.1       # seconds: at most one cut per interval ...
-    SAMPLES = 12         # ... and per this many answers at the pace it set
-    FIRST_CUT = 0.5      # the first 429 of an unpaced client: this share of what it was sending
-    FIRST_GROWTH = 0.1   # ... then grows by this share of what it was sending per second
-    DECREASE = 0.95      # a cut: at most this share of the pace ...
-    MARGIN = 0.95        # ... and at most this share of what the server accepted since the last cut
-    DEEPEST = 0.5        # a cut never goes below this share of the pace
-    GROWTH = 0.02        # per second of paced sending: this share of the pace the last cut set
-    PROBE = 0.25         # ... and this share of that above the rate the server took at the last cut
+    SAMPLES = 12         # ... once this many answers to requests sent at the pace it set
+    REFUSED = 3          # ... or this many 429s: enough to tell what the server lets through
+    FIRST_CUT = 0.6      # the first 429 of an unpaced client: this share of what it was sending
+    FIRST_GROWTH = 0.1   # ... then it grows by this share of that a second until the next 429
+    DECREASE = 0.95      # a cut after fewer than REFUSED 429s (or the configured rate's first)
+    MARGIN = 0.95        # a cut after REFUSED: this share of what the server let through
+    DEEPEST = 0.5        # ... never below this share of the pace at once
+    GROWTH = 0.02        # per second: this share of the pace the last cut set, up to the rate
+    PLATEAU = 30.0       # ... the server took; then no growth for this many seconds ...
+    PROBE = 0.25         # ... then this share of the step
     CLOSED_AFTER = 2     # refusals in a row, none accepted, that make a window closed
     FLOOR = 0.5          # requests per second: the pace never goes below
+    LEARNT_BURST = 3     # turns a learnt pace lets go at once, to make up missed ones
     SPAN = 1.0           # seconds of sending measured to know "what was being sent"
     SHORTEST = 0.1       # ... over this many seconds at least
     IDLE = 5.0           # seconds without a request that end a period of sending
@@ -140,6 +146,7 @@ class Throttle:
         self._lock = threading.Lock()
         self.pace: float | None = rate
         self._tat = _NEVER              # the pace's next free turn (GCRA "theoretical arrival time")
+        self._last_slot = _NEVER        # the latest turn given
         self._epoch = 0                 # a cut or a closed window renews it: waiting turns re-queue
         self._cut_at = _NEVER
         self._run: _Run | None = None   # the 429s since the last cut
@@ -194,9 +201,17 @@ class Throttle:
                 slot = start
             else:
                 spacing = 1.0 / pace
-                tolerance = (self.burst - 1) * spacing if pace == self.rate else 0.0
+                if pace == self.rate:
+                    tolerance = (self.burst - 1) * spacing
+                elif start > self._window_end:   # a learnt pace: turns missed may be made up, a few
+                    tolerance = (self.LEARNT_BURST - 1) * spacing
+                else:                            # (but not inside an announced retry_after window)
+                    tolerance = 0.0
                 slot = max(start, self._tat - tolerance)
+                if slot > start:                 # a turn to come: after every one already given
+                    slot = max(slot, self._last_slot + spacing)
                 self._tat = max(self._tat, slot) + spacing
+                self._last_slot = max(self._last_slot, slot)
             ticket = Ticket(slot, self._epoch, ticket.waited if ticket else 0.0)
             if slot <= now:
                 return 0.0, self._go(ticket, now)
@@ -258,14 +273,20 @@ class Throttle:
             self._refused += 1
             if self._cut_at == _NEVER:      # the configured rate's first 429
                 self._cut(now, pace * self.DECREASE, end, "429")
+            elif not self._accepted and self._refused >= self.SAMPLES:
+                self._cut(now, pace * self.DEEPEST, end, "429")   # nothing got through at this pace
             elif self._accepted and now - self._cut_at >= self.INTERVAL \
-                    and self._accepted + self._refused >= self.SAMPLES:
+                    and (self._accepted + self._refused >= self.SAMPLES or self._refused >= self.REFUSED):
                 # what the server let through of what was sent at this pace since the last cut
-                # (one more accepted than counted: a few samples lean towards the server's capacity,
-                # and an estimate too high costs a 429 where one too low costs time until it regrows)
-                accepted = (self._accepted + 1) / (self._accepted + self._refused + 1)
-                self._cut(now, pace * max(self.DEEPEST, min(self.DECREASE, self.MARGIN * accepted)), end, "429")
-                self._known = pace * accepted
+                # (one more accepted than counted: an estimate too high costs a 429 where one too
+                # low costs time until it regrows)
+                through = (self._accepted + 1) / (self._accepted + self._refused + 1)
+                if self._refused >= self.REFUSED:   # enough refused to tell what the server takes
+                    self._cut(now, pace * max(self.DEEPEST, self.MARGIN * through), end, "429")
+                    self._known = pace * through     # ... regrow to it
+                else:                                # just over it: a step down, and stay there
+                    self._cut(now, pace * self.DECREASE, end, "429")
+                    self._known = self.pace
 
     # ---- the pace ---------------------------------------------------------------------------
 
@@ -288,8 +309,10 @@ class Throttle:
         since = max(self._grown_at, self._window_end, self._hold_until)
         if now > since:
             if self._tat >= now - 1.0 / pace:          # the pace is what limits the sending
-                step = self._step if self._known is None or pace < self._known else self._step * self.PROBE
-                pace += step * (now - since)
+                if self._known is None or pace < self._known:
+                    pace = min(pace + self._step * (now - since), self._known or math.inf)
+                elif now - self._cut_at > self.PLATEAU:  # at the rate the server took: a while, then probe
+                    pace += self._step * self.PROBE * (now - max(since, self._cut_at + self.PLATEAU))
             self._grown_at = now
             if self.rate is not None and pace >= self.rate:
                 pace, self._step = self.rate, 0.0      # back at the configured rate, burst and all
@@ -313,6 +336,7 @@ class Throttle:
         self._known = None
         # one at a time from here: the next turn one spacing after the last request went
         self._tat = max(now, self._hold_until, self._last_sent + 1.0 / pace)
+        self._last_slot = self._last_sent
         self.events.append((now, why, pace))
 
     def _close(self, now: float, run: _Run) -> None:
