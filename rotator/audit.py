@@ -130,7 +130,12 @@ class AuditSink:
             with self._lock:                  # the file open now, and how many records it holds
                 fd, covered = self._fd, self._written
             if fd is not None:
-                os.fsync(fd)
+                try:
+                    os.fsync(fd)
+                except OSError:
+                    with self._lock:        # rotated meanwhile: the old file was fsynced before its close
+                        if self._fd == fd:
+                            raise
                 self.fsyncs += 1
         finally:
             with self._durable:
