@@ -71,14 +71,15 @@ class Usage:
     def _build(self) -> None:
         now = self._clock.now()           # called with the lock held
         recent = {entry: snap for entry, (snap, at) in self._seen.items() if now - at <= EVIDENCE_AGE}
-        wanted = [s for s in self._secrets if any((s.name, b.label) not in recent for b in s.targets)]
+        known = set(recent) | set(self._written)      # this run's own writes win over any read anyway
+        wanted = [s for s in self._secrets if any((s.name, b.label) not in known for b in s.targets)]
         run_ahead = self._ahead
         others = ReadAhead([s for s in wanted if run_ahead is None or not run_ahead.knows(s)], self._clock)
         reads: dict[tuple[str, str], Snapshot | Exception] = dict(recent)
         for secret in wanted:
             ahead = run_ahead if run_ahead is not None and run_ahead.knows(secret) else others
             for bound in secret.targets:
-                if (secret.name, bound.label) in recent:
+                if (secret.name, bound.label) in known:
                     continue
                 try:
                     reads[(secret.name, bound.label)] = snap = ahead.read_target(secret, bound)

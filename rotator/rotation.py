@@ -716,7 +716,9 @@ class SecretRun:
                 or self.shared.revoker.recent(self.secret, label) is not None):
             return
         try:
-            self.ahead.read_batched(self.secret, bound)
+            snap = self.ahead.read_batched(self.secret, bound)
+            if snap is not None:
+                self.shared.revoker.saw(self.secret, label, snap)
         except RotatorError as exc:
             log.debug("%s: reading %s before the deploy failed: %s", self.secret.name, label, redact(str(exc)))
 
