@@ -92,8 +92,8 @@ class Throttle:
       request sent before the last cut was answered by that cut). With ``REFUSED`` 429s or more
       the pace goes to ``MARGIN`` of the share of those requests the server let through (never
       below ``DEEPEST`` of itself at once), and that share of it is the rate the server takes;
-      with fewer, the pace was only just over that rate: one ``DECREASE`` step, which is taken
-      as the rate (``SAMPLES`` 429s and nothing let through: half). An unpaced client's first 429 cuts to ``FIRST_CUT`` of the rate it was
+      with fewer, the pace was only just over that rate: one ``DECREASE`` step, and the rate is
+      taken as ``HALFWAY`` of the pace (``SAMPLES`` 429s and nothing let through: half). An unpaced client's first 429 cuts to ``FIRST_CUT`` of the rate it was
       sending, a guess: it regrows by ``FIRST_GROWTH`` of that rate a second until the next 429.
     * **Additive increase**: a cut's pace grows by a constant step, ``GROWTH`` of it per second,
       up to the rate the server took; then not at all for ``PLATEAU`` seconds, then by ``PROBE``
@@ -123,7 +123,8 @@ class Throttle:
     REFUSED = 3          # ... or this many 429s: enough to tell what the server lets through
     FIRST_CUT = 0.6      # the first 429 of an unpaced client: this share of what it was sending
     FIRST_GROWTH = 0.1   # ... then it grows by this share of that a second until the next 429
-    DECREASE = 0.95      # a cut after fewer than REFUSED 429s (or the configured rate's first)
+    DECREASE = 0.95      # a cut after fewer than REFUSED 429s (or the configured rate's first) ...
+    HALFWAY = 0.975      # ... then the rate the server takes is taken as this share of the pace
     MARGIN = 0.95        # a cut after REFUSED: this share of what the server let through
     DEEPEST = 0.5        # ... never below this share of the pace at once
     GROWTH = 0.02        # per second: this share of the pace the last cut set, up to the rate
@@ -284,9 +285,9 @@ class Throttle:
                 if self._refused >= self.REFUSED:   # enough refused to tell what the server takes
                     self._cut(now, pace * max(self.DEEPEST, self.MARGIN * through), end, "429")
                     self._known = pace * through     # ... regrow to it
-                else:                                # just over it: a step down, and stay there
+                else:                                # just over it: a step down, and back up halfway
                     self._cut(now, pace * self.DECREASE, end, "429")
-                    self._known = self.pace
+                    self._known = pace * self.HALFWAY
 
     # ---- the pace ---------------------------------------------------------------------------
 

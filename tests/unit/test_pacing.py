@@ -347,3 +347,25 @@ def test_an_idle_client_does_not_grow_its_pace():
     clock.sleep(3600)                                             # an hour without a request
     throttle.answered(throttle.acquire())
     assert throttle.pace == cut
+
+
+def sweep(runs: int = 20, seconds: float = 12.0) -> None:
+    """``python -m tests.unit.test_pacing``: the simulation over many seeds (bucket) and window
+    phases (fixed window), at 50 and 100/s, with and without a shared call every 12th (the key
+    listing every worker waits for, as in rotator's engine): mean and worst ratio to the bound,
+    429s, and the worst retry_after window (requests over pace x window + 1; <= 0 is the goal)."""
+    print(f"{'limiter':13} {'R/s':>4} {'shared':>6} | ratio mean   max | 429s mean    max | window")
+    for rate in (50, 100):
+        for name, limiter in (("token_bucket", lambda i: bucket(rate, 10, 1)),
+                              ("fixed_window", lambda i: window(rate, 1.0, i / runs))):
+            for shared in (0, 12):
+                results = [Simulation(limiter(i), rate, calls=int(rate * seconds), seed=i, shared_every=shared,
+                                      **REALISTIC).run() for i in range(runs)]
+                ratios = [r.ratio for r in results]
+                shares = [100 * r.refused_share for r in results]
+                print(f"{name:13} {rate:4} {shared or '-':>6} | {sum(ratios) / runs:10.3f} {max(ratios):5.3f} |"
+                      f" {sum(shares) / runs:8.2f} % {max(shares):5.2f} % | {max(r.worst_window()[0] for r in results):+.1f}")
+
+
+if __name__ == "__main__":
+    sweep()
