@@ -12,25 +12,12 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 
 from rotator_providers.quiva.emulator import Emulator
 from rotator_providers.quiva.issuer import QuivaIssuer
 from rotator.models import Secret
 from rotator.testing import provider_context
-from tests.integration.test_emulator_limiters import ADMIN, RealClock
-
-@pytest.fixture(scope="module")
-def server():
-    with Emulator(port=0, clock=RealClock()) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(server):
-    server.reset()
-    yield server
-    server.reset()
+from tests.integration.test_emulator_limiters import ADMIN, RealClock, emu, server  # noqa: F401 - fixtures
 
 
 
