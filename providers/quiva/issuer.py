@@ -108,6 +108,7 @@ class QuivaIssuer:
         self.credential = self._admin_ref
         self._context = context
         self._owner: str | None = None
+        self._checked = answers.Checked()     # entries of earlier listings, not checked again
         self.client = QuivaClient(
             provider=name,
             base_url=self.settings.base_url,
@@ -183,9 +184,11 @@ class QuivaIssuer:
             page = answers.listing_page(
                 answer.body, now=self._context.clock.now(), page=number,
                 lifetime_months=self.settings.key_lifetime_months, provider=self.name,
-                where=answer.where("list", "GET", LIST_PATH) + (f" (page {number})" if number > 1 else ""))
+                where=answer.where("list", "GET", LIST_PATH) + (f" (page {number})" if number > 1 else ""),
+                checked=self._checked)
             pages.append(page)
             if page.next is None:
+                self._checked.listing_done()
                 return self._listed(answers.listing(pages))
             if page.next in seen:
                 raise UntrustedAnswer(f"list: GET {LIST_PATH}: the listing's next cursor repeats"

@@ -213,6 +213,49 @@ def test_listing_page_any_entries(entries, cursor, cursor_field, now):
         assert not listing.keys and not listing.usable     # every id of a doubled page appears twice
 
 
+def _compared(result: Any) -> Any:
+    return ("refused", str(result)) if isinstance(result, RotatorError) else result
+
+
+@FAST
+@given(pages=st.lists(st.lists(st.fixed_dictionaries({}, optional={
+           "id": st.sampled_from(["a", "b", "c", 3, True, 1.0, None, ""]),
+           "name": st.sampled_from(["web", "", None, 1]), "last_4_characters": st.sampled_from(["c0de", "beef", 1]),
+           "created_on": st.sampled_from(["2026-11-01T00:00:00Z", "2026-12-10T00:00:00Z", "garbage"]) | instant_texts,
+           "expires_on": st.sampled_from(["2027-02-01T00:00:00Z", "2126-02-01T00:00:00Z", "9999-12-31T23:59:59Z"])
+           | instant_texts}), max_size=5), min_size=1, max_size=6),
+       nows=st.lists(any_now | st.sampled_from([NOW - timedelta(days=20), NOW + timedelta(days=5)]),
+                     min_size=6, max_size=6),
+       lifetimes=st.lists(st.sampled_from([3, 120]), min_size=6, max_size=6))
+def test_checked_entries_give_exactly_what_checking_them_again_gives(pages, nows, lifetimes):
+    """Taking an unchanged entry from :class:`answers.Checked` is exact: whatever the listings,
+    the order of ``now`` (backwards too) and the lifetime, a page parsed with it equals the page
+    parsed from scratch, problems and messages included."""
+    checked = answers.Checked()
+    for data, now, lifetime in zip(pages, nows, lifetimes):
+        body = {"data": data}
+        fresh = outcome(lambda: answers.listing_page(body, now=now, lifetime_months=lifetime, where=WHERE,
+                                                     provider="p"))
+        reused = outcome(lambda: answers.listing_page(body, now=now, lifetime_months=lifetime, where=WHERE,
+                                                      provider="p", checked=checked))
+        assert _compared(reused) == _compared(fresh)
+        checked.listing_done()
+
+
+def test_an_unchanged_entry_is_not_checked_again_but_a_changed_one_is(monkeypatch):
+    checked, calls = answers.Checked(), []
+    real = answers.listing_entry
+    monkeypatch.setattr(answers, "listing_entry", lambda raw, **kw: calls.append(raw["id"]) or real(raw, **kw))
+    first = {"data": [entry(id="a"), entry(id="b"), entry(id="c", name=7)]}
+    for body, now in ((first, NOW), (first, NOW + timedelta(hours=1)), (first, NOW - timedelta(hours=1)),
+                      ({"data": [entry(id="a", name="renamed"), entry(id="b")]}, NOW)):
+        answers.listing_page(body, now=now, lifetime_months=3, where=WHERE, provider="p", checked=checked)
+        checked.listing_done()
+    # a: checked, reused, checked again (an earlier now), changed; b: the same but reused at the end;
+    # c carries a note (its name is not a string): always checked
+    assert calls == ["a", "b", "c", "c", "a", "b", "c", "a"]
+
+
 @FAST
 @given(content=st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_decode_never_raises(content):
