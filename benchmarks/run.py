@@ -520,7 +520,7 @@ CPU_LAYOUTS: tuple[tuple[str, ...], ...] = (("file", "file2"), ("vault", "aws"),
 #: Where the profile attributes CPU: (component, file suffix, function name or "*"). A component's
 #: time is the cumulative time of its boundary functions, entered from outside the component, less
 #: what boundaries of other components nested inside took (:func:`_components`); threads are profiled
-#: apart, so the issuer client's helper threads (one per HTTP attempt) count under "issuer (httpx)".
+#: apart, so the issuer client's helper threads (reused across attempts) count under "issuer (httpx)".
 PROFILE_BOUNDARIES: tuple[tuple[str, str, str], ...] = (
     ("AWS (botocore)", "botocore/client.py", "_make_api_call"),
     ("Vault (KV requests)", "providers/vault/connection.py", "request"),
@@ -662,6 +662,7 @@ def _profile_layout(bench: Bench, specs: list[Any], endpoints: Endpoints, layout
             runtime = bench.runtime(rotator_config(specs, endpoints, workers=workers))
             report = Engine(runtime).run()
             runtime.close()
+            _helpers_ended()
         finally:
             main.disable()
             threading.setprofile(None)
@@ -681,6 +682,15 @@ def _profile_layout(bench: Bench, specs: list[Any], endpoints: Endpoints, layout
     n = len(specs)
     return {"rotations": n, "workers": workers, "cpu_ms_per_rotation_profiled": round(cpu / n * 1000, 2),
             "components_share": {k: round(v, 3) for k, v in shares.items()}}
+
+
+def _helpers_ended(timeout: float = 10.0) -> None:
+    """Wait for the issuer clients' helper threads, which end at ``close``: a profile taken from a
+    thread still inside a call would close that call with the main thread's CPU clock."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name.endswith("-http"):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _components(stats: Any) -> dict[str, float]:

@@ -107,24 +107,35 @@ class _Helpers:
 
     A job goes to an idle helper, or to a new one when none is idle, so a helper still stuck
     with a server that trickles its answer (its caller gave up at the deadline) never delays
-    another attempt. A helper idle for ``linger`` seconds ends.
+    another attempt. A helper idle for ``linger`` seconds ends, and every helper ends at
+    :meth:`close` once its job is done (a job after that runs on a thread of its own).
     """
 
     def __init__(self, name: str, linger: float = 30.0) -> None:
         self._name = name
         self._linger = linger
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0              # helpers waiting for a job and not yet promised one
+        self._closed = False
 
     def run(self, job: Callable[[], None]) -> None:
         with self._lock:
+            if self._closed:
+                threading.Thread(target=job, name=self._name, daemon=True).start()
+                return
             start = self._idle == 0
             if not start:
                 self._idle -= 1     # promised to one of them: it does not end before taking it
-        self._jobs.put(job)
+            self._jobs.put(job)
         if start:
             threading.Thread(target=self._serve, name=self._name, daemon=True).start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed, idle, self._idle = True, self._idle, 0
+        for _ in range(idle):
+            self._jobs.put(None)    # one for each helper not promised a job: it ends
 
     def _serve(self) -> None:
         while True:
@@ -132,12 +143,16 @@ class _Helpers:
                 job = self._jobs.get(timeout=self._linger)
             except queue.Empty:
                 with self._lock:
-                    if self._idle > 0:          # not promised a job: end
+                    if self._idle > 0 and not self._closed:     # not promised a job: end
                         self._idle -= 1
                         return
-                continue                        # promised one: it is on its way
+                continue            # promised a job (or, once closed, the item that ends it)
+            if job is None:
+                return
             job()
             with self._lock:
+                if self._closed:
+                    return
                 self._idle += 1
 
 
@@ -366,6 +381,7 @@ class QuivaClient:
     def close(self) -> None:
         with self._http_lock:
             http, self._http = self._http, None
+        self._helpers.close()
         if http is not None:
             http.close()
 

@@ -56,3 +56,23 @@ def test_idle_helpers_end_and_a_promised_one_stays_for_its_job():
     done = threading.Event()
     helpers.run(done.set)                       # none idle: a new helper takes it
     assert done.wait(5)
+
+
+def test_close_ends_every_helper_once_its_job_is_done_and_later_jobs_still_run():
+    helpers = _Helpers("test-close", linger=30)
+    gate, stuck_done = threading.Event(), threading.Event()
+    helpers.run(lambda: (gate.wait(), stuck_done.set()))      # busy when closed
+    idle_done = threading.Event()
+    helpers.run(lambda: idle_done.set())
+    assert idle_done.wait(5)
+    helpers.close()
+    gate.set()
+    assert stuck_done.wait(5)
+    after = threading.Event()
+    helpers.run(after.set)
+    assert after.wait(5)
+    for _ in range(500):
+        if not _threads("test-close"):
+            break
+        threading.Event().wait(0.01)
+    assert not _threads("test-close")
