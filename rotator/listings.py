@@ -6,15 +6,28 @@ issued, a key revoked — takes a *ticket*; :meth:`Listings.after` then returns 
 request started after that ticket, so it reflects the effect. Threads that need one at the same
 time share a single request (the way a database groups commits), so a run of many rotations pays
 for a few listings, not one per key.
+
+A listing request that stalls — its answer was a 429 and it waits the server's ``retry_after``,
+or the issuer is slow — does not hold back the threads waiting for the next one: once it has taken
+``STALL_FACTOR`` times as long as the last listing did (at least ``STALL_MIN`` seconds), one
+of them starts another (at most ``MOST_IN_FLIGHT`` at once), which the client paces like any
+request. Whichever answers first serves everyone its start covers.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from rotator.interfaces import Issuer
 from rotator.models import Listing
+
+STALL_FACTOR = 4.0
+STALL_MIN = 0.2            # seconds
+MOST_IN_FLIGHT = 2         # per issuer: a stalled listing and the one that relieves it
 
 
 @dataclass
@@ -23,14 +36,17 @@ class _State:
     seq: int = 0                       # tickets taken so far
     listing: Listing | None = None
     listing_seq: int = -1              # the ticket count when that listing's request started
-    fetching: bool = False
-    fetching_seq: int = -1
+    fetches: dict[int, tuple[int, float]] = field(default_factory=dict)   # in flight: the ticket
+    took: float = 0.0                  # count when each started, and its monotonic start; the
+                                       # time the last listing took
 
 
 class Listings:
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._states: dict[str, _State] = {}
+        self._monotonic = monotonic
+        self._fetch_ids = itertools.count()
 
     def _state(self, issuer: Issuer) -> _State:
         with self._lock:
@@ -59,27 +75,36 @@ class Listings:
 
     def after(self, issuer: Issuer, ticket: int) -> Listing:
         """A listing whose request started after ``ticket`` was taken: the latest if it did,
-        else the one in flight if it did, else a new one."""
+        else the one in flight if it did, else a new one (started at once when nothing is in
+        flight or what is has stalled, else when it ends)."""
         state = self._state(issuer)
         with state.cond:
             while True:
                 if state.listing is not None and state.listing_seq >= ticket:
                     return state.listing
-                if not state.fetching:
+                if not state.fetches:
                     break
-                state.cond.wait()
-            state.fetching, state.fetching_seq = True, state.seq
-            started = state.seq
+                if len(state.fetches) >= MOST_IN_FLIGHT:
+                    state.cond.wait()
+                    continue
+                began = max(start for _, start in state.fetches.values())
+                left = began + max(STALL_MIN, STALL_FACTOR * state.took) - self._monotonic()
+                if left <= 0:                     # the newest request in flight has stalled
+                    break
+                state.cond.wait(left)
+            fetch, started, began = next(self._fetch_ids), state.seq, self._monotonic()
+            state.fetches[fetch] = (started, began)
         try:
             listing = issuer.list_keys()
         except BaseException:
             with state.cond:
-                state.fetching = False
+                del state.fetches[fetch]
                 state.cond.notify_all()
             raise
         with state.cond:
+            del state.fetches[fetch]
+            state.took = self._monotonic() - began
             if started >= state.listing_seq:
                 state.listing, state.listing_seq = listing, started
-            state.fetching = False
             state.cond.notify_all()
         return listing

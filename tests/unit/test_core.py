@@ -224,6 +224,74 @@ def test_listings_after_a_ticket_reflect_the_effect_and_are_shared():
     assert listings.at_hand(issuer) == ["listing 3"]
 
 
+def test_a_stalled_listing_is_relieved_by_one_more_and_no_more():
+    """A listing request that waits out a 429 does not hold back the threads that need a listing
+    after their ticket: once it has taken STALL_FACTOR times the last listing's time, one of them
+    starts another; never more than MOST_IN_FLIGHT at once. Before that, they wait for it."""
+    import threading
+
+    from rotator import listings as module
+    from rotator.listings import Listings
+
+    clock = [100.0]
+    listings = Listings(monotonic=lambda: clock[0])
+    stalled, release, calls = threading.Event(), threading.Event(), []
+
+    class Issuer:
+        name = "quiva"
+
+        def list_keys(self):
+            calls.append(len(calls) + 1)
+            number = len(calls)
+            if number == 2:
+                stalled.set()
+                release.wait(10)                # waiting out a retry_after
+            return [f"listing {number}"]
+
+    issuer = Issuer()
+    assert listings.fresh(issuer) == ["listing 1"]           # took 0 s on this clock
+    slow = threading.Thread(target=listings.fresh, args=(issuer,))
+    slow.start()
+    assert stalled.wait(5)
+    ticket = listings.ticket(issuer)
+    waiting: list = []
+    early = threading.Thread(target=lambda: waiting.append(listings.after(issuer, ticket)))
+    early.start()
+    early.join(0.3)
+    assert early.is_alive() and calls == [1, 2]             # not stalled yet: it waits
+    clock[0] += module.STALL_MIN + 0.01
+    early.join(5)
+    assert waiting == [["listing 3"]] and calls == [1, 2, 3]    # relieved while 2 is in flight
+    # two in flight at most: with 2 stalled and 4 in flight as well, a fifth waits
+    third_gate = threading.Event()
+    original = Issuer.list_keys
+
+    def blocking(self):
+        calls.append(len(calls) + 1)
+        third_gate.wait(10)
+        return [f"listing {len(calls)}"]
+
+    Issuer.list_keys = blocking
+    clock[0] += 10
+    relief = threading.Thread(target=listings.fresh, args=(issuer,))
+    relief.start()
+    for _ in range(500):
+        if len(calls) == 4:
+            break
+        threading.Event().wait(0.01)
+    clock[0] += 10
+    extra = threading.Thread(target=listings.fresh, args=(issuer,))
+    extra.start()
+    extra.join(0.3)
+    assert len(calls) == 4 and extra.is_alive()
+    Issuer.list_keys = original
+    third_gate.set()
+    release.set()
+    for thread in (slow, relief, extra):
+        thread.join(5)
+        assert not thread.is_alive()
+
+
 def test_the_example_config_loads_builds_and_rotates_its_own_admin_key(tmp_path, monkeypatch):
     """config.example.toml stays true to the code: it loads, every provider accepts its section
     (no network), every credential reference it declares resolves once its variables are set and
