@@ -12,7 +12,7 @@ import hmac
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from rotator import redact
 from rotator.timeutil import format_instant, parse_instant
@@ -40,15 +40,40 @@ class Secret:
     record, exception message and CLI line this process produces from then on.
     """
 
-    __slots__ = ("_value", "_fingerprint", "_parts")
+    __slots__ = ("_value", "_fingerprint", "_parts", "_load")
 
     def __init__(self, value: str) -> None:
         if not isinstance(value, str) or not value:
             raise ValueError("a secret must be a non-empty string")
-        self._value = value
+        self._value: str | None = value
         self._fingerprint: str | None = None      # computed once: the machine compares them every step
         self._parts: tuple[tuple[str, str], ...] | None = None
+        self._load: Callable[[], Secret] | None = None
         redact.remember(value)
+
+    @classmethod
+    def deferred(cls, fingerprint: str, load: Callable[[], Secret]) -> Secret:
+        """A value known by its fingerprint, read with ``load`` only when something needs more:
+        the value, its parts or last four characters, or equality with another value of the same
+        fingerprint (a different fingerprint is a different value, known without reading). A
+        store uses it for a value its own pointer describes (an older version of an AWS secret)
+        that most runs never look into. ``load`` raises the store's error when it cannot read the
+        value; a value read with another fingerprint raises ``ValueError``."""
+        secret = cls.__new__(cls)
+        secret._value, secret._fingerprint, secret._parts, secret._load = None, fingerprint, None, load
+        return secret
+
+    def _read(self) -> str:
+        """The value, read first if deferred (two threads may both read it: the same value)."""
+        value = self._value
+        if value is None:
+            assert self._load is not None
+            loaded = self._load()
+            if loaded.fingerprint != self._fingerprint:
+                raise ValueError("the value read does not have the fingerprint it was described by")
+            value, self._parts = loaded.reveal(), loaded.parts
+            self._value = value
+        return value
 
     @classmethod
     def of_parts(cls, parts: Mapping[str, str] | Iterable[tuple[str, str]]) -> Secret:
@@ -73,31 +98,35 @@ class Secret:
     @property
     def parts(self) -> tuple[tuple[str, str], ...] | None:
         """The named parts of a value made of several (``of_parts``), else None."""
+        self._read()
         return self._parts
 
     def part(self, name: str) -> str:
         """One part of a value made of several; KeyError when it has no such part."""
-        for key, value in self._parts or ():
+        for key, value in self.parts or ():
             if key == name:
                 return value
         raise KeyError(name)
 
     def reveal(self) -> str:
-        return self._value
+        return self._read()
 
     @property
     def last4(self) -> str:
+        value = self._read()
         if self._parts:
             return self._parts[0][1][-4:]
-        return self._value[-4:]
+        return value[-4:]
 
     @property
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = fingerprint(self._value)
+            self._fingerprint = fingerprint(self._read())
         return self._fingerprint
 
     def __repr__(self) -> str:
+        if self._value is None:                   # deferred: a repr never reads a store
+            return f"<secret fp={self._fingerprint}>"
         return f"<secret …{self.last4} fp={self.fingerprint}>"
 
     __str__ = __repr__
@@ -108,7 +137,11 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         # bytes: compare_digest refuses str with non-ASCII characters (TypeError), and a stored
         # value, or a part of one, may have them
-        return isinstance(other, Secret) and hmac.compare_digest(self._value.encode(), other._value.encode())
+        if not isinstance(other, Secret):
+            return False
+        if (self._value is None or other._value is None) and self.fingerprint != other.fingerprint:
+            return False                          # deferred: no need to read it
+        return hmac.compare_digest(self._read().encode(), other._read().encode())
 
     def __hash__(self) -> int:
         return hash(self.fingerprint)

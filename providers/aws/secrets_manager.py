@@ -193,7 +193,7 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
     def _snapshot(self, target: SecretsManagerTarget, head: _Head) -> Snapshot:
         return Snapshot(version=head.version, current=head.doc.current,
                         pending=self._value(target, head.doc.pending),
-                        previous=self._value(target, head.doc.previous),
+                        previous=self._later(target, head.doc.previous),
                         record=head.doc.rotation_record())
 
     def _fetch_head(self, target: SecretsManagerTarget) -> _Head | None:
@@ -289,6 +289,26 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
                                           " pointer describes (fingerprint mismatch)")
         self._keep_value(target, ref.version, value)
         return value
+
+    def _later(self, target: SecretsManagerTarget, ref: Ref | None) -> Secret | None:
+        """The key ``ref`` points at, read only when something needs more than its fingerprint
+        (:meth:`Secret.deferred`): a run that compares fingerprints, as most do, never reads the
+        older version (a fresh process saves one GetSecretValue per target and read)."""
+        if ref is None:
+            return None
+        with self._lock:
+            cached = self._values.get((target.region, target.secret_id, ref.version))
+        if cached is not None:
+            return cached
+
+        def read() -> Secret:
+            value = self._value(target, ref)
+            if value is None:
+                raise Problem(SecretMissing, f"version {_short(ref.version)}, which holds the previous key,"
+                                             " is gone")
+            return value
+
+        return Secret.deferred(ref.fingerprint, lambda: self._guard("read", target, read))
 
     def _base(self, target: SecretsManagerTarget, expect: str | None) -> Doc:
         """The payload of version ``expect`` (what the caller decided on): cached, else by VersionId."""

@@ -118,9 +118,15 @@ def test_45_targets_in_every_state_take_3_requests_and_equal_read(make, moto_ser
     found = reader.read_many(targets)
     spent = calls[mark:]
     assert batch_calls(spent) == ["ok", "ok", "ok"]      # 45 targets, 20 per request
-    # The grace primaries' pending and previous values (2 each) and the secondaries' previous
-    # values: read once by VersionId, then cached.
-    assert [op for _, op, _ in spent if op != BATCH] == ["GetSecretValue"] * (9 * 2 + 9)
+    # The grace primaries' pending values: read once by VersionId, then cached. The previous
+    # values (grace primaries and secondaries) are deferred: known by the fingerprint rotator's
+    # pointer names, read only when something needs the value itself.
+    assert [op for _, op, _ in spent if op != BATCH] == ["GetSecretValue"] * 9
+    deferred = [found[t].previous for t in targets if kinds[t] in ("grace", "secondary")]
+    assert all(repr(value).startswith("<secret fp=") for value in deferred)      # nothing read yet
+    mark = len(calls)
+    assert all(value.last4 for value in deferred)           # needed now: read, each once
+    assert [op for _, op, _ in calls[mark:]] == ["GetSecretValue"] * 18
 
     assert set(found) == {t for t in targets if kinds[t] != "missing"}
     mark = len(calls)
@@ -162,6 +168,33 @@ def test_a_target_named_by_arn_is_matched_and_one_secret_serves_several_targets(
 
     assert backend.read_many([replica]) == {}
     assert batch_calls(calls) == ["ok"], "nothing to ask for: no request"
+
+
+def test_a_previous_pointer_is_read_only_when_needed_and_a_bad_one_fails_then_naming_it(make, moto_server,
+                                                                                       calls, aws_batch):
+    """A previous version is known by the fingerprint its pointer carries; its value is read only
+    when something needs it, and a version gone or holding another key fails that step with the
+    precise error, naming the target and the version."""
+    from rotator.errors import SecretMissing
+
+    backend = make()
+    client = moto_server.client()
+    gone = {"version": "v-never-written-" + "0" * 20, "fingerprint": "1" * 16}
+    client.create_secret(Name="batch/gone", SecretString=json.dumps({
+        "api_key": "sk-aws-r-DONOTECHO6", "rotator": {"format": 1, "previous": gone}}))
+    first = client.create_secret(Name="batch/other", SecretString=json.dumps({"api_key": "sk-aws-q-DONOTECHO7"}))
+    other = {"version": first["VersionId"], "fingerprint": "2" * 16}     # holds another key
+    client.put_secret_value(SecretId="batch/other", SecretString=json.dumps({
+        "api_key": "sk-aws-r-DONOTECHO6", "rotator": {"format": 1, "previous": other}}))
+    targets = {name: backend.target({"secret_id": f"batch/{name}"}) for name in ("gone", "other")}
+    found = backend.read_many(list(targets.values()))
+    assert set(found) == set(targets.values()) and batch_calls(calls) == ["ok"]
+    assert [op for _, op, _ in calls if op != BATCH] == []             # nothing read by VersionId
+    assert found[targets["gone"]].previous.fingerprint == "1" * 16
+    with pytest.raises(SecretMissing, match=r"batch/gone.*v-never-.*holds the previous key, is gone"):
+        found[targets["gone"]].previous.reveal()
+    with pytest.raises(CorruptPayload, match=r"batch/other.*fingerprint mismatch"):
+        found[targets["other"]].previous.reveal()
 
 
 # --- what is left out ---------------------------------------------------------------------------

@@ -101,27 +101,28 @@ def test_calls_per_rotation_match_the_documented_counts(world, aws, clock):
     aws_calls(world)
 
     assert world.rotate(["web"]).exit_code == 0
-    assert aws_calls(world) == {"GetSecretValue": 2, "PutSecretValue": 4, "UpdateSecretVersionStage": 3}
+    assert aws_calls(world) == {"GetSecretValue": 1, "PutSecretValue": 4, "UpdateSecretVersionStage": 3}
     assert world.rotate(["batch"]).exit_code == 0
     assert aws_calls(world) == {"GetSecretValue": 2, "PutSecretValue": 1}     # deploy, then read back
     assert Engine(daemon).run(["web2", "batch2"]).exit_code == 0
     aws_calls(world)
 
     # The revoke needs evidence that no other secret of the issuer serves the old key: the run
-    # reads the targets of the other three (their AWS ones: one batch, plus each previous version
-    # by id in a fresh process), once per run whatever the number of revokes in it.
-    evidence = {"GetSecretValue": 4, "BatchGetSecretValue": 1}
+    # reads the targets of the other three (their AWS ones: one batch), once per run whatever the
+    # number of revokes in it. The versions their pointers name as previous are not read: the
+    # evidence compares fingerprints, which the pointers carry (Secret.deferred).
+    evidence = {"BatchGetSecretValue": 1}
     clock.advance(timedelta(hours=49))
     assert world.rotate(["web"]).exit_code == 0
     assert aws_calls(world) == Counter({"GetSecretValue": 2, "PutSecretValue": 1, "UpdateSecretVersionStage": 1}) \
         + Counter(evidence)
     assert world.rotate(["batch"]).exit_code == 0
-    assert aws_calls(world) == Counter({"GetSecretValue": 2}) + Counter(evidence)   # read back (+ previous)
+    assert aws_calls(world) == Counter({"GetSecretValue": 2}) + Counter(evidence)
     assert Engine(daemon).run(["web2"]).exit_code == 0
-    assert aws_calls(world) == Counter({"GetSecretValue": 1, "PutSecretValue": 1, "UpdateSecretVersionStage": 1}) \
-        + Counter({"GetSecretValue": 3, "BatchGetSecretValue": 1})
+    assert aws_calls(world) == Counter({"GetSecretValue": 2, "PutSecretValue": 1, "UpdateSecretVersionStage": 1}) \
+        + Counter(evidence)
     assert Engine(daemon).run(["batch2"]).exit_code == 0
-    assert aws_calls(world) == Counter({"GetSecretValue": 1}) + Counter({"GetSecretValue": 1, "BatchGetSecretValue": 1})
+    assert aws_calls(world) == Counter({"GetSecretValue": 2}) + Counter(evidence)
     for name in ("web", "web2", "batch", "batch2"):
         world.assert_i1(name)
         assert world.record(name).rotations == 2
@@ -237,8 +238,8 @@ def test_a_run_reads_aws_primaries_twenty_per_request(world, aws, emulator, cloc
 def test_the_second_run_rereads_aws_secondaries_twenty_per_request(world, aws, emulator, clock):
     """I3's re-read of the secondaries before the old key is revoked is batched like the primaries,
     and so is the read each deploy starts from; the read-back right after the first run's deploy is
-    not (it must follow the write). The old key's version is read by id once per process (a daemon
-    already holds it from its deploy)."""
+    not (it must follow the write). The old key's version is not read: its pointer's fingerprint
+    is all the evidence needs."""
     world.defaults["workers"] = 4
     names = [f"fleet-{i:02d}" for i in range(45)]
     for name in names:
@@ -262,8 +263,9 @@ def test_the_second_run_rereads_aws_secondaries_twenty_per_request(world, aws, e
         world.assert_i1(name)
 
 
-def test_a_cronjob_second_run_reads_the_old_keys_version_once_each(world, aws, emulator, clock):
-    """A fresh process (a CronJob) re-reads in batches too, plus each old key's version by id."""
+def test_a_cronjob_second_run_reads_in_batches_and_not_the_old_keys_versions(world, aws, emulator, clock):
+    """A fresh process (a CronJob) re-reads in batches too; the old key's version, which each
+    pointer describes by its fingerprint, is not read (Secret.deferred)."""
     for i in range(25):
         world.add_secret(f"job-{i:02d}", targets=[{"backend": "app", "path": f"job-{i:02d}.json"},
                                                   {"backend": "aws", "secret_id": f"job/{i:02d}"}])
@@ -272,7 +274,7 @@ def test_a_cronjob_second_run_reads_the_old_keys_version_once_each(world, aws, e
     clock.advance(timedelta(hours=49))
     aws_calls(world)
     assert world.rotate().exit_code == 0
-    assert aws_calls(world) == Counter({"BatchGetSecretValue": 2, "GetSecretValue": 25})
+    assert aws_calls(world) == Counter({"BatchGetSecretValue": 2})
 
 
 def test_a_secondary_that_drifted_is_seen_by_the_batched_reread(world, aws, emulator, clock):

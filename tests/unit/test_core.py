@@ -60,6 +60,28 @@ def test_secret_never_shows_its_value():
         Secret("")
 
 
+def test_a_deferred_secret_reads_its_value_only_when_more_than_its_fingerprint_is_needed():
+    raw, other = "ms-" + "ef" * 16, "ms-" + "01" * 16
+    reads: list[int] = []
+
+    def later(value: str = raw) -> Secret:
+        return Secret.deferred(fingerprint(raw), lambda: reads.append(1) or Secret(value))
+
+    value = later()
+    assert value.fingerprint == fingerprint(raw) and hash(value) == hash(Secret(raw))
+    assert value != Secret(other) and repr(value) == f"<secret fp={fingerprint(raw)}>" and not reads
+    assert value == Secret(raw) and reads == [1]                  # the same fingerprint: compared
+    assert value.reveal() == raw and value.last4 == raw[-4:] and reads == [1]    # read once
+    parts = Secret.of_parts({"aws_access_key_id": "AKIAEXAMPLE00000WXYZ", "aws_secret_access_key": "s" * 40})
+    whole = Secret.deferred(parts.fingerprint, lambda: parts)
+    assert whole.part("aws_secret_access_key") == "s" * 40 and whole.last4 == "WXYZ" and whole == parts
+    liar = later(other)                                           # the store holds something else
+    with pytest.raises(ValueError):
+        liar.reveal()
+    with pytest.raises(TypeError):
+        pickle.dumps(later())
+
+
 def test_redaction_masks_remembered_values_and_key_shapes():
     remembered = Secret("opaque-token-value-1234").reveal()
     shaped = "ms-" + "cd" * 16                       # never wrapped: caught by its shape
