@@ -4,7 +4,11 @@ providers do today with the alternative, on the same servers:
 * ``aws_batch``    — N ``GetSecretValue`` against ``ceil(N / 20)`` ``BatchGetSecretValue``;
 * ``hvac_env``     — hvac reads with requests' per-request environment lookup (``trust_env``, the
   default) against a session whose proxies were resolved once;
-* ``listing``      — one QuivaWorks key listing as the account grows (what each extra listing costs);
+* ``listing``      — one QuivaWorks key listing as the account grows (what each extra listing costs):
+  the first, every entry checked, and the next, the unchanged entries taken as checked;
+* ``issuer_request`` — the QuivaWorks client's CPU per request: as it is (a reused helper thread
+  bounds each answer by its deadline), with a new thread per attempt (before issue 18's third
+  pass), with no thread at all, and a plain ``httpx.Client.get`` (the peer's way);
 * ``pool``         — whether more workers than the HTTP pools hold makes boto3/hvac drop connections;
 * ``boto_user_agent`` — boto3's client CPU per request with its default User-Agent (rebuilt twice
   per request) against rotator's fixed one.
@@ -24,6 +28,9 @@ from datetime import timedelta
 from typing import Any
 
 from servers import cpu_seconds
+
+from rotator_providers.quiva import answers
+from rotator_providers.quiva.issuer import LIST_PATH
 
 
 def _timed(fn: Any, server_pid: int | None = None) -> dict[str, float]:
@@ -109,11 +116,62 @@ def listing(emulator: Any, admin_key: str, email: str, sizes: tuple[int, ...] = 
         while have < size:
             emulator.create_key(email, f"probe-{have}", emulator.now() - timedelta(days=1))
             have += 1
-        issuer.list_keys()                                      # warm (session)
-        timing = _timed(issuer.list_keys, emulator.pid)
-        rows.append({"keys": size, **timing})
+        issuer._checked = answers.Checked()                     # nothing checked yet
+        issuer.client.call("list", "GET", LIST_PATH)             # warm (session)
+        first = _timed(issuer.list_keys, emulator.pid)
+        again = _timed(issuer.list_keys, emulator.pid)
+        rows.append({"keys": size, **first, "again": again})
     issuer.close()
     return rows
+
+
+def issuer_request(emulator: Any, admin_key: str, count: int = 400) -> dict[str, Any]:
+    """CPU per request of ``GET /accounts/api-keys`` for a user with no keys (``admin_key``'s),
+    four ways."""
+    import httpx
+
+    from rotator.interfaces import ProviderContext
+    from rotator.models import Secret
+
+    from rotator_providers.quiva.issuer import QuivaIssuer
+
+    context = ProviderContext(clock=_Clock(), sleep=time.sleep, resolve_credential=lambda ref, where: Secret(admin_key))
+    issuer = QuivaIssuer("probe", {"base_url": emulator.url, "admin_key": {"env": "UNUSED"}}, context)
+    client = issuer.client
+
+    def per_request(call: Any) -> float:
+        call()
+        cpu0 = time.process_time()
+        for _ in range(count):
+            call()
+        return round((time.process_time() - cpu0) / count * 1000, 3)
+
+    listing = lambda: client.call("list", "GET", LIST_PATH)              # noqa: E731
+    found = {"helper thread, reused": per_request(listing)}
+    real_attempt = client._attempt
+
+    def thread_per_attempt(method: str, path: str, **request: Any) -> Any:
+        class OneShot:
+            def run(self, job: Any) -> None:
+                threading.Thread(target=job, daemon=True).start()
+        helpers, client._helpers = client._helpers, OneShot()
+        try:
+            return real_attempt(method, path, **request)
+        finally:
+            client._helpers = helpers
+
+    def inline(method: str, path: str, **request: Any) -> Any:
+        return client._fetch(client._client(), time.monotonic() + 30, method, path, request), "", False
+
+    for name, attempt in (("a thread per attempt", thread_per_attempt), ("no thread", inline)):
+        client._attempt = attempt
+        found[name] = per_request(listing)
+    client._attempt = real_attempt
+    token = client._token()[0]
+    with httpx.Client(base_url=emulator.url, headers={"Authorization": f"Bearer {token}"}) as plain:
+        found["plain httpx.Client.get"] = per_request(lambda: plain.get(LIST_PATH).json())
+    issuer.close()
+    return {"ms_cpu_per_request": found, "requests": count}
 
 
 class _Clock:

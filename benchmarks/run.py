@@ -759,8 +759,10 @@ def measure_probes(bench: Bench, quick: bool) -> dict[str, Any]:
     if servers.moto and servers.bao:
         found["pool"] = probes.pool(servers.moto.url, servers.bao.url, servers.bao.root_token, 16)
     admin = bench.emulator.add_user("probe@example.com")
+    found["issuer_request"] = probes.issuer_request(bench.emulator, bench.emulator.add_user("probe-empty@example.com"),
+                                                    100 if quick else 400)
     found["listing"] = probes.listing(bench.emulator, admin, "probe@example.com",
-                                      (10, 300) if quick else (10, 1000, 2000))
+                                      (10, 300) if quick else (10, 300, 1000, 2000))
     say(f"probes: {found}")
     return found
 
