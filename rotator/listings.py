@@ -36,9 +36,9 @@ class _State:
     seq: int = 0                       # tickets taken so far
     listing: Listing | None = None
     listing_seq: int = -1              # the ticket count when that listing's request started
-    fetches: dict[int, tuple[int, float]] = field(default_factory=dict)   # in flight: the ticket
-    took: float = 0.0                  # count when each started, and its monotonic start; the
-                                       # time the last listing took
+    # the requests in flight: the ticket count when each started, and its monotonic start
+    fetches: dict[int, tuple[int, float]] = field(default_factory=dict)
+    took: float = 0.0                  # how long the last listing took (seconds)
 
 
 class Listings:
