@@ -568,9 +568,10 @@ class Checked:
     that changed since the previous one (an issuer lists the same few hundred keys again and
     again; the checks cost ~12 µs an entry, taking one from here ~1 µs).
 
-    An entry is taken from here only when it equals (``==``) an entry with the same ``id``
-    checked before, that one was a JSON object whose values were all strings or null and was
-    accepted without a note, and ``now`` is not earlier than when it was checked. Those
+    An entry is taken from here only when its ``id`` is a string or an integer (not a boolean or
+    a float, which equal integers in Python), it equals (``==``) an entry with the same ``id``
+    checked before, that one was a JSON object whose other values were all strings or null and
+    was accepted without a note, and ``now`` is not earlier than when it was checked. Those
     conditions make the reuse exact: a string or null equals only a string or null, so the two
     entries have the same members with the same values; every check of a clean entry that
     depends on ``now`` (a date not in the future, an expiry within the horizon) stays true as
@@ -585,7 +586,7 @@ class Checked:
     def entry(self, raw: Any, *, now: datetime, lifetime_months: int) -> KeyInfo:
         """:func:`listing_entry`, taken from an earlier equal entry where that is exact."""
         key_id = raw.get("id") if type(raw) is dict else None
-        if type(key_id) is not str:
+        if type(key_id) is not str and type(key_id) is not int:
             return listing_entry(raw, now=now, lifetime_months=lifetime_months)
         if now.tzinfo is not UTC:
             now = _aware(now)
@@ -595,7 +596,8 @@ class Checked:
             self._current[key] = known
             return known[1]
         info = listing_entry(raw, now=now, lifetime_months=lifetime_months)
-        if info.note is None and all(value is None or type(value) is str for value in raw.values()):
+        if info.note is None and all(value is None or type(value) is str
+                                     for name, value in raw.items() if name != "id"):
             self._current[key] = (raw, info, now)
         return info
 
