@@ -75,3 +75,46 @@ def test_a_fixed_window_is_learnt_and_a_closed_window_is_not_hammered(emu):
     # at most one refusal per worker whose request was on its way when the window closed, and
     # the few that show it closed: then nobody sends until it ends
     assert max(per_window.values()) <= WORKERS + 4, per_window
+
+
+def test_a_listing_waiting_out_a_429_is_relieved_over_http(emu):
+    """A key listing refused with a 429 waits its retry_after (here: until the test lets it go);
+    a worker that needs a listing after its own ticket does not wait with it: once the stalled
+    one has taken longer than STALL_MIN (on the injected monotonic clock), it starts another,
+    which the emulator answers, and the stalled one's older answer never replaces it."""
+    from rotator import listings as module
+    from rotator.listings import Listings
+
+    key = emu.add_user(ADMIN)
+    stalled, release = threading.Event(), threading.Event()
+
+    def sleep(seconds: float) -> None:
+        if stalled.is_set():                    # the pace the 429 set, for the next request
+            time.sleep(seconds)
+            return
+        stalled.set()                           # the refused request's retry_after wait
+        release.wait(10)
+
+    context = provider_context(clock=RealClock(), sleep=sleep, environ={"QUIVA_API_KEY": key})
+    issuer = QuivaIssuer("quiva", {"base_url": emu.url}, context)
+    clock = [0.0]
+    listings = Listings(monotonic=lambda: clock[0])
+    try:
+        listings.fresh(issuer)                  # signed in; the last listing took 0 s here
+        emu.reset_counters()
+        emu.faults.throttle_next(1, retry_after=1)
+        first = threading.Thread(target=listings.fresh, args=(issuer,))
+        first.start()
+        assert stalled.wait(5)
+        clock[0] += module.STALL_MIN + 0.01
+        relieved = listings.fresh(issuer)       # returns while the first still waits
+        assert first.is_alive() and not release.is_set()
+        counters = emu.counters()
+        assert counters["GET /accounts/api-keys"] == 2 and counters["status:429"] == 1, counters
+        release.set()
+        first.join(10)
+        assert not first.is_alive()
+        assert listings.at_hand(issuer) is relieved     # the older request's answer came later
+    finally:
+        release.set()
+        issuer.close()
