@@ -147,6 +147,7 @@ class Throttle:
         self._lock = threading.Lock()
         self.pace: float | None = rate
         self._tat = _NEVER              # the pace's next free turn (GCRA "theoretical arrival time")
+        self._went = _NEVER             # the same, counted on the times requests went (configured rate)
         self._last_slot = _NEVER        # the latest turn given
         self._epoch = 0                 # a cut or a closed window renews it: waiting turns re-queue
         self._cut_at = _NEVER
@@ -194,8 +195,9 @@ class Throttle:
         drives this itself)."""
         with self._lock:
             now = self._now()
-            if ticket is not None and ticket.epoch == self._epoch:
-                return 0.0, self._go(ticket, now)      # slept until its turn: the pace still stands
+            if ticket is not None and ticket.epoch == self._epoch:    # slept until its turn: the pace
+                soon = self._too_soon(now)                            # still stands
+                return (soon, ticket) if soon > 0 else (0.0, self._go(ticket, now))
             pace = self._current(now)
             start = max(now, self._hold_until)
             if pace is None:
@@ -215,10 +217,22 @@ class Throttle:
                 self._last_slot = max(self._last_slot, slot)
             ticket = Ticket(slot, self._epoch, ticket.waited if ticket else 0.0)
             if slot <= now:
-                return 0.0, self._go(ticket, now)
+                soon = self._too_soon(now)
+                return (soon, ticket) if soon > 0 else (0.0, self._go(ticket, now))
             return slot - now, ticket
 
+    def _too_soon(self, now: float) -> float:
+        """At the configured rate, how long one more request must wait to stay within ``burst``
+        at ``rate`` counted on the times requests actually went, as the server's bucket counts
+        them. Turns are reserved ahead; workers that overslept theirs (a GC pause, a busy
+        machine) would otherwise all go at once when they wake, more than the burst."""
+        if self.rate is None or self.pace != self.rate:
+            return 0.0
+        return max(0.0, self._went - (self.burst - 1) / self.rate - now)
+
     def _go(self, ticket: Ticket, now: float) -> Ticket:
+        if self.rate is not None and self.pace == self.rate:
+            self._went = max(self._went, now) + 1.0 / self.rate
         if now - self._last_sent > self.IDLE:
             self._accepts.clear()           # a new period of sending
             self._boundary = None

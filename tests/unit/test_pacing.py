@@ -325,6 +325,33 @@ def test_a_configured_rate_paces_with_its_burst_and_comes_back_after_a_429():
     assert [throttle.acquire().waited for _ in range(3)] == [0, 0, 0]   # and its burst
 
 
+def test_turns_overslept_at_the_configured_rate_go_no_more_than_the_burst_at_once():
+    """Workers reserve turns ahead and sleep until them; if the process stalls (a GC pause, a
+    busy machine) they all wake late. At the configured rate they then go at most ``burst`` at
+    once and the rest one spacing apart, counted on when requests went, as the server's bucket
+    counts them."""
+    clock = Clock()
+    throttle = Throttle(50.0, 4, clock.now, clock.sleep)
+    for _ in range(20):                                           # steady at the rate
+        throttle.answered(throttle.acquire())
+    reserved = []
+    for _ in range(15):
+        wait, ticket = throttle.turn()
+        reserved.append(ticket)
+    clock.t += 0.5                                                # the stall: every turn overslept
+    went = []
+    for ticket in reserved:
+        wait, ticket = throttle.turn(ticket)
+        while wait > 0:
+            clock.sleep(wait)
+            wait, ticket = throttle.turn(ticket)
+        went.append(clock.t)
+    start = went[0]
+    assert sum(1 for at in went if at == start) == 4              # the burst at once ...
+    later = went[4:]
+    assert all(b - a == pytest.approx(1 / 50) for a, b in zip([start, *later], later))   # ... then the rate
+
+
 def test_a_learnt_pace_lets_go_once_the_limit_has_gone():
     clock = Clock()
     throttle = Throttle(None, 1, clock.now, clock.sleep)
