@@ -109,7 +109,8 @@ class Throttle:
       only extend the hold to the end they name.
 
     With ``rate`` configured the pace starts there and never goes above it (its burst comes back
-    with it). Without, the client sends as fast as its workers go until the first 429, and goes
+    with it); at that rate the burst is also counted on the times requests actually went, so
+    turns overslept after a stall do not all go at once. Without, the client sends as fast as its workers go until the first 429, and goes
     back to unpaced once the pace has grown above the rate that drew that 429.
 
     Turns are reserved under the lock and slept outside it, so callers queue fairly; a cut or a
@@ -195,9 +196,8 @@ class Throttle:
         drives this itself)."""
         with self._lock:
             now = self._now()
-            if ticket is not None and ticket.epoch == self._epoch:    # slept until its turn: the pace
-                soon = self._too_soon(now)                            # still stands
-                return (soon, ticket) if soon > 0 else (0.0, self._go(ticket, now))
+            if ticket is not None and ticket.epoch == self._epoch:
+                return self._go_unless_too_soon(ticket, now)    # slept until its turn: the pace stands
             pace = self._current(now)
             start = max(now, self._hold_until)
             if pace is None:
@@ -217,18 +217,19 @@ class Throttle:
                 self._last_slot = max(self._last_slot, slot)
             ticket = Ticket(slot, self._epoch, ticket.waited if ticket else 0.0)
             if slot <= now:
-                soon = self._too_soon(now)
-                return (soon, ticket) if soon > 0 else (0.0, self._go(ticket, now))
+                return self._go_unless_too_soon(ticket, now)
             return slot - now, ticket
 
-    def _too_soon(self, now: float) -> float:
-        """At the configured rate, how long one more request must wait to stay within ``burst``
-        at ``rate`` counted on the times requests actually went, as the server's bucket counts
-        them. Turns are reserved ahead; workers that overslept theirs (a GC pause, a busy
-        machine) would otherwise all go at once when they wake, more than the burst."""
-        if self.rate is None or self.pace != self.rate:
-            return 0.0
-        return max(0.0, self._went - (self.burst - 1) / self.rate - now)
+    def _go_unless_too_soon(self, ticket: Ticket, now: float) -> tuple[float, Ticket]:
+        """The turn goes now, unless at the configured rate it would exceed ``burst`` at
+        ``rate`` counted on the times requests actually went, as the server's bucket counts them:
+        then it waits that long. Turns are reserved ahead; workers that overslept theirs (a GC
+        pause, a busy machine) would otherwise all go at once when they wake."""
+        if self.rate is not None and self.pace == self.rate:
+            soon = self._went - (self.burst - 1) / self.rate - now
+            if soon > 0:
+                return soon, ticket
+        return 0.0, self._go(ticket, now)
 
     def _go(self, ticket: Ticket, now: float) -> Ticket:
         if self.rate is not None and self.pace == self.rate:
