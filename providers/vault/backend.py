@@ -176,11 +176,8 @@ class VaultKVBackend:
             self._deploy_v2(target, current, previous, ref)
 
     def delete(self, target: VaultTarget) -> None:
-        if target.kv_version == 1:
-            url, path = f"/v1/{target.mount}/{target.path}", target.data_path
-        else:
-            url, path = f"/v1/{target.mount}/metadata/{target.path}", target.metadata_path
-        self._connection.request(Call("delete", target, "delete", path), lambda c: c.adapter.delete(api_url(url)))
+        path = target.data_path if target.kv_version == 1 else target.metadata_path
+        self._connection.request(Call("delete", target, "delete", path), lambda c: c.adapter.delete(api_url(path)))
         self._forget(target)
 
     def close(self) -> None:
@@ -296,7 +293,7 @@ class VaultKVBackend:
 
     def _put(self, op: str, target: VaultTarget, data: Mapping[str, Any], cas: int) -> int:
         call = Call(op, target, "create" if cas == 0 else "update", target.data_path, cas)
-        url = api_url(f"{target.mount}/data/{target.path}")
+        url = api_url(target.data_path)
         body = {"options": {"cas": cas}, "data": dict(data)}
         try:
             response = self._connection.request(call, lambda c: self._connection.send(c, "post", url, json=body))
@@ -328,7 +325,7 @@ class VaultKVBackend:
                 params["custom_metadata"] = wanted
         if not params:
             return
-        url = api_url(f"/v1/{target.mount}/metadata/{target.path}")
+        url = api_url(target.metadata_path)
         try:
             self._connection.request(Call(f"{op}.metadata", target, "update", target.metadata_path),
                                      lambda c: self._connection.send(c, "post", url, json=params))
@@ -345,7 +342,7 @@ class VaultKVBackend:
 
     def _fetch(self, op: str, target: VaultTarget, version: int | None = None) -> _Entry | None:
         """Read the latest (or one) version; None when there is none. Remembers what it saw."""
-        url = api_url(f"{target.mount}/data/{target.path}")
+        url = api_url(target.data_path)
         params = {"version": version} if version is not None else None
 
         def call(c: Any) -> Any:
@@ -408,7 +405,7 @@ class VaultKVBackend:
     # --- KV v1 --------------------------------------------------------------------------------
 
     def _read_v1(self, op: str, target: VaultTarget) -> Mapping[str, Any] | None:
-        url = api_url(f"/v1/{target.mount}/{target.path}")
+        url = api_url(target.data_path)
 
         def call(c: Any) -> Any:
             try:
@@ -435,7 +432,7 @@ class VaultKVBackend:
         if wanted == data:
             return
         capability = "create" if data is None else "update"
-        url = api_url(f"/v1/{target.mount}/{target.path}")
+        url = api_url(target.data_path)
         self._connection.request(Call("deploy", target, capability, target.data_path),
                                  lambda c: self._connection.send(c, "post", url, json=wanted))
 
