@@ -272,9 +272,7 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
         """The key held by the version ``ref`` points at (by VersionId; cached: versions are immutable)."""
         if ref is None:
             return None
-        key = (target.region, target.secret_id, ref.version)
-        with self._lock:
-            cached = self._values.get(key)
+        cached = self._kept_value(target, ref.version)
         if cached is not None:
             return cached
         try:
@@ -296,8 +294,7 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
         older version (a fresh process saves one GetSecretValue per target and read)."""
         if ref is None:
             return None
-        with self._lock:
-            cached = self._values.get((target.region, target.secret_id, ref.version))
+        cached = self._kept_value(target, ref.version)
         if cached is not None:
             return cached
 
@@ -623,6 +620,10 @@ class SecretsManagerBackend(AwsBackend[SecretsManagerTarget]):
     def _forget(self, target: SecretsManagerTarget) -> None:
         with self._lock:
             self._heads.pop(target, None)
+
+    def _kept_value(self, target: SecretsManagerTarget, version: str) -> Secret | None:
+        with self._lock:
+            return self._values.get((target.region, target.secret_id, version))
 
     def _keep_value(self, target: SecretsManagerTarget, version: str, value: Secret) -> None:
         with self._lock:
