@@ -93,8 +93,9 @@ class Throttle:
       the pace goes to ``MARGIN`` of the share of those requests the server let through (never
       below ``DEEPEST`` of itself at once), and that share of it is the rate the server takes;
       with fewer, the pace was only just over that rate: one ``DECREASE`` step, and the rate is
-      taken as ``HALFWAY`` of the pace (``SAMPLES`` 429s and nothing let through: half). An unpaced client's first 429 cuts to ``FIRST_CUT`` of the rate it was
-      sending, a guess: it regrows by ``FIRST_GROWTH`` of that rate a second until the next 429.
+      taken as ``HALFWAY`` of the pace (``SAMPLES`` 429s and nothing let through: half). An
+      unpaced client's first 429 cuts to ``FIRST_CUT`` of the rate it was sending, a guess: it
+      regrows by ``FIRST_GROWTH`` of that rate a second until the next 429.
     * **Additive increase**: a cut's pace grows by a constant step, ``GROWTH`` of it per second,
       up to the rate the server took; then not at all for ``PLATEAU`` seconds, then by ``PROBE``
       of the step. It grows only while the pace is what holds requests back, and never while a
@@ -110,13 +111,14 @@ class Throttle:
 
     With ``rate`` configured the pace starts there and never goes above it (its burst comes back
     with it); at that rate the burst is also counted on the times requests actually went, so
-    turns overslept after a stall do not all go at once. Without, the client sends as fast as its workers go until the first 429, and goes
-    back to unpaced once the pace has grown above the rate that drew that 429.
+    turns overslept after a stall do not all go at once. Without, the client sends as fast as its
+    workers go until the first 429, and goes back to unpaced once the pace has grown above the
+    rate that drew that 429.
 
     Turns are reserved under the lock and slept outside it, so callers queue fairly; a cut or a
     hold makes every waiting turn take a new place at the new pace. Outside announced windows a
-    learnt pace lets up to ``LEARNT_BURST`` turns go at once, to make up turns nobody took. ``events`` keeps the last
-    changes of pace (time, why, pace) for traces.
+    learnt pace lets up to ``LEARNT_BURST`` turns go at once, to make up turns nobody took.
+    ``events`` keeps the last changes of pace (time, why, pace) for traces.
     """
 
     INTERVAL = 0.1       # seconds: at most one cut per interval ...
@@ -197,7 +199,7 @@ class Throttle:
         with self._lock:
             now = self._now()
             if ticket is not None and ticket.epoch == self._epoch:
-                return self._go_unless_too_soon(ticket, now)    # slept until its turn: the pace stands
+                return self._send(ticket, now)      # slept until its turn: the pace still stands
             pace = self._current(now)
             start = max(now, self._hold_until)
             if pace is None:
@@ -217,22 +219,18 @@ class Throttle:
                 self._last_slot = max(self._last_slot, slot)
             ticket = Ticket(slot, self._epoch, ticket.waited if ticket else 0.0)
             if slot <= now:
-                return self._go_unless_too_soon(ticket, now)
+                return self._send(ticket, now)
             return slot - now, ticket
 
-    def _go_unless_too_soon(self, ticket: Ticket, now: float) -> tuple[float, Ticket]:
-        """The turn goes now, unless at the configured rate it would exceed ``burst`` at
-        ``rate`` counted on the times requests actually went, as the server's bucket counts them:
-        then it waits that long. Turns are reserved ahead; workers that overslept theirs (a GC
-        pause, a busy machine) would otherwise all go at once when they wake."""
+    def _send(self, ticket: Ticket, now: float) -> tuple[float, Ticket]:
+        """The turn goes now (``(0, ticket)``, counted as sent), unless at the configured rate it
+        would exceed ``burst`` at ``rate`` counted on the times requests actually went, as the
+        server's bucket counts them: then it waits that long. Turns are reserved ahead; workers
+        that overslept theirs (a GC pause, a busy machine) would otherwise all go at once."""
         if self.rate is not None and self.pace == self.rate:
             soon = self._went - (self.burst - 1) / self.rate - now
             if soon > 0:
                 return soon, ticket
-        return 0.0, self._go(ticket, now)
-
-    def _go(self, ticket: Ticket, now: float) -> Ticket:
-        if self.rate is not None and self.pace == self.rate:
             self._went = max(self._went, now) + 1.0 / self.rate
         if now - self._last_sent > self.IDLE:
             self._accepts.clear()           # a new period of sending
@@ -241,7 +239,7 @@ class Throttle:
         self._sent.append(now)
         while self._sent[0] < now - self.SPAN:
             self._sent.popleft()
-        return ticket
+        return 0.0, ticket
 
     # ---- answers ----------------------------------------------------------------------------
 
