@@ -683,11 +683,23 @@ class SecretRun:
         if record.phase is Phase.STAGED:
             new, old, ref = self.primary.pending, self.primary.current, record.pending
         else:   # GRACE: repair a secondary that lost the new key
+            self._confirm_primary("repairing")
             new, old, ref = self.primary.current, self.primary.previous, record.current
         assert new is not None and ref is not None
         self._intent("deploy", f"{ref.label()} to {', '.join(step.targets)}", key=ref)
         self._deploy(step.targets, new, old, ref)
         self._note("deployed", f"{ref.label()} to {', '.join(step.targets)}", key=ref)
+
+    def _confirm_primary(self, doing: str) -> None:
+        """Raise Conflict (the run re-reads the primary and decides again) unless the primary is
+        still at the version this run's decision came from. A deploy outside a claim (the grace
+        window's repair) has no lease to lose: a slow runner could otherwise write back, long
+        after it read the record, a key that another rotation has since made the previous one,
+        and that rotation then revokes it. One read, on a path only drift takes."""
+        bound = self.secret.primary
+        now = bound.backend.read(bound.target)
+        if now.version != self.primary.version:
+            raise Conflict(f"{bound.label} changed since this run read it; not {doing} from that read")
 
     def _deploy(self, labels: Iterable[str], current: Secret, previous: Secret | None, ref: KeyRef) -> None:
         for label in labels:

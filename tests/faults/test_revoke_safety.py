@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import pytest
 
-from rotator.models import Phase
+from rotator.models import KeyRef, Phase, Secret
 from rotator.runtime import Runtime
 from rotator.timeutil import format_instant
 from tests.world import ADMIN_EMAIL, to_toml, wait_for
@@ -370,3 +370,48 @@ def test_a_shared_key_is_warned_about_when_a_run_sees_it(world, emulator, caplog
     assert warnings == [f"secrets a and b hold the same key …{shared[-4:]}: its revoke waits until both have"
                         " moved away from it"] or (len(warnings) == 1 and "secrets a and b" in warnings[0])
     assert shared not in caplog.text
+
+
+# --- a repair decided from a read that went stale ------------------------------------------------
+
+def test_a_slow_runner_does_not_repair_a_secondary_with_a_key_that_is_no_longer_current(world, emulator, clock,
+                                                                                       monkeypatch):
+    """In the grace window a secondary lost the new key, and a slow runner decided to put it
+    back. Before it wrote, another runner rotated again and deployed a newer key there. The slow
+    runner's repair re-reads the primary first and decides again: it never writes back the key
+    that is now only the previous one (which the other rotation revokes after its grace: I1)."""
+    from rotator.rotation import SecretRun as Rotation
+
+    world.add_secret("a")
+    by_hand = world.seed("a", age=timedelta(days=80))
+    assert world.rotate().exit_code == 0
+    first = world.record("a")
+    assert first.phase is Phase.GRACE
+    app = next(b for b in world.secret("a").targets if b.label != world.secret("a").primary.label)
+    app.backend.deploy(app.target, Secret(by_hand), None, KeyRef.of(Secret(by_hand)))   # lost by hand
+    clock.advance(timedelta(hours=49))
+
+    real = Rotation._do_Deploy
+    overtaken = []
+
+    def overtaken_first(self, step, now):
+        if not overtaken and self.record.phase is Phase.GRACE:
+            overtaken.append(None)
+            overtaken[0] = world.rotate(["a"], force=True, identity="fast")    # meanwhile, elsewhere
+        return real(self, step, now)
+
+    monkeypatch.setattr(Rotation, "_do_Deploy", overtaken_first)
+    slow = world.rotate(["a"], identity="slow")
+    assert overtaken and overtaken[0].exit_code == 0, [(o.secret, o.error) for o in overtaken[0].outcomes]
+    assert slow.exit_code == 0, [(o.secret, o.error) for o in slow.outcomes]
+    record = world.record("a")
+    assert record.current.fingerprint != first.current.fingerprint, "the fast runner's rotation stands"
+    for label, snap in world.snapshots("a").items():
+        assert snap.current.fingerprint == record.current.fingerprint, f"{label} holds the current key"
+    assert not any(a.startswith("deployed") and first.current.last4 in a
+                   for o in slow.outcomes for a in o.actions), "no repair with the stale key"
+    monkeypatch.setattr(Rotation, "_do_Deploy", real)
+    clock.advance(timedelta(hours=49))
+    assert world.rotate().exit_code == 0
+    world.assert_i1("a")
+    assert {k["value_fingerprint"] for k in live_named(emulator, "a")} == {fp(v) for v in served(world, "a")}
