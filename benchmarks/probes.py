@@ -91,14 +91,33 @@ def hvac_env(vault_url: str, token: str, bao_pid: int, count: int = 300) -> dict
 
     default = hvac.Client(url=vault_url, token=token)
     resolved = hvac.Client(url=vault_url, token=token, session=_rotators_vault_session(vault_url, 1))
-    for client in (default, resolved):
-        reads(client)()                                         # warm-up
+    connection, client = _rotators_vault_connection(vault_url, token)
+
+    def sends() -> None:
+        for _ in range(count):
+            connection.send(client, "get", "/v1/secret/data/probe/env")
+
+    for run in (reads(default), reads(resolved), sends):
+        run()                                                   # warm-up
     result = {"reads": count, "requests defaults (trust_env)": _timed(reads(default), bao_pid),
               "rotator's session (environment read once)": _timed(reads(resolved), bao_pid),
+              "rotator's Connection.send (the KV requests of a rotation)": _timed(sends, bao_pid),
               "environment_variables": len(os.environ)}
     default.adapter.close()
     resolved.adapter.close()
+    connection.close()
     return result
+
+
+def _rotators_vault_connection(vault_url: str, token: str) -> tuple[Any, Any]:
+    """Rotator's Vault connection (token auth), logged in, and its hvac client."""
+    from rotator_providers.vault.connection import Connection
+    from rotator_providers.vault.settings import VaultSettings
+    from rotator.testing import provider_context
+
+    settings = VaultSettings(url=vault_url, auth={"method": "token", "token": {"env": "PROBE_VAULT_TOKEN"}})
+    connection = Connection("probe", settings, provider_context(environ={"PROBE_VAULT_TOKEN": token}))
+    return connection, connection._ready()
 
 
 def listing(emulator: Any, admin_key: str, email: str, sizes: tuple[int, ...] = (10, 1000, 2000)) -> list[dict[str, Any]]:

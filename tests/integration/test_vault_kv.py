@@ -148,6 +148,37 @@ def test_bad_target_entries_are_refused(spec, message):
         backend.target(spec)
 
 
+def test_a_vault_that_never_answers_is_unavailable_after_the_timeout(calls):
+    """A server that takes the connection and says nothing: the read times out as a transient
+    BackendUnavailable naming the timeout, whichever HTTP path the request took."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    backend = VaultKVBackend("v", {"url": f"http://127.0.0.1:{listener.getsockname()[1]}", "timeout": "1s"},
+                             provider_context(environ={"VAULT_TOKEN": "t-unused-0000"}, calls=calls))
+    try:
+        with pytest.raises(BackendUnavailable) as caught:
+            backend.read(backend.target({"path": "apps/web"}))
+        assert caught.value.transient and "(ReadTimeout)" in str(caught.value)
+        assert calls == [("v", "read", "error")]
+    finally:
+        backend.close()
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
 def test_target_defaults_and_overrides():
     backend = VaultKVBackend("v", {"url": "http://127.0.0.1:1", "namespace": "team-a/", "mount_point": "/kv/"},
                              provider_context())
