@@ -134,6 +134,7 @@ def _job(bench: Any, specs: list[Any], endpoints: Any, rate: float, model: str, 
         "worst_window_excess": round(excess, 2) if math.isfinite(excess) else None,
         "worst_window_requests": inside,
         "client_429s": len(watch.refusals), "client_requests": len(watch.sends),
+        "refused_at": [round(at - wall, 3) for at, _, _ in watch.refusals][:60],
         "pace": [(round(at - wall, 3), what, None if pace is None else round(pace, 1))
                  for at, what, pace in list(throttle.events)[:40]],
         "outcomes": dict(Counter(o.status for o in report.outcomes)),

@@ -93,9 +93,11 @@ class Throttle:
       the pace goes to ``MARGIN`` of the share of those requests the server let through (never
       below ``DEEPEST`` of itself at once), and that share of it is the rate the server takes;
       with fewer, the pace was only just over that rate: one ``DECREASE`` step, and the rate is
-      taken as ``HALFWAY`` of the pace (``SAMPLES`` 429s and nothing let through: half). An
-      unpaced client's first 429 cuts to ``FIRST_CUT`` of the rate it was sending, a guess: it
-      regrows by ``FIRST_GROWTH`` of that rate a second until the next 429.
+      taken as ``HALFWAY`` of the pace (``SAMPLES`` 429s and nothing let through: half). Either
+      cut goes no higher than ``MARGIN`` of the rate the server accepted over the last ``SPAN``
+      (workers waiting on other things may send well under the pace), nor the rate above it. An
+      unpaced client's first 429 cuts to ``FIRST_CUT`` of the rate it was sending (the last
+      ``SHORTEST``), a guess: it regrows by ``FIRST_GROWTH`` of that rate a second until the next 429.
     * **Additive increase**: a cut's pace grows by a constant step, ``GROWTH`` of it per second,
       up to the rate the server took; then not at all for ``PLATEAU`` seconds, then by ``PROBE``
       of the step. It grows only while the pace is what holds requests back, and never while a
@@ -105,15 +107,18 @@ class Throttle:
       and ``CLOSED_AFTER`` 429s naming the same end — their ``retry_after`` shrinking as time
       passes, unlike a limiter that says "1 s" every time. Nobody sends until the latest end
       named, and the pace becomes what the window allowed (the requests accepted since the
-      previous closed window ended, or since sending began, over the time to this one's end):
-      one cut per window, and no regrowing into it. Refusals of requests sent before that end
+      previous closed window ended, or since sending began, over the time to this one's end;
+      ``WINDOW_MARGIN`` of it): one cut per window, and no regrowing into it. Refusals of requests sent before that end
       only extend the hold to the end they name.
 
     With ``rate`` configured the pace starts there and never goes above it (its burst comes back
     with it); at that rate the burst is also counted on the times requests actually went, so
-    turns overslept after a stall do not all go at once. Without, the client sends as fast as its
-    workers go until the first 429, and goes back to unpaced once the pace has grown above the
-    rate that drew that 429.
+    turns overslept after a stall do not all go at once. Without, the client starts each period
+    of sending (after ``IDLE`` seconds without a request) slowly: ``START_BURST`` turns at once,
+    then ``START`` a second, doubled every ``DOUBLING`` until ``OPEN`` (0.2 s): sixteen workers
+    set off together would otherwise all be in flight when a limiter's burst runs out, and all
+    be refused. Then it sends as fast as its workers go until the first 429, and goes back to
+    unpaced once the pace has grown above the rate that drew that 429.
 
     Turns are reserved under the lock and slept outside it, so callers queue fairly; a cut or a
     hold makes every waiting turn take a new place at the new pace. Outside announced windows a
@@ -124,8 +129,8 @@ class Throttle:
     INTERVAL = 0.1       # seconds: at most one cut per interval ...
     SAMPLES = 12         # ... once this many answers to requests sent at the pace it set
     REFUSED = 3          # ... or this many 429s: enough to tell what the server lets through
-    FIRST_CUT = 0.6      # the first 429 of an unpaced client: this share of what it was sending
-    FIRST_GROWTH = 0.1   # ... then it grows by this share of that a second until the next 429
+    FIRST_CUT = 0.45     # the first 429 of an unpaced client: this share of what it was sending
+    FIRST_GROWTH = 0.25  # ... then it grows by this share of that a second until the next 429
     DECREASE = 0.95      # a cut after fewer than REFUSED 429s (or the configured rate's first) ...
     HALFWAY = 0.975      # ... then the rate the server takes is taken as this share of the pace
     MARGIN = 0.95        # a cut after REFUSED: this share of what the server let through
@@ -134,11 +139,16 @@ class Throttle:
     PLATEAU = 30.0       # ... the server took; then no growth for this many seconds ...
     PROBE = 0.25         # ... then this share of the step
     CLOSED_AFTER = 2     # refusals in a row, none accepted, that make a window closed
+    WINDOW_MARGIN = 0.97 # a closed window: this share of what it allowed, then no regrowing into it
     FLOOR = 0.5          # requests per second: the pace never goes below
     LEARNT_BURST = 3     # turns a learnt pace lets go at once, to make up missed ones
     SPAN = 1.0           # seconds of sending measured to know "what was being sent"
     SHORTEST = 0.1       # ... over this many seconds at least
     IDLE = 5.0           # seconds without a request that end a period of sending
+    START_BURST = 8      # an unpaced client's slow start: this many turns at once, ...
+    START = 40.0         # ... then this many a second, ...
+    DOUBLING = 0.05      # ... doubled every this many seconds ...
+    OPEN = 640.0         # ... until this: unpaced
     MEMORY = 60.0        # seconds of accepted requests kept to measure a window
 
     def __init__(self, rate: float | None, burst: int, now: Callable[[], float],
@@ -166,6 +176,7 @@ class Throttle:
         self._sent: deque[float] = deque()       # send times, the last SPAN
         self._accepts: deque[float] = deque()    # send times of accepted requests, this period
         self._last_sent = _NEVER
+        self._ramp_from = _NEVER        # when the slow start of this period of sending began
         self._ceiling: float | None = None
         self._known: float | None = None    # the rate the server took at the last cut
         self.refusals = 0
@@ -201,13 +212,17 @@ class Throttle:
             if ticket is not None and ticket.epoch == self._epoch:
                 return self._send(ticket, now)      # slept until its turn: the pace still stands
             pace = self._current(now)
+            ramp = self._ramp(now) if pace is None else None
             start = max(now, self._hold_until)
-            if pace is None:
+            if pace is None and ramp is None:
                 slot = start
             else:
+                pace = pace or ramp
                 spacing = 1.0 / pace
                 if pace == self.rate:
                     tolerance = (self.burst - 1) * spacing
+                elif ramp is not None:
+                    tolerance = (self.START_BURST - 1) * spacing
                 elif start > self._window_end:   # a learnt pace: turns missed may be made up, a few
                     tolerance = (self.LEARNT_BURST - 1) * spacing
                 else:                            # (but not inside an announced retry_after window)
@@ -263,7 +278,9 @@ class Throttle:
             self._window_end = max(self._window_end, end)
             pace = self._current(now)
             if pace is None:                # unpaced until now: the first 429
-                sending = self._sending(now)
+                # the rate sent lately: a slow start sends faster and faster; a sparse sender's
+                # last SHORTEST may hold nothing at all
+                sending = max(self._sending(now), self._sending(now, self.SHORTEST))
                 self._ceiling = sending
                 self._cut(now, sending * self.FIRST_CUT, end, "first 429")
                 self._step = self.FIRST_GROWTH * sending    # a guess: regrow fast until the next 429
@@ -295,24 +312,49 @@ class Throttle:
                 # (one more accepted than counted: an estimate too high costs a 429 where one too
                 # low costs time until it regrows)
                 through = (self._accepted + 1) / (self._accepted + self._refused + 1)
+                took = self._taken(now)
                 if self._refused >= self.REFUSED:   # enough refused to tell what the server takes
-                    self._cut(now, pace * max(self.DEEPEST, self.MARGIN * through), end, "429")
-                    self._known = pace * through     # ... regrow to it
+                    known, share = pace * through, self.MARGIN * through
                 else:                                # just over it: a step down, and back up halfway
-                    self._cut(now, pace * self.DECREASE, end, "429")
-                    self._known = pace * self.HALFWAY
+                    known, share = pace * self.HALFWAY, self.DECREASE
+                share = max(self.DEEPEST, min(share, self.MARGIN * took / pace))
+                self._cut(now, pace * share, end, "429")
+                self._known = min(known, took)
 
     # ---- the pace ---------------------------------------------------------------------------
 
     def _sent_at(self, ticket: Ticket) -> float:
         return ticket.sent_at if ticket.sent_at is not None else self._now()
 
-    def _sending(self, now: float) -> float:
-        """Requests per second sent over the last SPAN (over SHORTEST at least)."""
+    def _sending(self, now: float, span: float | None = None) -> float:
+        """Requests per second sent over the last ``span`` (default: SPAN, or since sending
+        began, over SHORTEST at least)."""
         if not self._sent:
             return self.FLOOR
+        if span is not None:
+            return sum(1 for sent in self._sent if sent >= now - span) / span
         span = min(self.SPAN, max(now - self._sent[0], self.SHORTEST))
         return len(self._sent) / span
+
+    def _ramp(self, now: float) -> float | None:
+        """An unpaced client's slow start: the first turns of a period of sending (after IDLE
+        without a request) go START_BURST at once, then at START a second, doubled every
+        DOUBLING, until OPEN; None from then on (unpaced)."""
+        if now - self._last_sent > self.IDLE:
+            self._ramp_from = now
+            self.events.append((now, "slow start", self.START))
+        pace = self.START * 2.0 ** ((now - self._ramp_from) / self.DOUBLING)
+        return pace if pace < self.OPEN else None
+
+    def _taken(self, now: float) -> float:
+        """Requests per second the server accepted, by their send times, over the last SPAN."""
+        count = 0
+        for sent in reversed(self._accepts):
+            if sent < now - self.SPAN:
+                break
+            count += 1
+        first = self._sent[0] if self._sent else now
+        return count / min(self.SPAN, max(now - first, self.SHORTEST))
 
     def _current(self, now: float) -> float | None:
         """The pace in force, grown since the last look (only while the pace held requests back,
@@ -368,7 +410,7 @@ class Throttle:
         if end - start >= self.INTERVAL:    # (not a window of a few answers' delays)
             allowed = min(accepted / (end - start), max(pace, self._sending(now)))
         self._hold_until, self._closed_at, self._boundary = run.high, now, end
-        self._cut(now, allowed, run.high, "closed window")
+        self._cut(now, allowed * self.WINDOW_MARGIN, run.high, "closed window")
         self._known = self.pace
 
 

@@ -207,6 +207,70 @@ def sending(throttle: Throttle, clock: Clock, count: int, every: float) -> list:
     return tickets
 
 
+def cuts(throttle: Throttle) -> list[str]:
+    return [what for _, what, _ in throttle.events if what != "slow start"]
+
+
+def test_an_unpaced_client_starts_each_period_of_sending_slowly():
+    """START_BURST turns at once, then START a second doubling every DOUBLING, unpaced from OPEN;
+    again after IDLE seconds without a request."""
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    for _ in range(2):
+        start = clock.t
+        first = [throttle.acquire() for _ in range(Throttle.START_BURST)]
+        assert clock.t == start and all(t.waited == 0 for t in first)
+        throttle.acquire()
+        assert clock.t - start == pytest.approx(1 / Throttle.START)        # then paced, slowly
+        while clock.t - start < Throttle.DOUBLING * 4:                      # 40/s to 640/s: 0.2 s
+            throttle.acquire()
+        sent = clock.t - start
+        assert 0.15 < sent < 0.3
+        burst = [throttle.acquire() for _ in range(100)]
+        assert clock.t == pytest.approx(start + sent, abs=0.01)            # open: unpaced
+        assert sum(t.waited for t in burst) < 0.01
+        assert throttle.pace is None
+        clock.sleep(Throttle.IDLE + 1)
+    assert [what for _, what, _ in throttle.events] == ["slow start", "slow start"]
+
+
+def test_a_cut_goes_no_higher_than_what_the_server_accepted():
+    """Workers busy elsewhere send under the learnt pace; refusals then cut to MARGIN of the
+    rate the server actually accepted over the last second, below the share of the pace."""
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    throttle.refused(sending(throttle, clock, 100, 0.01)[-1], 1.0)
+    pace = throttle.pace
+    clock.sleep(2.0)                                              # past the retry_after window
+    for i in range(12):                                           # 40/s, under the pace; 1 in 4 refused
+        ticket = throttle.acquire()
+        throttle.refused(ticket, 1.0) if i % 4 == 3 else throttle.answered(ticket)
+        clock.sleep(0.025)
+    assert cuts(throttle) == ["first 429", "429"]
+    accepted_rate = 9 / (11 * 0.025)
+    assert throttle.pace == pytest.approx(Throttle.MARGIN * accepted_rate)
+    assert throttle.pace < pace * Throttle.MARGIN * 10 / 13       # what the share alone would give
+
+
+def test_a_sparse_senders_first_429_leaves_a_pace_that_grows():
+    """A request every 1.7 s (a slow issuer), then a 429: nothing was sent in the last 0.1 s,
+    yet the pace is cut from what was being sent lately, and it grows back while it holds
+    requests back (it once stayed at the floor for good)."""
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    for _ in range(3):
+        ticket = throttle.acquire()
+        clock.sleep(1.7)
+        throttle.answered(ticket)
+    throttle.refused(ticket, 1.0)
+    cut = throttle.pace
+    assert cut is not None and cut >= Throttle.FLOOR
+    clock.sleep(1.0)                                              # the retry_after window
+    for _ in range(10):
+        throttle.answered(throttle.acquire())
+    assert throttle.pace is None or throttle.pace > cut             # grown, or unpaced again
+
+
 def test_a_429_holds_back_only_the_request_it_refused():
     clock = Clock()
     throttle = Throttle(None, 1, clock.now, clock.sleep)
@@ -234,7 +298,7 @@ def test_a_cut_at_most_once_per_interval_and_never_for_a_request_sent_before_it(
     paced = sending(throttle, clock, Throttle.SAMPLES, 0.0)
     throttle.refused(paced[-1], 1.0)                              # an interval and enough answers later
     assert throttle.pace < first
-    assert [what for _, what, _ in throttle.events] == ["first 429", "429"]
+    assert cuts(throttle) == ["first 429", "429"]
 
 
 def test_a_cut_follows_what_the_server_accepted():
@@ -251,7 +315,7 @@ def test_a_cut_follows_what_the_server_accepted():
         else:
             throttle.answered(ticket)
         clock.sleep(0.025)                                        # 6 answers over more than an interval
-    assert [what for _, what, _ in throttle.events] == ["first 429", "429"]
+    assert cuts(throttle) == ["first 429", "429"]
     assert throttle.pace == pytest.approx(pace * Throttle.MARGIN * 4 / 7)
 
 
@@ -282,7 +346,7 @@ def test_a_closed_window_holds_everyone_until_it_ends():
     assert [what for _, what, _ in throttle.events][-1] == "closed window"
     ticket = throttle.acquire()
     assert ticket.sent_at >= reset                                # held to the window's end
-    assert throttle.pace == pytest.approx(40 / (reset - 1000.0), rel=0.05)
+    assert throttle.pace == pytest.approx(Throttle.WINDOW_MARGIN * 40 / (reset - 1000.0), rel=0.05)
 
 
 def test_the_same_wait_again_and_again_is_no_closed_window():
