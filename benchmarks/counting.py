@@ -46,23 +46,35 @@ class WireCounter:
         import httpx
         import requests
 
+        def count(url: str, operation: str | None) -> None:
+            parts = urlsplit(url)
+            if not parts.path.startswith(KNOBS):               # the benchmark driving the emulator
+                with cls._lock:
+                    cls._counts[f"{parts.hostname}:{parts.port}"] += 1
+                    if operation:
+                        cls._operations[operation] += 1
+
         def hook(original: Any, url_of: Any, operation_of: Any = None) -> Any:
             def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-                parts = urlsplit(str(url_of(request)))
-                if not parts.path.startswith(KNOBS):           # the benchmark driving the emulator
-                    operation = operation_of(request) if operation_of else None
-                    with cls._lock:
-                        cls._counts[f"{parts.hostname}:{parts.port}"] += 1
-                        if operation:
-                            cls._operations[operation] += 1
+                count(str(url_of(request)), operation_of(request) if operation_of else None)
                 return original(self, request, *args, **kwargs)
             return send
 
         botocore.httpsession.URLLib3Session.send = hook(botocore.httpsession.URLLib3Session.send, lambda r: r.url,
                                                         _aws_operation)
-        # the transport adapter, not Session.send: the Vault backend hands its KV requests to the
-        # session's adapter directly (providers/vault/connection.py), hvac's other requests pass here too
+        # the transport adapter, not Session.send: hvac's requests pass here; the Vault backend's KV
+        # requests go to the adapter's urllib3 pool (providers/vault/connection.py, Connection._urlopen)
         requests.adapters.HTTPAdapter.send = hook(requests.adapters.HTTPAdapter.send, lambda r: r.url)
+        from rotator_providers.vault.connection import Connection
+
+        urlopen = getattr(Connection, "_urlopen", None)       # (absent from trees before it)
+
+        def counted_urlopen(self: Any, pool: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            count(url, None)
+            return urlopen(self, pool, method, url, *args, **kwargs)
+
+        if urlopen is not None:
+            Connection._urlopen = counted_urlopen   # type: ignore[method-assign]
         httpx.Client.send = hook(httpx.Client.send, lambda r: r.url)
         cls._installed = True
         return cls
