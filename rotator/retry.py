@@ -95,9 +95,11 @@ class Throttle:
       with fewer, the pace was only just over that rate: one ``DECREASE`` step, and the rate is
       taken as ``HALFWAY`` of the pace (``SAMPLES`` 429s and nothing let through: half). Either
       cut goes no higher than ``MARGIN`` of the rate the server accepted over the last ``SPAN``
-      (workers waiting on other things may send well under the pace), nor the rate above it. An
-      unpaced client's first 429 cuts to ``FIRST_CUT`` of the rate it was sending (the last
-      ``SHORTEST``), a guess: it regrows by ``FIRST_GROWTH`` of that rate a second until the next 429.
+      (workers waiting on other things may send well under the pace), nor the rate above it,
+      when ``SAMPLES`` requests or more went in it. An unpaced client's first 429 cuts to
+      ``FIRST_CUT`` of the rate it was sending (over the last ``SPAN`` or, if higher, the last
+      ``SHORTEST``), a guess: it regrows by ``FIRST_GROWTH`` of that rate a second until the
+      next 429.
     * **Additive increase**: a cut's pace grows by a constant step, ``GROWTH`` of it per second,
       up to the rate the server took; then not at all for ``PLATEAU`` seconds, then by ``PROBE``
       of the step. It grows only while the pace is what holds requests back, and never while a
@@ -108,8 +110,8 @@ class Throttle:
       passes, unlike a limiter that says "1 s" every time. Nobody sends until the latest end
       named, and the pace becomes what the window allowed (the requests accepted since the
       previous closed window ended, or since sending began, over the time to this one's end;
-      ``WINDOW_MARGIN`` of it): one cut per window, and no regrowing into it. Refusals of requests sent before that end
-      only extend the hold to the end they name.
+      ``WINDOW_MARGIN`` of it): one cut per window, and no regrowing into it. Refusals of
+      requests sent before that end only extend the hold to the end they name.
 
     With ``rate`` configured the pace starts there and never goes above it (its burst comes back
     with it); at that rate the burst is also counted on the times requests actually went, so
@@ -312,14 +314,15 @@ class Throttle:
                 # (one more accepted than counted: an estimate too high costs a 429 where one too
                 # low costs time until it regrows)
                 through = (self._accepted + 1) / (self._accepted + self._refused + 1)
-                took = self._taken(now)
                 if self._refused >= self.REFUSED:   # enough refused to tell what the server takes
                     known, share = pace * through, self.MARGIN * through
                 else:                                # just over it: a step down, and back up halfway
                     known, share = pace * self.HALFWAY, self.DECREASE
-                share = max(self.DEEPEST, min(share, self.MARGIN * took / pace))
-                self._cut(now, pace * share, end, "429")
-                self._known = min(known, took)
+                took = self._taken(now)
+                if took is not None:                 # what the server accepted lately, if it says much
+                    share, known = min(share, self.MARGIN * took / pace), min(known, took)
+                self._cut(now, pace * max(self.DEEPEST, share), end, "429")
+                self._known = max(known, self.pace)
 
     # ---- the pace ---------------------------------------------------------------------------
 
@@ -346,8 +349,11 @@ class Throttle:
         pace = self.START * 2.0 ** ((now - self._ramp_from) / self.DOUBLING)
         return pace if pace < self.OPEN else None
 
-    def _taken(self, now: float) -> float:
-        """Requests per second the server accepted, by their send times, over the last SPAN."""
+    def _taken(self, now: float) -> float | None:
+        """Requests per second the server accepted, by their send times, over the last SPAN;
+        None when fewer than SAMPLES requests went in it (a sparse sender's says little)."""
+        if len(self._sent) < self.SAMPLES:
+            return None
         count = 0
         for sent in reversed(self._accepts):
             if sent < now - self.SPAN:

@@ -252,6 +252,23 @@ def test_a_cut_goes_no_higher_than_what_the_server_accepted():
     assert throttle.pace < pace * Throttle.MARGIN * 10 / 13       # what the share alone would give
 
 
+def test_a_sparse_senders_later_cut_follows_the_share_not_its_few_accepts():
+    """Under SAMPLES requests in the last second say little about the server's rate: a cut then
+    follows the share let through, and the rate to regrow to is not pinned below the pace."""
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    throttle.refused(sending(throttle, clock, 100, 0.01)[-1], 1.0)
+    pace = throttle.pace
+    clock.sleep(2.0)
+    for i in range(6):                                            # 4 a second: a sparse sender
+        ticket = throttle.acquire()
+        throttle.refused(ticket, 1.0) if i % 2 else throttle.answered(ticket)
+        clock.sleep(0.25)
+    assert cuts(throttle) == ["first 429", "429"]
+    assert throttle.pace == pytest.approx(pace * Throttle.MARGIN * 4 / 7)
+    assert throttle._known >= throttle.pace
+
+
 def test_a_sparse_senders_first_429_leaves_a_pace_that_grows():
     """A request every 1.7 s (a slow issuer), then a 429: nothing was sent in the last 0.1 s,
     yet the pace is cut from what was being sent lately, and it grows back while it holds
