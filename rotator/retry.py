@@ -28,6 +28,9 @@ class RetryPolicy:
     max_server_wait: float = 300.0   # longest wait a server's Retry-After may impose per try
 
 
+_JITTER = random.Random()
+
+
 class Backoff:
     """Counts tries and sleeps between them; raises the last error when tries run out."""
 
@@ -35,7 +38,7 @@ class Backoff:
                  rng: random.Random | None = None) -> None:
         self.policy = policy
         self._sleep = sleep
-        self._rng = rng or random.Random()
+        self._rng = rng or _JITTER        # (seeding a Random of its own per request cost ~20 µs)
         self.tries = 0
         self.waited = 0.0
 

@@ -248,7 +248,7 @@ class QuivaClient:
                 if answer.status != 401:
                     self._confirmed_at = self._now()
                     self.check(operation, method, path, answer)
-                    return replace(answer, doubt=doubt)
+                    return answer if answer.doubt == doubt else replace(answer, doubt=doubt)
                 if step is None:
                     break
                 log.debug("%s: %s %s returned 401; renewing the session (%s)",
