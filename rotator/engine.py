@@ -22,7 +22,7 @@ from typing import Callable
 
 from rotator import gate, planner, review
 from rotator.errors import RotatorError
-from rotator.gate import Holder, Purpose, Request
+from rotator.gate import Purpose, Request
 from rotator.interfaces import Issuer, TwoStageRevoke
 from rotator.listings import Listings
 from rotator.models import KeyInfo, KeyRef, Phase, RotationRecord, Snapshot
@@ -194,16 +194,17 @@ class Engine:
         managed = [s for s in self.runtime.secrets if s.issuer is issuer and s.name in names]
         if not issuer.capabilities.named_keys:     # no names (AWS IAM): every key of the owner is rotator's
             named = [(managed[0].name, k) for k in listing] if managed else []
-        else:
-            patterns = [(s.name, review.name_pattern(s.spec.key_name, s.name)) for s in managed]
-            named = [(owner, k) for k in listing
-                     for owner in [next((n for n, p in patterns if p.match(k.name)), None)] if owner]
-        refs = [ref for record in shared.known(names) for ref in _refs(record)]
-        named = [(owner, k) for owner, k in named if not any(ref.refers_to(k) for ref in refs)]
+        else:                # (one look-up per key, not one per key and secret: fleets are large)
+            owner_of = review.name_owners([(s.name, s.spec.key_name) for s in managed])
+            named = [(owner, k) for k in listing for owner in [owner_of(k.name)] if owner]
+        refers = _referred([ref for record in shared.known(names) for ref in _refs(record)])
+        named = [(owner, k) for owner, k in named if not refers(k)]
         if not named:            # every rotation-named key is one a record of this run names
             return []
         holders, _, _ = shared.revoker.usage(issuer).survey(self.clock.now())
-        return [(owner, k) for owner, k in named if not any(_names(h, k) for h in holders)]
+        ids = {h.key_id for h in holders if h.key_id}           # a holder relies on a key by its id,
+        last4s = {h.last4 for h in holders if not h.key_id}     # or, without one, by its last 4
+        return [(owner, k) for owner, k in named if k.key_id not in ids and k.last4 not in last4s]
 
     def gone_keys(self, secrets: list[ManagedSecret], shared: RunShared) -> list[tuple[ManagedSecret, KeyRef]]:
         """Secrets resting in ``idle`` whose current key two fresh listings no longer show: it was
@@ -261,8 +262,13 @@ def _refs(record: RotationRecord) -> list[KeyRef]:
     return [ref for ref in refs if ref is not None]
 
 
-def _names(holder: Holder, key: KeyInfo) -> bool:
-    """Does a record or target plainly rely on ``key``? (The sweep skips those silently.)"""
-    if holder.key_id:
-        return holder.key_id == key.key_id
-    return holder.last4 == key.last4
+def _referred(refs: list[KeyRef]) -> Callable[[KeyInfo], bool]:
+    """Does any of ``refs`` refer to a listing entry (``KeyRef.refers_to``)? By a set of ids and
+    the id-less refs by last 4, not one comparison per ref."""
+    ids = {ref.key_id for ref in refs if ref.key_id}
+    by_last4: dict[str | None, list[KeyRef]] = {}
+    for ref in refs:
+        if not ref.key_id:
+            by_last4.setdefault(ref.last4, []).append(ref)
+    return lambda entry: (entry.key_id in ids
+                          or any(ref.refers_to(entry) for ref in by_last4.get(entry.last4, ())))

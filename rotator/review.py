@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from rotator import gate
 from rotator.gate import Holder, LiveClaim, Purpose, Request
@@ -121,6 +121,40 @@ class Finding:
 def name_pattern(template: str, secret: str) -> re.Pattern[str]:
     """The names rotator gives this secret's keys: the template with any rotation id."""
     literal = re.escape(template).replace(re.escape("{secret}"), re.escape(secret))
+    return re.compile("^" + literal.replace(re.escape("{rotation}"), r"r-[0-9a-f]{8}") + "$")
+
+
+def name_owners(secrets: Sequence[tuple[str, str]]) -> Callable[[str | None], str | None]:
+    """For a key name, the first of ``secrets`` (name, ``key_name`` template) whose
+    :func:`name_pattern` matches it; None if none does. One match per template, not per secret:
+    in a template with ``{secret}`` once, everything else (literals, the rotation id) has a fixed
+    length, so a name splits one way only and the part where the secret goes names it (secret
+    names are one line: ``config._NAME``)."""
+    order = {name: index for index, (name, _) in reversed(list(enumerate(secrets)))}
+    shapes: dict[str, tuple[re.Pattern[str], set[str]]] = {}
+    others: list[tuple[str, re.Pattern[str]]] = []
+    for name, template in secrets:
+        if template.count("{secret}") == 1:
+            shapes.setdefault(template, (_shape(template), set()))[1].add(name)
+        else:
+            others.append((name, name_pattern(template, name)))
+
+    def owner(key_name: str | None) -> str | None:
+        if not isinstance(key_name, str):
+            return None
+        found = [n for n, pattern in others if pattern.match(key_name)]
+        for shape, names in shapes.values():
+            matched = shape.match(key_name)
+            if matched is not None and matched.group("secret") in names:
+                found.append(matched.group("secret"))
+        return min(found, key=order.__getitem__, default=None)
+
+    return owner
+
+
+def _shape(template: str) -> re.Pattern[str]:
+    """:func:`name_pattern` for any secret: the secret's part captured."""
+    literal = re.escape(template).replace(re.escape("{secret}"), "(?P<secret>.*)")
     return re.compile("^" + literal.replace(re.escape("{rotation}"), r"r-[0-9a-f]{8}") + "$")
 
 

@@ -343,3 +343,19 @@ def test_the_example_config_loads_builds_and_rotates_its_own_admin_key(tmp_path,
         assert managed == {"quiva-prod": ["quiva-prod-admin"], "quiva-staging": [], "iam-ci-deployer": []}
     finally:
         runtime.close()
+
+
+def test_the_sweeps_reference_lookup_agrees_with_refers_to():
+    """engine._referred (sets by id and last 4) answers as any(ref.refers_to(entry)) does: by id
+    when the ref has one, else by last 4 and, when the ref has a name, the name."""
+    from rotator.engine import _referred
+    from rotator.models import KeyInfo
+
+    refs = [KeyRef("f1", "aaaa", key_id="id-1"), KeyRef("f2", "bbbb"), KeyRef("f3", "cccc", name="web [r-1]"),
+            KeyRef("f4", "dddd", key_id="id-4", name="ignored")]
+    entries = [KeyInfo(key_id, name, last4, None, None) for key_id in ("id-1", "id-4", "id-9", "")
+               for name in ("web [r-1]", "other") for last4 in ("aaaa", "bbbb", "cccc", "dddd")]
+    refers = _referred(refs)
+    for entry in entries:
+        assert refers(entry) == any(ref.refers_to(entry) for ref in refs), entry
+    assert not _referred([])(entries[0])

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from rotator import review
 from rotator.gate import Holder
 from rotator.models import HeldKey, KeyInfo, KeyRef, Listing, Phase, RotationRecord
@@ -72,3 +75,28 @@ def test_orphans_would_be_swept_only_past_the_in_flight_bound_and_when_no_claim_
     assert "would-sweep" in found["old"].flags and found["old"].revocable and found["old"].purpose.value == "stray"
     assert "in-flight" in found["young"].flags and not found["young"].revocable
     assert "in-flight" in found["claimed"].flags and "runner-2 still owns" in found["claimed"].hold
+
+
+# --- whose key a name is: one match per template (the sweep's look-up) --------------------------
+
+_NAME_CHARS = st.sampled_from(["a", "b", "-", " ", "[", "]", "r", "0", "f", ".", "\n", "{", "}"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(secrets=st.lists(st.tuples(st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,5}\Z"),   # config._NAME
+                                  st.sampled_from(["{secret} [{rotation}]", "{secret}-{rotation}",
+                                                   "{rotation}.{secret}", "x{secret}{rotation}{secret}",
+                                                   "{secret}"])),
+                        min_size=1, max_size=6, unique_by=lambda t: t[0]),
+       names=st.lists(st.text(_NAME_CHARS, max_size=24), max_size=8),
+       rotation=st.sampled_from(["r-0123abcd", "r-ffffffff"]))
+def test_name_owners_agrees_with_each_secrets_pattern(secrets, names, rotation):
+    """The first secret (in order) whose name_pattern matches, for random names and for the
+    names each secret's keys really get."""
+    owner_of = review.name_owners(secrets)
+    real = [template.replace("{secret}", name).replace("{rotation}", rotation) for name, template in secrets]
+    for key_name in [*names, *real, *(n + "\n" for n in real)]:
+        expected = next((name for name, template in secrets
+                         if review.name_pattern(template, name).match(key_name)), None)
+        assert owner_of(key_name) == expected, key_name
+    assert owner_of(None) is None
