@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
+from typing import Callable, Iterable
 
 from rotator.errors import CorruptPayload
 from rotator.gate import Holder, LiveClaim
@@ -46,12 +47,17 @@ class Usage:
         self._written: dict[tuple[str, str], Snapshot] = {}    # this run's own writes win over reads
         self._seen: dict[tuple[str, str], tuple[Snapshot, datetime]] = {}   # reads the run made anyway
         self._parts: dict[str, tuple[list[Holder], list[str], list[LiveClaim]]] = {}   # survey, per secret
+        self._order = {secret.name: index for index, secret in enumerate(self._secrets)}
+        self._by_name = {secret.name: secret for secret in self._secrets}
+        self._missing = set(self._order)                # secrets whose part is to be worked out
+        self._by_token: dict[str, set[str]] = {}        # holder token -> secrets with such a holder
+        self._some: dict[str, set[str]] = {"unknown": set(), "claims": set()}   # secrets that have any
 
     def wrote(self, secret: str, label: str, snapshot: Snapshot) -> None:
         """This run wrote ``label`` of ``secret``; ``snapshot`` is what it holds now."""
         with self._lock:
             self._written[(secret, label)] = snapshot
-            self._parts.pop(secret, None)
+            self._forget(secret)
 
     def saw(self, secret: str, label: str, snapshot: Snapshot) -> None:
         """This run read ``label`` of ``secret`` just now: no need to read it again soon."""
@@ -91,22 +97,67 @@ class Usage:
 
     def survey(self, now: datetime) -> tuple[tuple[Holder, ...], tuple[str, ...], tuple[LiveClaim, ...]]:
         """Every holder, the secrets nothing can be proved about, and the live claims. Each
-        secret's part is worked out once and again only after this run writes one of its targets
-        (a run of many revokes asks once per revoke)."""
+        secret's part is worked out once and again only after this run writes one of its targets."""
         holders: list[Holder] = []
         unknown: list[str] = []
         claims: list[LiveClaim] = []
         with self._lock:
-            if not self._built:
-                self._build()
+            self._bring_up_to_date()
             for secret in self._secrets:
-                part = self._parts.get(secret.name)
-                if part is None:
-                    part = self._parts[secret.name] = self._part(secret)
+                part = self._parts[secret.name]
                 holders.extend(part[0])
                 unknown.extend(part[1])
                 claims.extend(part[2])
         return tuple(holders), tuple(unknown), tuple(claims)
+
+    def evidence(self, now: datetime) -> Found:
+        """What a revoke asks (a run of many revokes asks once per revoke): the unknowns and live
+        claims, and the holders that may rely on a given key, found by its id, fingerprint and
+        last 4 characters in an index kept per secret, so asking costs what the key touches, not
+        the fleet. In the same order as :meth:`survey` lists them."""
+        with self._lock:
+            self._bring_up_to_date()
+            unknown = tuple(u for name in self._ordered(self._some["unknown"]) for u in self._parts[name][1])
+            claims = tuple(c for name in self._ordered(self._some["claims"]) for c in self._parts[name][2])
+        return Found(unknown, claims, self._holders_for)
+
+    def _holders_for(self, tokens: Iterable[str]) -> list[Holder]:
+        """Every holder of the secrets that have a holder with one of ``tokens``: a superset of
+        those relying on the key (the gate decides), in survey order."""
+        with self._lock:
+            names: set[str] = set()
+            for token in tokens:
+                names |= self._by_token.get(token, set())
+            return [h for name in self._ordered(names) for h in self._parts[name][0]]
+
+    def _ordered(self, names: Iterable[str]) -> list[str]:
+        return sorted(names, key=self._order.__getitem__)
+
+    def _bring_up_to_date(self) -> None:
+        """Read what the first revoke needs, and work out the parts writes made stale (lock held)."""
+        if not self._built:
+            self._build()
+        for name in self._missing:
+            part = self._parts[name] = self._part(self._by_name[name])
+            for holder in part[0]:
+                for token in tokens_of(holder):
+                    self._by_token.setdefault(token, set()).add(name)
+            for kind, items in (("unknown", part[1]), ("claims", part[2])):
+                if items:
+                    self._some[kind].add(name)
+        self._missing.clear()
+
+    def _forget(self, name: str) -> None:
+        """``name``'s part is stale (lock held): out of the index until worked out again."""
+        part = self._parts.pop(name, None)
+        if part is not None:
+            for holder in part[0]:
+                for token in tokens_of(holder):
+                    self._by_token.get(token, set()).discard(name)
+            for kind in self._some.values():
+                kind.discard(name)
+        if name in self._order:
+            self._missing.add(name)
 
     def _part(self, secret: ManagedSecret) -> tuple[list[Holder], list[str], list[LiveClaim]]:
         """One secret's holders (its serving targets first), unknowns and live claim."""
@@ -144,6 +195,21 @@ class Usage:
                                   primary.pending.fingerprint, primary.pending.last4))
         holders.extend(_from_record(secret.name, record))
         return holders, unknown, claims
+
+
+@dataclass(frozen=True)
+class Found:
+    """:meth:`Usage.evidence`: the unknowns and live claims, and the holders for given tokens."""
+
+    unknown: tuple[str, ...]
+    claims: tuple[LiveClaim, ...]
+    holders_for: Callable[[Iterable[str]], list[Holder]]
+
+
+def tokens_of(holder: Holder) -> list[str]:
+    """How a holder can be found: by its key's id, fingerprint and last 4 (``gate.key_tokens``)."""
+    return [kind + value for kind, value in (("id:", holder.key_id), ("fp:", holder.fingerprint),
+                                             ("l4:", holder.last4)) if value]
 
 
 def _from_record(secret: str, record: RotationRecord | None) -> list[Holder]:

@@ -40,7 +40,7 @@ import enum
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
+from typing import Callable, Iterable
 
 from rotator.models import KeyInfo, KeyRef, KeyUse, Listing, UsagePolicy
 from rotator.timeutil import format_duration
@@ -106,6 +106,21 @@ class Evidence:
     in_flight_since: datetime | None = None   # keys created after this may come from an issue in flight
     use: KeyUse | None = None                  # the key's last use, where the issuer reports it
     usage: UsagePolicy | None = None           # the issuer's rule for that evidence (None: not applied)
+    # the holders that may rely on a key, given its tokens (``key_tokens``): a superset, in the
+    # order of ``holders``; None: ``holders`` is every holder, and each is looked at
+    holders_for: Callable[[Iterable[str]], Iterable[Holder]] | None = None
+
+    def may_rely(self, tokens: Iterable[str]) -> Iterable[Holder]:
+        return self.holders if self.holders_for is None else self.holders_for(tokens)
+
+
+def key_tokens(entry: KeyInfo | None, key: KeyRef | None) -> list[str]:
+    """What a holder relying on the listed ``entry`` (known as ``key``) shares with it, one of:
+    the entry's id, the key's fingerprint, the entry's last 4 (see ``_same_key``)."""
+    tokens = [f"fp:{key.fingerprint}"] if key is not None and key.fingerprint else []
+    if entry is not None:
+        tokens += [f"{kind}{value}" for kind, value in (("id:", entry.key_id), ("l4:", entry.last4)) if value]
+    return tokens
 
 
 @dataclass(frozen=True)
@@ -193,7 +208,7 @@ def _relied_on(request: Request, entry: KeyInfo, evidence: Evidence) -> str | No
                 " (the key rotator itself signs in with)")
     if request.purpose is Purpose.COMPROMISED:
         return None
-    for holder in evidence.holders:
+    for holder in evidence.may_rely(key_tokens(entry, request.key)):
         if holder.secret == request.secret and holder.role in request.own:
             continue
         if _same_key(holder, entry, request.key):
@@ -240,7 +255,7 @@ def _value_relied_on(request: Request, evidence: Evidence) -> str | None:
         return f"it is the admin key of issuer {evidence.admin_issuer or '?'}"
     if request.purpose is Purpose.COMPROMISED:
         return None
-    for holder in evidence.holders:
+    for holder in evidence.may_rely(key_tokens(None, key)):
         if holder.secret == request.secret and holder.role in request.own:
             continue
         if holder.fingerprint == key.fingerprint:

@@ -105,16 +105,18 @@ class Revoker:
 
     def evidence(self, issuer: Issuer, listing: Listing | None, now: datetime,
                  use: KeyUse | None = None) -> gate.Evidence:
-        holders, unknown, claims = self.usage(issuer).survey(now)
+        found = self.usage(issuer).evidence(now)
         admin = self.admin(issuer)
         if admin is not None:      # a managed record may know the admin key's id (self-rotation)
-            ids = {h.key_id for h in holders if h.fingerprint == admin.fingerprint and h.key_id}
+            ids = {h.key_id for h in found.holders_for(gate.key_tokens(None, admin))
+                   if h.fingerprint == admin.fingerprint and h.key_id}
             if len(ids) == 1:
                 admin = replace(admin, key_id=ids.pop())
         bound = getattr(issuer, "in_flight_bound", None) or DEFAULT_IN_FLIGHT
-        return gate.Evidence(now=now, listing=listing, holders=holders, unknown=unknown, claims=claims,
-                             admin=admin, admin_issuer=issuer.name, in_flight_since=now - bound,
-                             use=use, usage=issuer.usage_policy if isinstance(issuer, UsageEvidence) else None)
+        return gate.Evidence(now=now, listing=listing, unknown=found.unknown, claims=found.claims,
+                             holders_for=found.holders_for, admin=admin, admin_issuer=issuer.name,
+                             in_flight_since=now - bound, use=use,
+                             usage=issuer.usage_policy if isinstance(issuer, UsageEvidence) else None)
 
     def last_use(self, request: Request, issuer: Issuer) -> KeyUse | None:
         """The old key's last use, where the issuer reports it (usage evidence, I3). Asked only

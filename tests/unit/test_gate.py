@@ -138,3 +138,49 @@ def test_rotation_tags_are_read_from_key_names():
 def test_the_gate_is_pure_and_repeatable():
     request, ev = old(), evidence(holders=(Holder("batch", "serves", "app:/b.json", "f-old", "0ld0"),))
     assert judge(request, ev) == judge(request, ev)
+
+
+# --- the holder index: the same verdicts as looking at every holder -----------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from rotator.evidence import tokens_of  # noqa: E402
+from rotator.gate import key_tokens  # noqa: E402
+
+_IDS = st.sampled_from([None, "7", "8", "9", "1"])
+_FPS = st.sampled_from([None, "f-old", "f-x", "f-admin"])
+_LAST4 = st.sampled_from([None, "0ld0", "b8b8", "57a7", "adm1"])
+_HOLDERS = st.lists(st.builds(Holder, secret=st.sampled_from(["web", "api", "batch"]),
+                              role=st.sampled_from(["serves", "pending", "current", "previous"]),
+                              where=st.just("app:x"), fingerprint=_FPS, last4=_LAST4, key_id=_IDS), max_size=8)
+_REQUESTS = st.one_of(
+    st.builds(lambda key, own: Request("web", Purpose.OLD, key=key, own=own),
+              st.builds(KeyRef, fingerprint=st.sampled_from(["f-old", "f-x"]), last4=_LAST4, key_id=_IDS),
+              st.sampled_from([frozenset(), frozenset({"previous"})])),
+    st.builds(lambda entry, purpose: Request("web", purpose, entry=entry),
+              st.sampled_from([OLD_ENTRY, OTHER_ENTRY, STRAY]), st.sampled_from([Purpose.STRAY, Purpose.ORPHAN])),
+    st.builds(lambda last4: Request("web", Purpose.OLD, key=KeyRef("f-old", last4), by_value=True),
+              st.sampled_from(["0ld0", "b8b8"])))
+
+
+@settings(max_examples=400, deadline=None)
+@given(holders=_HOLDERS, request_=_REQUESTS,
+       twins=st.booleans())
+def test_the_holder_index_gives_the_verdicts_of_every_holder(holders, request_, twins):
+    """Evidence with ``holders_for`` (Usage's index: every holder of a secret that has a holder
+    sharing a token with the key) judges exactly as Evidence listing every holder."""
+    listing = Listing([OLD_ENTRY, OTHER_ENTRY, STRAY, ADMIN_ENTRY]
+                      + ([KeyInfo("17", "web (twin)", "0ld0", None, None)] if twins else []))
+    order = {name: i for i, name in enumerate(dict.fromkeys(h.secret for h in holders))}
+
+    def holders_for(tokens):
+        wanted = set(tokens)
+        names = {h.secret for h in holders if wanted & set(tokens_of(h))}
+        return [h for h in holders if h.secret in names]      # (holders are grouped by secret below)
+
+    holders = sorted(holders, key=lambda h: order[h.secret])
+    every = judge(request_, evidence(listing=listing, holders=tuple(holders)))
+    indexed = judge(request_, evidence(listing=listing, holders_for=holders_for))
+    assert indexed == every
+    assert set(key_tokens(OLD_ENTRY, OLD)) == {"fp:f-old", "id:7", "l4:0ld0"}
