@@ -120,8 +120,7 @@ class Finding:
 
 def name_pattern(template: str, secret: str) -> re.Pattern[str]:
     """The names rotator gives this secret's keys: the template with any rotation id."""
-    literal = re.escape(template).replace(re.escape("{secret}"), re.escape(secret))
-    return re.compile("^" + literal.replace(re.escape("{rotation}"), r"r-[0-9a-f]{8}") + "$")
+    return _names_like(template, re.escape(secret))
 
 
 def name_owners(secrets: Sequence[tuple[str, str]]) -> Callable[[str | None], str | None]:
@@ -130,7 +129,7 @@ def name_owners(secrets: Sequence[tuple[str, str]]) -> Callable[[str | None], st
     in a template with ``{secret}`` once, everything else (literals, the rotation id) has a fixed
     length, so a name splits one way only and the part where the secret goes names it (secret
     names are one line: ``config._NAME``)."""
-    order = {name: index for index, (name, _) in reversed(list(enumerate(secrets)))}
+    order = {name: index for index, (name, _) in enumerate(secrets)}     # (names are unique)
     shapes: dict[str, tuple[re.Pattern[str], set[str]]] = {}
     others: list[tuple[str, re.Pattern[str]]] = []
     for name, template in secrets:
@@ -154,7 +153,13 @@ def name_owners(secrets: Sequence[tuple[str, str]]) -> Callable[[str | None], st
 
 def _shape(template: str) -> re.Pattern[str]:
     """:func:`name_pattern` for any secret: the secret's part captured."""
-    literal = re.escape(template).replace(re.escape("{secret}"), "(?P<secret>.*)")
+    return _names_like(template, "(?P<secret>.*)")
+
+
+def _names_like(template: str, secret: str) -> re.Pattern[str]:
+    """``template`` as a whole-name pattern: ``secret`` (a pattern) where the secret goes, and any
+    rotation id where it goes."""
+    literal = re.escape(template).replace(re.escape("{secret}"), secret)
     return re.compile("^" + literal.replace(re.escape("{rotation}"), r"r-[0-9a-f]{8}") + "$")
 
 
