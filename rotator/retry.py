@@ -349,8 +349,10 @@ class Throttle:
         if now - self._last_sent > self.IDLE:
             self._ramp_from = now
             self.events.append((now, "slow start", self.START))
-        pace = self.START * 2.0 ** ((now - self._ramp_from) / self.DOUBLING)
-        return pace if pace < self.OPEN else None
+        doublings = (now - self._ramp_from) / self.DOUBLING
+        if doublings >= math.log2(self.OPEN / self.START):     # (2.0 ** 1024 would overflow)
+            return None
+        return self.START * 2.0 ** doublings
 
     def _taken(self, now: float) -> float | None:
         """Requests per second the server accepted, by their send times, over the last SPAN;
@@ -362,8 +364,7 @@ class Throttle:
             if sent < now - self.SPAN:
                 break
             count += 1
-        first = self._sent[0] if self._sent else now
-        return count / min(self.SPAN, max(now - first, self.SHORTEST))
+        return count / min(self.SPAN, max(now - self._sent[0], self.SHORTEST))
 
     def _current(self, now: float) -> float | None:
         """The pace in force, grown since the last look (only while the pace held requests back,

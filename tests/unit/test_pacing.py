@@ -234,6 +234,16 @@ def test_an_unpaced_client_starts_each_period_of_sending_slowly():
     assert [what for _, what, _ in throttle.events] == ["slow start", "slow start"]
 
 
+def test_an_unpaced_client_sends_on_for_minutes_without_a_pause():
+    """The slow start ends at OPEN and stays ended: a minute and more of sending without a
+    5 s pause (a large fleet, no limit) goes unpaced (the doubling once overflowed at 51 s)."""
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    sending(throttle, clock, 7000, 0.01)                         # 70 s at 100/s
+    assert clock.t - 1000.0 == pytest.approx(70.0, abs=0.5)      # no pacing beyond the start
+    assert throttle.pace is None
+
+
 def test_a_cut_goes_no_higher_than_what_the_server_accepted():
     """Workers busy elsewhere send under the learnt pace; refusals then cut to MARGIN of the
     rate the server actually accepted over the last second, below the share of the pace."""
