@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Callable, Iterable
 
 from rotator.errors import CorruptPayload
-from rotator.gate import Holder, LiveClaim
+from rotator.gate import Holder, LiveClaim, holder_tokens
 from rotator.models import Phase, RotationRecord, Snapshot
 from rotator.readahead import EVIDENCE_AGE, ReadAhead
 from rotator.redact import redact
@@ -140,7 +140,7 @@ class Usage:
         for name in self._missing:
             part = self._parts[name] = self._part(self._by_name[name])
             for holder in part[0]:
-                for token in tokens_of(holder):
+                for token in holder_tokens(holder):
                     self._by_token.setdefault(token, set()).add(name)
             for kind, items in (("unknown", part[1]), ("claims", part[2])):
                 if items:
@@ -152,7 +152,7 @@ class Usage:
         part = self._parts.pop(name, None)
         if part is not None:
             for holder in part[0]:
-                for token in tokens_of(holder):
+                for token in holder_tokens(holder):
                     self._by_token.get(token, set()).discard(name)
             for kind in self._some.values():
                 kind.discard(name)
@@ -204,12 +204,6 @@ class Found:
     unknown: tuple[str, ...]
     claims: tuple[LiveClaim, ...]
     holders_for: Callable[[Iterable[str]], list[Holder]]
-
-
-def tokens_of(holder: Holder) -> list[str]:
-    """How a holder can be found: by its key's id, fingerprint and last 4 (``gate.key_tokens``)."""
-    return [kind + value for kind, value in (("id:", holder.key_id), ("fp:", holder.fingerprint),
-                                             ("l4:", holder.last4)) if value]
 
 
 def _from_record(secret: str, record: RotationRecord | None) -> list[Holder]:

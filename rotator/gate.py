@@ -117,10 +117,17 @@ class Evidence:
 def key_tokens(entry: KeyInfo | None, key: KeyRef | None) -> list[str]:
     """What a holder relying on the listed ``entry`` (known as ``key``) shares with it, one of:
     the entry's id, the key's fingerprint, the entry's last 4 (see ``_same_key``)."""
-    tokens = [f"fp:{key.fingerprint}"] if key is not None and key.fingerprint else []
-    if entry is not None:
-        tokens += [f"{kind}{value}" for kind, value in (("id:", entry.key_id), ("l4:", entry.last4)) if value]
-    return tokens
+    return _tokens(entry.key_id if entry else None, key.fingerprint if key else None,
+                   entry.last4 if entry else None)
+
+
+def holder_tokens(holder: Holder) -> list[str]:
+    """How an index finds ``holder``: the tokens :func:`key_tokens` gives a key it relies on."""
+    return _tokens(holder.key_id, holder.fingerprint, holder.last4)
+
+
+def _tokens(key_id: str | None, fingerprint: str | None, last4: str | None) -> list[str]:
+    return [kind + value for kind, value in (("id:", key_id), ("fp:", fingerprint), ("l4:", last4)) if value]
 
 
 @dataclass(frozen=True)

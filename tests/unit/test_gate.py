@@ -145,8 +145,7 @@ def test_the_gate_is_pure_and_repeatable():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from rotator.evidence import tokens_of  # noqa: E402
-from rotator.gate import key_tokens  # noqa: E402
+from rotator.gate import holder_tokens, key_tokens  # noqa: E402
 
 _IDS = st.sampled_from([None, "7", "8", "9", "1"])
 _FPS = st.sampled_from([None, "f-old", "f-x", "f-admin"])
@@ -176,7 +175,7 @@ def test_the_holder_index_gives_the_verdicts_of_every_holder(holders, request_, 
 
     def holders_for(tokens):
         wanted = set(tokens)
-        names = {h.secret for h in holders if wanted & set(tokens_of(h))}
+        names = {h.secret for h in holders if wanted & set(holder_tokens(h))}
         return [h for h in holders if h.secret in names]      # (holders are grouped by secret below)
 
     holders = sorted(holders, key=lambda h: order[h.secret])
