@@ -1,8 +1,9 @@
 """Counting calls three ways, so each number is checked by another:
 
 * :class:`WireCounter` — request hooks on the HTTP stacks of this process: botocore's
-  ``URLLib3Session.send`` (boto3 → moto), requests' ``HTTPAdapter.send`` (hvac → OpenBao) and httpx's
-  ``Client.send`` (→ the QuivaWorks emulator), counted per destination ``host:port``. Every
+  ``URLLib3Session.send`` (boto3 → moto), requests' ``HTTPAdapter.send`` (hvac → OpenBao), the
+  QuivaWorks issuer's ``Urllib3Wire.exchange`` and httpx's ``Client.send`` (the peer → the QuivaWorks
+  emulator), counted per destination ``host:port``. Every
   attempt is counted, retries included; the benchmark's own ``/_emulator/`` knob requests are not.
   botocore's requests are also counted per AWS operation, from their ``X-Amz-Target`` header
   (``AmazonSSM.GetParameters``, ``secretsmanager.PutSecretValue``): Secrets Manager and Parameter
@@ -76,6 +77,18 @@ class WireCounter:
         if urlopen is not None:
             Connection._urlopen = counted_urlopen   # type: ignore[method-assign]
         httpx.Client.send = hook(httpx.Client.send, lambda r: r.url)
+        try:
+            from rotator_providers.quiva.wire import Urllib3Wire
+        except ImportError:                                    # (trees before it used httpx)
+            Urllib3Wire = None
+        if Urllib3Wire is not None:
+            exchange = Urllib3Wire.exchange
+
+            def counted_exchange(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+                count(self.base_url + request.target, None)
+                return exchange(self, request, *args, **kwargs)
+
+            Urllib3Wire.exchange = counted_exchange   # type: ignore[method-assign]
         cls._installed = True
         return cls
 

@@ -8,7 +8,7 @@ providers do today with the alternative, on the same servers:
   the first, every entry checked, and the next, the unchanged entries taken as checked;
 * ``issuer_request`` — the QuivaWorks client's CPU per request: as it is (a reused helper thread
   bounds each answer by its deadline), with a new thread per attempt (before issue 18's third
-  pass), with no thread at all, and a plain ``httpx.Client.get`` (the peer's way);
+  pass), with no thread at all, a plain ``httpx.Client.get`` (the peer's way) and a plain urllib3 pool;
 * ``pool``         — whether more workers than the HTTP pools hold makes boto3/hvac drop connections;
 * ``boto_user_agent`` — boto3's client CPU per request with its default User-Agent (rebuilt twice
   per request) against rotator's fixed one.
@@ -146,7 +146,7 @@ def listing(emulator: Any, admin_key: str, email: str, sizes: tuple[int, ...] = 
 
 def issuer_request(emulator: Any, admin_key: str, count: int = 400) -> dict[str, Any]:
     """CPU per request of ``GET /accounts/api-keys`` for a user with no keys (``admin_key``'s),
-    four ways."""
+    five ways."""
     import httpx
 
     from rotator.interfaces import ProviderContext
@@ -179,8 +179,12 @@ def issuer_request(emulator: Any, admin_key: str, count: int = 400) -> dict[str,
         finally:
             client._helpers = helpers
 
+    from rotator_providers.quiva import wire
+
     def inline(method: str, path: str, **request: Any) -> Any:
-        return client._fetch(client._client(), time.monotonic() + 30, method, path, request), "", False
+        built = wire.build(method, path, params=request.get("params"), json_body=request.get("json"),
+                           headers=request.get("headers"))
+        return client._link().exchange(built, time.monotonic() + 30), "", False
 
     for name, attempt in (("a thread per attempt", thread_per_attempt), ("no thread", inline)):
         client._attempt = attempt
@@ -189,6 +193,13 @@ def issuer_request(emulator: Any, admin_key: str, count: int = 400) -> dict[str,
     token = client._token()[0]
     with httpx.Client(base_url=emulator.url, headers={"Authorization": f"Bearer {token}"}) as plain:
         found["plain httpx.Client.get"] = per_request(lambda: plain.get(LIST_PATH).json())
+    import urllib3
+
+    pool = urllib3.connection_from_url(emulator.url, maxsize=4)
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    found["plain urllib3 pool"] = per_request(
+        lambda: json.loads(pool.urlopen("GET", LIST_PATH, headers=headers, retries=False).data))
+    pool.close()
     issuer.close()
     return {"ms_cpu_per_request": found, "requests": count}
 

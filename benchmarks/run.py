@@ -5,7 +5,7 @@ Six measurements, each against servers this script starts on loopback and stops 
 QuivaWorks emulator and moto in their own processes, an OpenBao dev server, latency proxies):
 
 1. ``calls``  — calls per rotation for each primary/secondary combination against the crash-safe
-   minimum, counted three ways (engine → Protocol calls, request hooks on httpx/boto3/hvac, the
+   minimum, counted three ways (engine → Protocol calls, request hooks on urllib3/httpx/boto3/hvac, the
    emulator's own counters and what each provider reports per remote call); and Parameter Store's
    batched reads: ``GetParameters`` per read pass for fleets of N SSM secondaries, against
    ceil(N / 10);
@@ -210,7 +210,7 @@ def measure_calls(bench: Bench, per_combo: int, workers: int) -> list[dict[str, 
         for mode in (two, one):
             hooks, served = mode["issuer_requests_hooks_vs_emulator"]
             if hooks != served:
-                say(f"WARNING calls {row['combo']}: httpx hook counted {hooks} issuer requests, the emulator {served}")
+                say(f"WARNING calls {row['combo']}: the request hooks counted {hooks} issuer requests, the emulator {served}")
             hooks, reported = mode["ssm_requests_hooks_vs_provider"]
             if hooks != reported:
                 say(f"WARNING calls {row['combo']}: botocore hook counted {hooks} Parameter Store requests,"
@@ -523,11 +523,12 @@ CPU_LAYOUTS: tuple[tuple[str, ...], ...] = (("file", "file2"), ("vault", "aws"),
 #: Where the profile attributes CPU: (component, file suffix, function name or "*"). A component's
 #: time is the cumulative time of its boundary functions, entered from outside the component, less
 #: what boundaries of other components nested inside took (:func:`_components`); threads are profiled
-#: apart, so the issuer client's helper threads (reused across attempts) count under "issuer (httpx)".
+#: apart, so the issuer client's helper threads (reused across attempts) count under "issuer requests".
 PROFILE_BOUNDARIES: tuple[tuple[str, str, str], ...] = (
     ("AWS (botocore)", "botocore/client.py", "_make_api_call"),
     ("Vault (KV requests)", "providers/vault/connection.py", "request"),
-    ("issuer requests (httpx, helper threads)", "providers/quiva/client.py", "_fetch"),
+    ("issuer requests (urllib3, helper threads)", "providers/quiva/wire.py", "exchange"),
+    ("issuer requests (urllib3, helper threads)", "providers/quiva/client.py", "_fetch"),   # trees before wire.py
     ("issuer key listings (parsing)", "providers/quiva/issuer.py", "list_keys"),
     ("file store (durable writes, reads)", "providers/file.py", "*"),
     ("logging", "logging/__init__.py", "_log"),

@@ -17,7 +17,7 @@ Life of a provider
    section (minus ``type``). It validates it and raises :class:`rotator.errors.ConfigError` with
    the offending field's path relative to the section. It must not open connections or import
    heavy SDKs here beyond what validation needs.
-2. **Connect lazily.** The first real call builds the client (boto3, hvac, httpx, ...).
+2. **Connect lazily.** The first real call builds the client (boto3, hvac, urllib3, ...).
 3. **Translate errors at the edge.** Every foreign exception (HTTP status, ``ClientError``,
    ``hvac.exceptions.*``, ``OSError``) becomes a class of :mod:`rotator.errors`, with
    ``transient`` set when trying again later may help. No message may contain a key value.

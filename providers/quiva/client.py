@@ -22,15 +22,13 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import ssl
-import sys
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from rotator.errors import (
     IssuerAuthError,
@@ -45,10 +43,7 @@ from rotator.interfaces import Clock
 from rotator.models import Secret
 from rotator.retry import Backoff, RetryPolicy, Throttle
 
-from rotator_providers.quiva import answers
-
-if TYPE_CHECKING:        # httpx is imported on the first request: `plan` and `status` never pay for it
-    import httpx
+from rotator_providers.quiva import answers, wire
 
 log = logging.getLogger(__name__)
 
@@ -58,48 +53,22 @@ REFRESH_PATH = "/accounts/refresh-token"
 # expired: the next call goes alone, and the others wait for its answer (and the one renewal a
 # 401 brings) instead of all drawing a 401 at once after an idle gap.
 CONFIRM_AFTER = 60.0
-#: A body longer than this (bytes) is not read further and counts as "not JSON".
-MAX_BODY = 16 * 1024 * 1024
 
 
 class _HideQuery(logging.Filter):
-    """Drops the query string from the URLs httpx logs ("HTTP Request: DELETE ...?key=...")."""
+    """Drops the query string from the paths urllib3 logs at debug ('"DELETE /accounts/api-key?
+    key=... HTTP/1.1" 200'): a revoke by value carries the key there."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        httpx = sys.modules.get("httpx")
-        if httpx is None:
-            return True
-        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
-            record.args = tuple(a.copy_with(query=None) if isinstance(a, httpx.URL) else a
-                                for a in record.args)
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "?" in a for a in record.args):
+            record.args = tuple(a.split("?", 1)[0] if isinstance(a, str) else a for a in record.args)
         return True
 
 
-def _hide_httpx_queries() -> None:
-    logger = logging.getLogger("httpx")
+def _hide_logged_queries() -> None:
+    logger = logging.getLogger("urllib3.connectionpool")
     if not any(isinstance(f, _HideQuery) for f in logger.filters):
         logger.addFilter(_HideQuery())
-
-
-_ssl_lock = threading.Lock()
-_ssl_context: ssl.SSLContext | None = None
-
-
-def _shared_ssl_context() -> ssl.SSLContext:
-    """One verifying SSL context per process: building one costs ~60 ms, sharing it is safe."""
-    global _ssl_context
-    with _ssl_lock:
-        if _ssl_context is None:
-            import httpx
-
-            _ssl_context = httpx.create_ssl_context()
-        return _ssl_context
-
-
-# Transport failures raised before the request can have reached the server: a retry after one of
-# them cannot duplicate an effect. Every other failure (a read timeout, a dropped connection, a
-# 5xx) may have come after the server acted.
-_NOT_SENT = ("ConnectError", "ConnectTimeout", "PoolTimeout")
 
 
 class _Helpers:
@@ -157,19 +126,6 @@ class _Helpers:
                 self._idle += 1
 
 
-class _Late(Exception):
-    """An attempt's deadline passed before its whole answer had arrived."""
-
-
-@dataclass(frozen=True)
-class _Reply:
-    """What one attempt brought back, read in full (``content`` None: over MAX_BODY)."""
-
-    status: int
-    content: bytes | None
-    retry_after: str | None
-
-
 @dataclass(frozen=True)
 class Answer:
     """A response the retry loop did not swallow: its status and decoded JSON body
@@ -192,15 +148,17 @@ class Answer:
 
 
 class QuivaClient:
-    """One pooled httpx client plus the admin session, shared by worker threads.
+    """The pooled connections (:mod:`.wire`, built on the first request) plus the admin
+    session, shared by worker threads.
 
     ``admin_key`` is called at each (re-)authentication, so a rotated admin key is picked up.
+    ``wire`` replaces the network, for tests.
     """
 
     def __init__(self, *, provider: str, base_url: str, admin_key: Callable[[], Secret],
                  timeout: float, policy: RetryPolicy, sleep: Callable[[float], None],
                  clock: Clock, on_call: Callable[[str, str, str], None],
-                 transport: httpx.BaseTransport | None = None, throttle: Throttle | None = None) -> None:
+                 wire: wire.Wire | None = None, throttle: Throttle | None = None) -> None:
         self.provider = provider
         self._base_url = base_url
         self._admin_key = admin_key
@@ -209,18 +167,17 @@ class QuivaClient:
         self._sleep = sleep
         self._clock = clock
         self._on_call = on_call
-        self._transport = transport
         # Shared by every worker thread using this client: pacing and 429 pauses.
         self.throttle = throttle or Throttle(None, 1, lambda: clock.now().timestamp(), sleep)
-        self._http: httpx.Client | None = None
-        self._http_lock = threading.Lock()
+        self._wire = wire
+        self._wire_lock = threading.Lock()
         self._helpers = _Helpers(f"{provider}-http")
         self._session: answers.Session | None = None
         self._session_lock = threading.Lock()
         self._probe_done = threading.Condition(self._session_lock)
         self._probing = False          # a call is testing a session that may have expired
         self._confirmed_at = 0.0       # clock time of the last answer other than 401
-        _hide_httpx_queries()
+        _hide_logged_queries()
 
     def drop_session(self) -> None:
         """Forget the session so the next call authenticates with the admin key as it is now."""
@@ -310,60 +267,43 @@ class QuivaClient:
             else:
                 return answer
 
-    def _attempt(self, method: str, path: str, **request: Any) -> tuple[_Reply | None, str, bool]:
+    def _attempt(self, method: str, path: str, *, json: Any = None,
+                 params: Mapping[str, str] | None = None,
+                 headers: Mapping[str, str] | None = None) -> tuple[wire.Reply | None, str, bool]:
         """One attempt, over by its deadline: (reply, "", False) or (None, what failed, whether
         the request may have reached the server)."""
-        import httpx
-
+        try:
+            request = wire.build(method, path, params=params, json_body=json, headers=headers)
+        except wire.Unsendable as exc:
+            raise IssuerError(f"{method} {path} could not be sent ({exc.reason})",
+                              provider=self.provider) from None
         deadline = time.monotonic() + self._timeout
-        box: Future[_Reply] = Future()
-        client = self._client()       # taken here: a helper outliving close() never makes a new one
-        self._helpers.run(lambda: self._exchange(box, client, deadline, method, path, request))
-        name = unsendable = ""
+        box: Future[wire.Reply] = Future()
+        link = self._link()        # taken here: a helper outliving close() never makes a new one
+        self._helpers.run(lambda: self._exchange(box, link, request, deadline))
+        unsendable = ""
         try:
             return box.result(timeout=max(0.0, deadline - time.monotonic())), "", False
-        except (TimeoutError, _Late):
+        except (TimeoutError, wire.Late):
             return None, f"no complete answer within {self._timeout:g}s", True
-        except httpx.HTTPError as exc:
-            name = type(exc).__name__   # only the type: its text may quote the URL
-        except (httpx.InvalidURL, ValueError) as exc:   # a request httpx cannot build or encode
-            unsendable = type(exc).__name__
-        if unsendable:                  # outside ``except``: no chained error that may quote it
-            raise IssuerError(f"{method} {path} could not be sent ({unsendable})",
-                              provider=self.provider)
-        return None, name, name not in _NOT_SENT
+        except wire.Failed as exc:
+            return None, exc.reason, exc.sent
+        except (wire.Unsendable, ValueError) as exc:     # refused below build(): never sent
+            unsendable = exc.reason if isinstance(exc, wire.Unsendable) else type(exc).__name__
+        except Exception as exc:  # noqa: BLE001 - a wire's own failure: named by its type only
+            return None, type(exc).__name__, True         # (its text may quote the request)
+        # raised outside ``except``: no chained error that may quote the request
+        raise IssuerError(f"{method} {path} could not be sent ({unsendable})", provider=self.provider)
 
-    def _exchange(self, box: Future[_Reply], client: httpx.Client, deadline: float, method: str, path: str,
-                  request: Mapping[str, Any]) -> None:
-        """The helper thread's part: send, then read the whole body by the deadline. The caller
-        may have stopped waiting; the thread then ends at the next chunk or read timeout."""
+    @staticmethod
+    def _exchange(box: Future[wire.Reply], link: wire.Wire, request: wire.Request,
+                  deadline: float) -> None:
+        """The helper thread's part. The caller may have stopped waiting; the thread then ends
+        at the next chunk or read timeout."""
         try:
-            box.set_result(self._fetch(client, deadline, method, path, request))
+            box.set_result(link.exchange(request, deadline))
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller, if still there
             box.set_exception(exc)
-
-    def _fetch(self, client: httpx.Client, deadline: float, method: str, path: str,
-               request: Mapping[str, Any]) -> _Reply:
-        import httpx
-
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _Late()
-        built = client.build_request(method, path, timeout=httpx.Timeout(remaining), **request)
-        response = client.send(built, stream=True)
-        try:
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in response.iter_bytes():
-                if time.monotonic() > deadline:
-                    raise _Late()
-                size += len(chunk)
-                if size > MAX_BODY:
-                    return _Reply(response.status_code, None, response.headers.get("Retry-After"))
-                chunks.append(chunk)
-            return _Reply(response.status_code, b"".join(chunks), response.headers.get("Retry-After"))
-        finally:
-            response.close()
 
     def check(self, operation: str, method: str, path: str, answer: Answer) -> Answer:
         """Return a 2xx answer as it is; translate any other status into the error tree."""
@@ -380,11 +320,11 @@ class QuivaClient:
         raise IssuerError(where, provider=self.provider)
 
     def close(self) -> None:
-        with self._http_lock:
-            http, self._http = self._http, None
+        with self._wire_lock:
+            link, self._wire = self._wire, None
         self._helpers.close()
-        if http is not None:
-            http.close()
+        if link is not None:
+            link.close()
 
     # ---- session ---------------------------------------------------------------------------
 
@@ -457,16 +397,11 @@ class QuivaClient:
 
     # ---- plumbing --------------------------------------------------------------------------
 
-    def _client(self) -> httpx.Client:
-        import httpx
-
-        with self._http_lock:
-            if self._http is None:
-                self._http = httpx.Client(base_url=self._base_url, timeout=self._timeout,
-                                          transport=self._transport, follow_redirects=False,
-                                          verify=_shared_ssl_context(),
-                                          headers={"Accept": "application/json"})
-            return self._http
+    def _link(self) -> wire.Wire:
+        with self._wire_lock:
+            if self._wire is None:
+                self._wire = wire.Urllib3Wire(self._base_url)
+            return self._wire
 
     def _retry_after(self, answer: Answer) -> float | None:
         """The longest wait the server asked for: body ``retry_after`` or a Retry-After header.

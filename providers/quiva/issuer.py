@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -21,11 +22,8 @@ from rotator.retry import RetryPolicy, Throttle
 from rotator.timeutil import parse_duration, shortest_months
 from rotator.validation import StrictModel, insecure_http_problem, insecure_http_warning, parse
 
-from rotator_providers.quiva import answers
+from rotator_providers.quiva import answers, wire
 from rotator_providers.quiva.client import AUTH_PATH, QuivaClient
-
-if TYPE_CHECKING:
-    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +92,13 @@ class QuivaSettings(StrictModel):
 class QuivaIssuer:
     """Issues, lists, verifies and revokes QuivaWorks API keys of one user.
 
-    ``transport`` (keyword only) replaces httpx's network transport, for tests.
+    ``wire`` (keyword only) replaces the network (:class:`~.wire.Wire`), for tests.
     """
 
     capabilities = IssuerCapabilities(reports_last_used=False, revoke_by_value=True)
 
     def __init__(self, name: str, settings: Mapping[str, Any], context: ProviderContext, *,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 wire: wire.Wire | None = None) -> None:
         self.name = name
         self.settings = parse(QuivaSettings, settings, f"issuers.{name}")
         self._key_where = f"issuers.{name}.admin_key"
@@ -119,7 +117,7 @@ class QuivaIssuer:
             sleep=context.sleep,
             clock=context.clock,
             on_call=context.on_call,
-            transport=transport,
+            wire=wire,
             throttle=Throttle(self.settings.rate_limit, self.settings.rate_burst,
                               lambda: context.clock.now().timestamp(), context.sleep),
         )
@@ -316,21 +314,24 @@ def _paren(text: str) -> str:
     return f" ({text})" if text else ""
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def _page_link(link: str, base_url: str, provider: str) -> tuple[str, dict[str, str]]:
     """A next-page link as (path relative to ``base_url``, query); another origin is refused."""
-    import httpx
-
     try:
-        url, base = httpx.URL(link), httpx.URL(base_url)
-    except (httpx.InvalidURL, ValueError, TypeError):
+        url, base = urlsplit(link), urlsplit(base_url)
+        origin = (url.scheme, url.hostname, url.port or _DEFAULT_PORTS.get(url.scheme))
+        home = (base.scheme, base.hostname, base.port or _DEFAULT_PORTS.get(base.scheme))
+    except ValueError:
         raise UntrustedAnswer("list: the next-page link is not a URL; the listing is not trusted",
                               provider=provider) from None
-    path = url.path
-    if url.is_absolute_url:
-        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+    path = quote(url.path, safe="/%!$&'()*+,;=:@-._~")
+    if url.scheme or url.netloc:
+        if origin != home:
             raise UntrustedAnswer("list: the next-page link points to another host; the listing"
                                   " is not trusted", provider=provider)
         prefix = base.path.rstrip("/")
         if prefix and path.startswith(prefix + "/"):
             path = path[len(prefix):]
-    return path, dict(url.params)
+    return path, dict(parse_qsl(url.query, keep_blank_values=True))
