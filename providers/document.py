@@ -21,7 +21,8 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any, Mapping
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 

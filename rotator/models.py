@@ -10,9 +10,10 @@ import enum
 import hashlib
 import hmac
 import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from rotator import redact
 from rotator.timeutil import format_instant, parse_instant

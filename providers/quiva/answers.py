@@ -23,9 +23,10 @@ import calendar
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from rotator import redact
 from rotator.errors import UnusableKey, UntrustedAnswer
