@@ -523,12 +523,13 @@ CPU_LAYOUTS: tuple[tuple[str, ...], ...] = (("file", "file2"), ("vault", "aws"),
 #: Where the profile attributes CPU: (component, file suffix, function name or "*"). A component's
 #: time is the cumulative time of its boundary functions, entered from outside the component, less
 #: what boundaries of other components nested inside took (:func:`_components`); threads are profiled
-#: apart, so the issuer client's helper threads (reused across attempts) count under "issuer requests".
+#: apart, so the issuer client's connecting threads count under "issuer requests".
 PROFILE_BOUNDARIES: tuple[tuple[str, str, str], ...] = (
     ("AWS (botocore)", "botocore/client.py", "_make_api_call"),
     ("Vault (KV requests)", "providers/vault/connection.py", "request"),
-    ("issuer requests (urllib3, helper threads)", "providers/quiva/wire.py", "exchange"),
-    ("issuer requests (urllib3, helper threads)", "providers/quiva/client.py", "_fetch"),   # trees before wire.py
+    ("issuer requests (urllib3)", "providers/quiva/wire.py", "exchange"),
+    ("issuer requests (urllib3)", "providers/quiva/watchdog.py", "*"),
+    ("issuer requests (urllib3)", "providers/quiva/client.py", "_fetch"),   # trees before wire.py (httpx)
     ("issuer key listings (parsing)", "providers/quiva/issuer.py", "list_keys"),
     ("file store (durable writes, reads)", "providers/file.py", "*"),
     ("logging", "logging/__init__.py", "_log"),
@@ -644,7 +645,7 @@ def measure_cpu(bench: Bench, per_layout: int, rounds: int, workers: int,
 def _profile_layout(bench: Bench, specs: list[Any], endpoints: Endpoints, layout: tuple[str, ...], index: int,
                     workers: int, profile_dir: Path | None) -> dict[str, Any]:
     """Rotate ``specs`` as the measured rounds do, every thread under cProfile (the workers and
-    the issuer client's helper threads; each with its own thread-CPU timer); the CPU per
+    the issuer client's watchdog and connecting threads; each with its own thread-CPU timer); the CPU per
     component, as shares of the profiled time scaled to the run's own CPU, in ms per rotation."""
     import cProfile
     import pstats
@@ -689,11 +690,12 @@ def _profile_layout(bench: Bench, specs: list[Any], endpoints: Endpoints, layout
 
 
 def _helpers_ended(timeout: float = 10.0) -> None:
-    """Wait for the issuer clients' helper threads, which end at ``close``: a profile taken from a
-    thread still inside a call would close that call with the main thread's CPU clock."""
+    """Wait for the issuer clients' threads (watchdog, connecting; helper threads in trees before
+    the watchdog), which end at ``close``: a profile taken from a thread still inside a call would
+    close that call with the main thread's CPU clock."""
     deadline = time.monotonic() + timeout
     for thread in threading.enumerate():
-        if thread.name.endswith("-http"):
+        if thread.name.endswith(("-http", "-watchdog", "-connect")):
             thread.join(max(0.0, deadline - time.monotonic()))
 
 

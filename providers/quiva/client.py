@@ -5,9 +5,8 @@ are built from the method, the path without its query, the status and the body's
 only: never a request body, a query string, a header or a token.
 
 Every wait is bounded. One attempt — connecting, sending, the status line, the headers and the
-whole body — ends by a monotonic deadline ``timeout`` seconds after it starts (the exchange runs
-on a helper thread, reused across attempts, and the caller stops waiting at the deadline, so a
-server that trickles its headers or its body cannot stretch it); a missed deadline counts as a
+whole body — ends by a monotonic deadline ``timeout`` seconds after it starts (:mod:`.watchdog`:
+a server that trickles its headers or its body cannot stretch it); a missed deadline counts as a
 read timeout: transient, and the server may have acted. Worst case of one
 :meth:`QuivaClient.send` with ``retries`` attempts: ``retries x timeout`` in requests, plus
 ``retries - 1`` waits between them, each at most ``max_retry_wait`` when the server asked for it
@@ -21,10 +20,8 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -69,61 +66,6 @@ def _hide_logged_queries() -> None:
     logger = logging.getLogger("urllib3.connectionpool")
     if not any(isinstance(f, _HideQuery) for f in logger.filters):
         logger.addFilter(_HideQuery())
-
-
-class _Helpers:
-    """The threads attempts run on, kept for reuse: a thread started per attempt cost ~0.07 ms of
-    CPU a request (0.72 against 0.66 ms, ``python benchmarks/run.py --only probes``).
-
-    A job goes to an idle helper, or to a new one when none is idle, so a helper still stuck
-    with a server that trickles its answer (its caller gave up at the deadline) never delays
-    another attempt. A helper idle for ``linger`` seconds ends, and every helper ends at
-    :meth:`close` once its job is done (a job after that runs on a thread of its own).
-    """
-
-    def __init__(self, name: str, linger: float = 30.0) -> None:
-        self._name = name
-        self._linger = linger
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._idle = 0              # helpers waiting for a job and not yet promised one
-        self._closed = False
-
-    def run(self, job: Callable[[], None]) -> None:
-        with self._lock:
-            if self._closed:
-                threading.Thread(target=job, name=self._name, daemon=True).start()
-                return
-            start = self._idle == 0
-            if not start:
-                self._idle -= 1     # promised to one of them: it does not end before taking it
-            self._jobs.put(job)
-        if start:
-            threading.Thread(target=self._serve, name=self._name, daemon=True).start()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed, idle, self._idle = True, self._idle, 0
-        for _ in range(idle):
-            self._jobs.put(None)    # one for each helper not promised a job: it ends
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                job = self._jobs.get(timeout=self._linger)
-            except queue.Empty:
-                with self._lock:
-                    if self._idle > 0 and not self._closed:     # not promised a job: end
-                        self._idle -= 1
-                        return
-                continue            # promised a job (or, once closed, the item that ends it)
-            if job is None:
-                return
-            job()
-            with self._lock:
-                if self._closed:
-                    return
-                self._idle += 1
 
 
 @dataclass(frozen=True)
@@ -171,7 +113,6 @@ class QuivaClient:
         self.throttle = throttle or Throttle(None, 1, lambda: clock.now().timestamp(), sleep)
         self._wire = wire
         self._wire_lock = threading.Lock()
-        self._helpers = _Helpers(f"{provider}-http")
         self._session: answers.Session | None = None
         self._session_lock = threading.Lock()
         self._probe_done = threading.Condition(self._session_lock)
@@ -277,14 +218,11 @@ class QuivaClient:
         except wire.Unsendable as exc:
             raise IssuerError(f"{method} {path} could not be sent ({exc.reason})",
                               provider=self.provider) from None
-        deadline = time.monotonic() + self._timeout
-        box: Future[wire.Reply] = Future()
-        link = self._link()        # taken here: a helper outliving close() never makes a new one
-        self._helpers.run(lambda: self._exchange(box, link, request, deadline))
+        link = self._link()
         unsendable = ""
         try:
-            return box.result(timeout=max(0.0, deadline - time.monotonic())), "", False
-        except (TimeoutError, wire.Late):
+            return link.exchange(request, time.monotonic() + self._timeout), "", False
+        except wire.Late:
             return None, f"no complete answer within {self._timeout:g}s", True
         except wire.Failed as exc:
             return None, exc.reason, exc.sent
@@ -294,16 +232,6 @@ class QuivaClient:
             return None, type(exc).__name__, True         # (its text may quote the request)
         # raised outside ``except``: no chained error that may quote the request
         raise IssuerError(f"{method} {path} could not be sent ({unsendable})", provider=self.provider)
-
-    @staticmethod
-    def _exchange(box: Future[wire.Reply], link: wire.Wire, request: wire.Request,
-                  deadline: float) -> None:
-        """The helper thread's part. The caller may have stopped waiting; the thread then ends
-        at the next chunk or read timeout."""
-        try:
-            box.set_result(link.exchange(request, deadline))
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller, if still there
-            box.set_exception(exc)
 
     def check(self, operation: str, method: str, path: str, answer: Answer) -> Answer:
         """Return a 2xx answer as it is; translate any other status into the error tree."""
@@ -322,7 +250,6 @@ class QuivaClient:
     def close(self) -> None:
         with self._wire_lock:
             link, self._wire = self._wire, None
-        self._helpers.close()
         if link is not None:
             link.close()
 

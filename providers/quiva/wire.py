@@ -2,8 +2,9 @@
 
 :func:`build` turns a call into a :class:`Request` (URL, JSON body, headers), refusing what cannot
 be sent; :class:`Urllib3Wire` sends it on a pooled connection and reads the whole answer by a
-deadline. The client (:mod:`.client`) runs exchanges on its helper threads, retries and reads the
-answers; tests replace the wire with one of their own (the :class:`Wire` Protocol).
+deadline, on the caller's thread (:mod:`.watchdog` ends it there if the server trickles). The
+client (:mod:`.client`) retries and reads the answers; tests replace the wire with one of their
+own (the :class:`Wire` Protocol).
 
 Why urllib3 and not httpx: one exchange costs ~0.3 ms of CPU on urllib3 against ~0.75 ms on
 ``httpx.Client`` (``python benchmarks/run.py --only probes``, ``issuer_request``), and an issuer
@@ -29,6 +30,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 from urllib.parse import urlencode, urlsplit
+
+from rotator_providers.quiva.watchdog import ConnectTimedOut, Watchdog, connect_by
 
 #: A body longer than this (bytes) is not read further and counts as "not JSON".
 MAX_BODY = 16 * 1024 * 1024
@@ -168,6 +171,8 @@ class Urllib3Wire:
                 proxy, num_pools=1,
                 proxy_headers=urllib3.make_headers(proxy_basic_auth=auth) if auth else None, **options)
         self._pool = self._manager.connection_from_url(base_url)
+        self._dog = Watchdog("quiva")
+        self._pool.ConnectionCls = _watched(self._pool.ConnectionCls, self._dog)
         # A plain-http request through a proxy names the whole URL; otherwise the path does.
         self._origin = f"{split.scheme}://{split.netloc}" if proxy and split.scheme == "http" else ""
 
@@ -176,18 +181,15 @@ class Urllib3Wire:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise Late()
+        watch = self._dog.watch(deadline)
+        response = None
+        done = False
         try:
             response = self._pool.urlopen(
                 request.method, self._origin + self._prefix + request.target, body=request.body,
                 headers=request.headers, retries=False, redirect=False, assert_same_host=False,
                 timeout=urllib3.Timeout(connect=remaining, read=remaining), preload_content=False,
                 release_conn=False)
-        except urllib3.exceptions.LocationValueError:
-            raise Unsendable("the URL is not valid") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise _failed(exc) from None
-        done = False
-        try:
             chunks: list[bytes] = []
             size = 0
             for chunk in response.stream(_CHUNK):
@@ -199,15 +201,50 @@ class Urllib3Wire:
                 chunks.append(chunk)
             done = True
             return Reply(response.status, b"".join(chunks), response.headers.get("Retry-After"))
+        except urllib3.exceptions.LocationValueError:
+            raise Unsendable("the URL is not valid") from None
         except urllib3.exceptions.HTTPError as exc:
-            raise _failed(exc) from None
+            failure = _failed(exc)
+            # after sending, a read that outlived the deadline: its timeout (the time left) or
+            # the watchdog's cut; a failure before anything was sent stays what it was
+            if failure.sent and (watch.cut or isinstance(exc, urllib3.exceptions.ReadTimeoutError)):
+                raise Late() from None
+            raise failure from None
         finally:
-            if not done:
-                response.close()           # not at a message boundary: the connection is not reused
-            response.release_conn()
+            cut = self._dog.over(watch)
+            if response is not None:
+                if cut or not done:
+                    response.close()       # not at a message boundary, or shut: not reused
+                response.release_conn()
 
     def close(self) -> None:
+        self._dog.close()
         self._manager.clear()
+
+
+def _watched(base: type, dog: Watchdog) -> type:
+    """``base`` (urllib3's connection class) telling ``dog`` which connection an exchange uses,
+    and connecting by the exchange's deadline (:func:`.watchdog.connect_by`)."""
+    import urllib3
+
+    class Watched(base):  # type: ignore[misc, valid-type]
+        def connect(self) -> None:
+            watch = dog.current()
+            if watch is None:
+                super().connect()
+                return
+            dog.claim(self)
+            try:
+                connect_by(watch.deadline, super().connect, self.close, "quiva")
+            except ConnectTimedOut:
+                raise urllib3.exceptions.ConnectTimeoutError(
+                    self, "connecting did not finish by the deadline") from None
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            dog.claim(self)
+            super().request(*args, **kwargs)
+
+    return Watched
 
 
 def _failed(exc: BaseException) -> Failed:

@@ -115,15 +115,85 @@ def test_a_connection_dropped_after_the_request_may_have_been_acted_on(servers):
     assert (info.value.reason, info.value.sent) == ("the connection dropped", True)
 
 
-def test_a_server_that_never_answers_times_out_by_the_deadline(servers):
+def test_a_server_that_never_answers_is_late_at_the_deadline(servers):
     release = threading.Event()
     server = servers(lambda conn: (read_request(conn), release.wait(10)))
     started = time.monotonic()
-    with pytest.raises(wire.Failed) as info:
+    with pytest.raises(wire.Late):
         exchange(f"http://127.0.0.1:{server.port}", deadline=0.5)
     release.set()
-    assert 0.4 <= time.monotonic() - started < 2.0
-    assert (info.value.reason, info.value.sent) == ("read timed out", True)
+    assert 0.45 <= time.monotonic() - started < 1.5
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n"
+BODY = b'{"data":[]}'
+
+
+def trickling(part: str, every: float = 0.2) -> Callable[[socket.socket], None]:
+    """Answers each request with ``part`` (the headers and the body, or the body alone) one byte
+    every ``every`` seconds: each byte well within any read timeout."""
+    def handle(conn: socket.socket) -> None:
+        while read_request(conn):
+            fast, slow = (b"", HEAD + BODY) if part == "headers" else (HEAD, BODY)
+            conn.sendall(fast)
+            for byte in slow:
+                conn.sendall(bytes([byte]))
+                time.sleep(every)
+    return handle
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_a_trickling_server_is_cut_at_the_deadline_and_its_connection_not_reused(servers, part):
+    """The whole answer would take over 2 s; only the watchdog ends the exchange at 0.4 s (the
+    read timeout, the time left, never fires between bytes)."""
+    server = servers(trickling(part))
+    link = wire.Urllib3Wire(f"http://127.0.0.1:{server.port}")
+    started = time.monotonic()
+    with pytest.raises(wire.Late):
+        link.exchange(wire.build("GET", "/a"), started + 0.4)
+    assert 0.35 <= time.monotonic() - started < 1.2
+    with pytest.raises(wire.Late):                         # on a new connection, cut again
+        link.exchange(wire.build("GET", "/a"), time.monotonic() + 0.3)
+    link.close()
+    assert server.connections == 2
+
+
+def test_an_exchange_that_ends_in_time_is_not_cut_later(servers):
+    """The watchdog wakes at the finished exchange's deadline and leaves its pooled connection."""
+    def answer(conn: socket.socket) -> None:
+        while read_request(conn):
+            conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"data":[]}')
+
+    server = servers(answer)
+    link = wire.Urllib3Wire(f"http://127.0.0.1:{server.port}")
+    assert link.exchange(wire.build("GET", "/a"), time.monotonic() + 0.2).status == 200
+    time.sleep(0.35)                                       # past that deadline
+    assert link.exchange(wire.build("GET", "/a"), time.monotonic() + 2).status == 200
+    link.close()
+    assert server.connections == 1
+
+
+def test_connecting_is_bounded_by_the_deadline_too(servers, monkeypatch):
+    """Name resolution has no timeout of its own: a resolver that hangs is given up at the
+    deadline, as a connect timeout (nothing was sent)."""
+    import urllib3.util.connection
+
+    hang = threading.Event()
+    real = urllib3.util.connection.create_connection
+
+    def slow_resolver(*args, **kwargs):
+        hang.wait(5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", slow_resolver)
+    monkeypatch.setattr("urllib3.connection.connection.create_connection", slow_resolver)
+    server = servers(read_request)
+    started = time.monotonic()
+    with pytest.raises(wire.Failed) as info:
+        exchange(f"http://127.0.0.1:{server.port}", deadline=0.3)
+    hang.set()
+    assert time.monotonic() - started < 1.0
+    assert (info.value.reason, info.value.sent) == ("connect timed out", False)
 
 
 def test_a_body_over_the_limit_is_not_read_and_the_connection_not_reused(servers):
