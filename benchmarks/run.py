@@ -528,9 +528,12 @@ PROFILE_BOUNDARIES: tuple[tuple[str, str, str], ...] = (
     ("AWS (botocore)", "botocore/client.py", "_make_api_call"),
     ("Vault (KV requests)", "providers/vault/connection.py", "request"),
     ("issuer requests (urllib3)", "providers/quiva/wire.py", "exchange"),
-    ("issuer requests (urllib3)", "providers/quiva/watchdog.py", "*"),
+    ("issuer requests (urllib3)", "providers/quiva/watchdog.py", "_run"),    # the watchdog's thread
+    ("issuer requests (urllib3)", "providers/quiva/watchdog.py", "run"),     # a connecting thread
     ("issuer requests (urllib3)", "providers/quiva/client.py", "_fetch"),   # trees before wire.py (httpx)
-    ("issuer key listings (parsing)", "providers/quiva/issuer.py", "list_keys"),
+    # the checks themselves: list_keys would also hold its requests, which now run on its thread
+    ("issuer key listings (parsing)", "providers/quiva/answers.py", "listing_page"),
+    ("issuer key listings (parsing)", "providers/quiva/answers.py", "listing"),
     ("file store (durable writes, reads)", "providers/file.py", "*"),
     ("logging", "logging/__init__.py", "_log"),
     ("audit trail", "rotator/audit.py", "*"),
