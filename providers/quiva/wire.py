@@ -248,28 +248,30 @@ def _watched(base: type, dog: Watchdog) -> type:
     return Watched
 
 
+#: urllib3's errors by what happened, in the order they are tried (subclasses first), and whether
+#: the request may have reached the server by then. TLS errors are told apart below.
+_FAILURES = (
+    ("ProxyError", "the proxy could not be reached", False),
+    ("NameResolutionError", "the host name did not resolve", False),
+    ("NewConnectionError", "could not connect", False),
+    ("ConnectTimeoutError", "connect timed out", False),
+    ("ReadTimeoutError", "read timed out", True),
+    ("ProtocolError", "the connection dropped", True),
+    ("DecodeError", "the answer's content encoding is broken", True),
+)
+
+
 def _failed(exc: BaseException) -> Failed:
     """urllib3's error as :class:`Failed`, named by what happened (its text may quote the URL)."""
     import urllib3.exceptions as e
 
-    if isinstance(exc, e.ProxyError):
-        return Failed("the proxy could not be reached", sent=False)
-    if isinstance(exc, e.NameResolutionError):
-        return Failed("the host name did not resolve", sent=False)
-    if isinstance(exc, e.NewConnectionError):
-        return Failed("could not connect", sent=False)
-    if isinstance(exc, e.ConnectTimeoutError):
-        return Failed("connect timed out", sent=False)
     if isinstance(exc, e.SSLError):
         inner = exc.args[0] if exc.args else None
         if isinstance(inner, ssl.SSLCertVerificationError):      # in the handshake: nothing sent
             return Failed(f"TLS: the server's certificate was refused ({inner.verify_message})",
                           sent=False)
         return Failed(f"TLS failed ({getattr(inner, 'reason', None) or type(inner).__name__})", sent=True)
-    if isinstance(exc, e.ReadTimeoutError):
-        return Failed("read timed out", sent=True)
-    if isinstance(exc, e.ProtocolError):
-        return Failed("the connection dropped", sent=True)
-    if isinstance(exc, e.DecodeError):
-        return Failed("the answer's content encoding is broken", sent=True)
+    for name, reason, sent in _FAILURES:
+        if isinstance(exc, getattr(e, name)):
+            return Failed(reason, sent=sent)
     return Failed(type(exc).__name__, sent=True)

@@ -79,6 +79,14 @@ def read_request(conn: socket.socket) -> bytes:
     return data
 
 
+def answering(headers: bytes = b"") -> Callable[[socket.socket], None]:
+    """Answers every request on a kept-alive connection with ``{"data":[]}`` and ``headers``."""
+    def handle(conn: socket.socket) -> None:
+        while read_request(conn):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n" + headers + b'\r\n{"data":[]}')
+    return handle
+
+
 @pytest.fixture
 def servers():
     started: list[RawServer] = []
@@ -160,11 +168,7 @@ def test_a_trickling_server_is_cut_at_the_deadline_and_its_connection_not_reused
 
 def test_an_exchange_that_ends_in_time_is_not_cut_later(servers):
     """The watchdog wakes at the finished exchange's deadline and leaves its pooled connection."""
-    def answer(conn: socket.socket) -> None:
-        while read_request(conn):
-            conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"data":[]}')
-
-    server = servers(answer)
+    server = servers(answering())
     link = wire.Urllib3Wire(f"http://127.0.0.1:{server.port}")
     assert link.exchange(wire.build("GET", "/a"), time.monotonic() + 0.2).status == 200
     time.sleep(0.35)                                       # past that deadline
@@ -212,11 +216,7 @@ def test_a_body_over_the_limit_is_not_read_and_the_connection_not_reused(servers
 
 
 def test_a_kept_alive_connection_is_reused(servers):
-    def answer(conn: socket.socket) -> None:
-        while read_request(conn):
-            conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\nRetry-After: 3\r\n\r\n{"data":[]}')
-
-    server = servers(answer)
+    server = servers(answering(b"Retry-After: 3\r\n"))
     link = wire.Urllib3Wire(f"http://127.0.0.1:{server.port}")
     replies = [link.exchange(wire.build("GET", "/a"), time.monotonic() + 2) for _ in range(3)]
     link.close()
@@ -253,13 +253,8 @@ def tls_server(tmp_path, servers, monkeypatch):
     cert, key = self_signed(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-
-    def answer(conn: socket.socket) -> None:
-        while read_request(conn):
-            conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"data":[]}')
-
     monkeypatch.setattr(wire, "_ssl_context", None)    # built again from this test's environment
-    yield servers(answer, wrap=context), cert
+    yield servers(answering(), wrap=context), cert
     monkeypatch.setattr(wire, "_ssl_context", None)
 
 
