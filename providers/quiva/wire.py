@@ -95,8 +95,9 @@ class Wire(Protocol):
 
 def build(method: str, path: str, *, params: Mapping[str, str] | None = None, json_body: Any = None,
           headers: Mapping[str, str] | None = None) -> Request:
-    """The request, or :class:`Unsendable`: a header value that is not printable ASCII, a body that is not JSON (NaN included), a path that is not plain ASCII (a next-page
-    link is percent-encoded before it gets here)."""
+    """The request, or :class:`Unsendable`: a header value that is not printable ASCII, a body
+    that is not JSON (NaN included), a path that is not plain ASCII (a next-page link is
+    percent-encoded before it gets here)."""
     if not path.isascii() or any(ord(c) < 0x21 or c == "\x7f" for c in path):
         raise Unsendable("the path holds a space, a control character or a non-ASCII character")
     target = f"{path}?{urlencode(params)}" if params else path
