@@ -213,20 +213,16 @@ class QuivaClient:
                  headers: Mapping[str, str] | None = None) -> tuple[wire.Reply | None, str, bool]:
         """One attempt, over by its deadline: (reply, "", False) or (None, what failed, whether
         the request may have reached the server)."""
-        try:
-            request = wire.build(method, path, params=params, json_body=json, headers=headers)
-        except wire.Unsendable as exc:
-            raise IssuerError(f"{method} {path} could not be sent ({exc.reason})",
-                              provider=self.provider) from None
         link = self._link()
         unsendable = ""
         try:
+            request = wire.build(method, path, params=params, json_body=json, headers=headers)
             return link.exchange(request, time.monotonic() + self._timeout), "", False
         except wire.Late:
             return None, f"no complete answer within {self._timeout:g}s", True
         except wire.Failed as exc:
             return None, exc.reason, exc.sent
-        except (wire.Unsendable, ValueError) as exc:     # refused below build(): never sent
+        except (wire.Unsendable, ValueError) as exc:     # refused by build() or below: never sent
             unsendable = exc.reason if isinstance(exc, wire.Unsendable) else type(exc).__name__
         except Exception as exc:  # noqa: BLE001 - a wire's own failure: named by its type only
             return None, type(exc).__name__, True         # (its text may quote the request)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 import threading
 import time
@@ -40,6 +41,8 @@ MAX_BODY = 16 * 1024 * 1024
 POOL_SIZE = 16
 _CHUNK = 64 * 1024
 USER_AGENT = "rotator"
+#: A character a request path may not hold as it is: a space, a control or a non-ASCII character.
+_UNSAFE_IN_PATH = re.compile(r"[^!-~]")
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def build(method: str, path: str, *, params: Mapping[str, str] | None = None, js
     """The request, or :class:`Unsendable`: a header value that is not printable ASCII, a body
     that is not JSON (NaN included), a path that is not plain ASCII (a next-page link is
     percent-encoded before it gets here)."""
-    if not path.isascii() or any(ord(c) < 0x21 or c == "\x7f" for c in path):
+    if _UNSAFE_IN_PATH.search(path):
         raise Unsendable("the path holds a space, a control character or a non-ASCII character")
     target = f"{path}?{urlencode(params)}" if params else path
     merged = {"Accept": "application/json", "User-Agent": USER_AGENT}
