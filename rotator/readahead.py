@@ -62,7 +62,7 @@ class ReadAhead:
         self._max_age: dict[Entry, timedelta] = {}
         self._claimed: set[Entry] = set()                   # read or being read (never twice)
         self._ready: dict[Entry, tuple[Snapshot, datetime]] = {}
-        self._in_flight: dict[Entry, threading.Event] = {}  # entry -> its batch's "done"
+        self._in_flight: dict[Entry, _Batch] = {}          # entry -> the batch reading it now
         self.batches = 0
         self._names = {secret.name for secret in secrets}
         self._primaries = {(secret.name, secret.primary.label) for secret in secrets}
@@ -144,25 +144,24 @@ class ReadAhead:
                 batch = self._take_batch(entry)
         if alone:
             return self._lent_back(entry, bound.backend.read(bound.target), first)
-        if in_flight is not None:        # another worker's batch is reading it right now
-            in_flight.wait()
-            with self._lock:
-                snap = self._take_ready(entry)
+        if in_flight is not None:        # another worker's batch is reading it right now: its
+            in_flight.done.wait()        # answer, whoever else takes it (the entry's own reader, or
+            snap = in_flight.found.get(entry)      # the one that started the batch for it)
             return self._lent_back(entry, snap if snap is not None else bound.backend.read(bound.target), first)
         snapshots: dict = {}
         try:
-            snapshots = self._read_many(bound, batch)
+            snapshots = self._read_many(bound, batch.entries)
         finally:
             now = self._clock.now()
             with self._lock:
-                for other in batch[1:]:
-                    found = snapshots.get(self._bound[other].target)
+                for member in batch.entries:
+                    found = snapshots.get(self._bound[member].target)
                     if found is not None:
-                        self._ready[other] = (found, now)
-                done = self._in_flight.pop(entry)
-                for other in batch[1:]:
-                    self._in_flight.pop(other, None)
-            done.set()
+                        batch.found[member] = found
+                        if member != entry:
+                            self._ready[member] = (found, now)
+                    self._in_flight.pop(member, None)
+            batch.done.set()
         mine = snapshots.get(bound.target)
         return self._lent_back(entry, mine if mine is not None else bound.backend.read(bound.target), first)
 
@@ -186,22 +185,21 @@ class ReadAhead:
             return waiting[0]
         return None
 
-    def _take_batch(self, entry: Entry) -> list[Entry]:
+    def _take_batch(self, entry: Entry) -> _Batch:
         """``entry`` and the next entries of its queue not yet read (then, if the batch has room,
         the nearest ones before it: runs started out of order under concurrency), marked as being
         read."""
         size = getattr(self._bound[entry].backend, "read_batch")
         queue, place = self._slot[entry]
-        batch = [entry]
+        batch = _Batch([entry])
         for other in (*queue[place + 1:], *reversed(queue[:place])):
-            if len(batch) >= size:
+            if len(batch.entries) >= size:
                 break
             if other not in self._claimed:
-                batch.append(other)
-        event = threading.Event()
-        for member in batch:
+                batch.entries.append(other)
+        for member in batch.entries:
             self._claimed.add(member)
-            self._in_flight[member] = event
+            self._in_flight[member] = batch
         return batch
 
     def _read_many(self, bound: Bound, batch: list[Entry]) -> dict:
@@ -215,3 +213,15 @@ class ReadAhead:
             return {}
         self.batches += 1
         return found
+
+
+class _Batch:
+    """One batched read in flight: its entries (the first is the one it was started for), the
+    snapshots it found, and "done". A reader that waited for it takes its snapshot from here,
+    not from the ones kept for later readers, so two readers of an entry at once (a run's re-read
+    and the revoke's evidence) share the one read instead of one of them reading alone."""
+
+    def __init__(self, entries: list[Entry]) -> None:
+        self.entries = entries
+        self.found: dict[Entry, Snapshot] = {}
+        self.done = threading.Event()

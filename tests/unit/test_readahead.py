@@ -175,6 +175,67 @@ def test_a_second_read_of_the_same_target_goes_to_the_backend():
     assert aws.batches == [2] and aws.single == Counter({"2nd-s0": 1})
 
 
+class Gate(Store):
+    """A batch-reading store whose batches wait until the test opens the gate."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def read_many(self, targets):
+        self.gate.wait(10)
+        return super().read_many(targets)
+
+
+class CountingEvent(threading.Event):
+    """An Event that counts the threads that started waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = 0
+
+    def wait(self, timeout=None):
+        self.waiting += 1
+        return super().wait(timeout)
+
+
+def test_readers_waiting_on_a_batch_share_its_read():
+    """A run's re-read and the revoke's evidence may ask for a secondary while a batch is reading
+    it: each takes the batch's snapshot (the entry it was started for too), none reads alone, and
+    the entry's snapshot is still there for its own reader after them."""
+    aws = Gate("aws", batch=10)
+    secrets = fleet(Plain("files"), 3, secondary=aws)
+    ahead = ReadAhead(secrets, FakeClock())
+    bound = [s.secondaries[0] for s in secrets]
+    got: dict[str, list[str]] = {"s0": [], "s1": []}
+
+    def read(i: int) -> None:
+        got[f"s{i}"].append(ahead.read_target(secrets[i], bound[i]).version)
+
+    first = threading.Thread(target=read, args=(0,))      # starts the batch for s0, s1, s2
+    first.start()
+    for _ in range(1000):
+        if ("s0", bound[0].label) in ahead._in_flight:
+            break
+        time.sleep(0.001)
+    batch = ahead._in_flight[("s0", bound[0].label)]
+    batch.done = CountingEvent()
+    waiters = [threading.Thread(target=read, args=(i,)) for i in (0, 1, 1)]   # s0's, and s1 twice
+    for thread in waiters:
+        thread.start()
+    for _ in range(1000):
+        if batch.done.waiting == 3:
+            break
+        time.sleep(0.001)
+    assert batch.done.waiting == 3
+    aws.gate.set()
+    for thread in (first, *waiters):
+        thread.join(10)
+    assert got == {"s0": ["v-2nd-s0"] * 2, "s1": ["v-2nd-s1"] * 2}
+    assert ahead.read_target(secrets[2], bound[2]).version == "v-2nd-s2"
+    assert aws.batches == [3] and aws.single == Counter()
+
+
 def store_reads(store: Store) -> Counter:
     return store.single + store.batched
 
