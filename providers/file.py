@@ -293,9 +293,7 @@ class FileBackend:
                 cas: bool, expect: str | None = None) -> str:
         """Read, compare (when ``cas``), change and atomically replace, all under the lock."""
         with self._edge(op, target):
-            self._prepare_directory(target.path.parent)
-            with _locked(target.lock_path):
-                _remove_stale_temps(target.path)
+            with self._locked_in_place(target):
                 raw = _read_bytes(target.path)
                 found = _version(raw)
                 if cas and found != expect:
@@ -309,12 +307,24 @@ class FileBackend:
                     _replace_atomically(target.path, data, self._mode)
                 return _digest(data)
 
-    def _prepare_directory(self, directory: Path) -> None:
-        if directory.is_dir():
-            return
-        if not self._settings.create_if_missing:
-            raise _Problem(SecretMissing, f"directory {directory} does not exist and create_if_missing is false")
-        _make_private_dirs(directory)
+    @contextmanager
+    def _locked_in_place(self, target: FileTarget) -> Iterator[None]:
+        """Hold the target's lock, making its directory first when it is missing (and allowed):
+        the directory is looked at only when the lock file cannot be opened, not on every write."""
+        try:
+            fd = _lock(target.lock_path)
+        except FileNotFoundError:
+            directory = target.path.parent
+            if not directory.is_dir():       # (else another writer made it since: try again)
+                if not self._settings.create_if_missing:
+                    raise _Problem(SecretMissing, f"directory {directory} does not exist and"
+                                                  " create_if_missing is false") from None
+                _make_private_dirs(directory)
+            fd = _lock(target.lock_path)
+        try:
+            yield
+        finally:
+            os.close(fd)
 
     @contextmanager
     def _edge(self, op: str, target: FileTarget) -> Iterator[None]:
@@ -375,18 +385,6 @@ def _encode(doc: Document, layout: Layout) -> bytes:
     return (json.dumps(doc.encode(layout), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -397,8 +395,6 @@ def _version(raw: bytes | None) -> str | None:
 
 def _short(version: str | None) -> str:
     return "absent" if version is None else f"version {version[:12]}"
-
-
 
 
 def _culprit(exc: OSError, target: FileTarget) -> str:
@@ -420,36 +416,77 @@ def _read_bytes(path: Path) -> bytes | None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
+    try:
+        return _read_all(fd)
+    finally:
+        os.close(fd)
+
+
+#: Read in chunks of this size: one read for any payload rotator writes.
+_CHUNK = 1 << 16
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything from ``fd``, a regular file: with raw reads, not a buffered file object (which
+    costs an fstat, an ioctl and a seek per open, and releases the GIL for each)."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, _CHUNK)
+        chunks.append(chunk)
+        if len(chunk) < _CHUNK:         # a regular file reads short only at its end
+            return b"".join(chunks)
+
+
+def _lock(lock_path: Path) -> int:
+    """An open descriptor of ``lock_path`` holding an exclusive flock; closing it releases it."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on ``lock_path``; closing the descriptor releases it."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fd = _lock(lock_path)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
 
 
 def _replace_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write a private temp file beside ``path``, fsync it, rename it over ``path``, fsync the dir."""
+    """Write a private temp file beside ``path``, fsync it, rename it over ``path``, fsync the dir.
+
+    The temp file is created exclusively: one already there can only be a crash's leftover (it
+    lives only while the lock is held), so it is removed and the create tried once more."""
     temp = _temp_of(path)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)  # exactly the configured mode, whatever the umask
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        fd = os.open(temp, flags, mode)
+    except FileExistsError:
+        _unlink_if_present(temp)
+        fd = os.open(temp, flags, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # exactly the configured mode, whatever the umask
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temp, path)
     except BaseException:
         _unlink_if_present(temp)
         raise
     _fsync_directory(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -10,11 +10,14 @@ import os
 import stat
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+import rotator_providers.file as file_store
 from rotator_providers.file import FileBackend
 from rotator.errors import (
     BackendError,
@@ -413,6 +416,37 @@ def test_nothing_is_created_when_create_if_missing_is_false(make, tmp_path):
     with pytest.raises(SecretMissing):
         backend.deploy(target, secret("a"), None, ref(secret("a")))
     assert os.listdir(tmp_path / "absent") == [".quiva.json.lock"]
+
+
+def test_a_missing_directory_is_made_once_by_concurrent_first_writes(backend):
+    targets = [backend.target({"path": f"new/deeper/s{i}.json"}) for i in range(8)]
+    start = threading.Barrier(len(targets))
+
+    def first_write(target):
+        start.wait()
+        backend.deploy(target, secret("a"), None, ref(secret("a")))
+
+    with ThreadPoolExecutor(len(targets)) as pool:
+        list(pool.map(first_write, targets))       # re-raises any writer's failure
+
+    assert all(backend.read(t).current.reveal() == secret("a").reveal() for t in targets)
+
+
+def test_a_directory_made_by_another_writer_between_the_attempts_is_used(backend, target, monkeypatch):
+    real_lock, attempts = file_store._lock, []
+
+    def lock_after_a_rival(path):
+        attempts.append(path)
+        if len(attempts) == 1:               # missing at the first attempt; a rival makes it now
+            path.parent.mkdir(parents=True)
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        return real_lock(path)
+    monkeypatch.setattr(file_store, "_lock", lock_after_a_rival)
+
+    backend.deploy(target, secret("a"), None, ref(secret("a")))
+
+    assert len(attempts) == 2
+    assert backend.read(target).current.reveal() == secret("a").reveal()
 
 
 def test_delete_removes_the_file_and_its_lock_file(backend, target):
