@@ -88,6 +88,18 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def own_usage() -> tuple[float, float, int]:
+    """This process's CPU seconds, the kernel's part of them (system calls, thread hand-offs)
+    and its context switches (a thread that blocks, or waits for the GIL, is one)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_stime, usage.ru_nvcsw + usage.ru_nivcsw
+
+
+def _add_usage(side: dict[str, Any], before: tuple[float, float, int]) -> None:
+    for key, start, now in zip(("cpu", "sys", "switches"), before, own_usage()):
+        side[key] += now - start
+
+
 class Bench:
     """The servers, the two QuivaWorks users and the shared clock offset."""
 
@@ -589,29 +601,30 @@ def measure_cpu(bench: Bench, per_layout: int, rounds: int, workers: int,
         assert peer.run((s.name, s.targets) for s in peer_specs) == 0, f"cpu {layout}: the peer's first rotation"
         peer.close()
         bench.shift(80 * DAY)
-        sides: dict[str, Any] = {side: {"cpu": 0.0, "wire": Counter(), "n": 0} for side in ("peer", "rotator")}
+        sides: dict[str, Any] = {side: {"cpu": 0.0, "sys": 0.0, "switches": 0, "wire": Counter(), "n": 0}
+                                 for side in ("peer", "rotator")}
         where = {"issuer": endpoints.quiva, "aws": endpoints.aws, "vault": endpoints.vault}
         statuses: Counter[str] = Counter()
         load = [os.getloadavg()[0]]
         for part in range(rounds):
             peers, rot = peer_specs[part::rounds], rot_specs[:per_layout][part::rounds]
             WireCounter.take()
-            cpu0 = own_cpu()
+            before = own_usage()
             peer = Peer(quiva=endpoints.quiva, admin_key=bench.peer_key, aws=endpoints.aws, vault=endpoints.vault,
                         vault_token=endpoints.vault_token, files=peer_files)
             failed = peer.run((s.name, s.targets) for s in peers)
             peer.close()
-            sides["peer"]["cpu"] += own_cpu() - cpu0
+            _add_usage(sides["peer"], before)
             sides["peer"]["n"] += len(peers)
             sides["peer"]["wire"].update(WireCounter.take())
             assert failed == 0, f"cpu {layout}: the peer failed {failed}"
             with (bench.workdir / f"cpu-{index}-{part}.log").open("w") as stream:
                 rotator_log.setup("info", "json", stream=stream)        # as `rotator rotate` logs
-                cpu0 = own_cpu()
+                before = own_usage()
                 runtime = bench.runtime(rotator_config(rot, endpoints, workers=workers))
                 report = Engine(runtime).run()
                 runtime.close()
-                sides["rotator"]["cpu"] += own_cpu() - cpu0
+                _add_usage(sides["rotator"], before)
                 logging.getLogger().handlers.clear()
             sides["rotator"]["n"] += len(rot)
             sides["rotator"]["wire"].update(WireCounter.take())
@@ -623,7 +636,9 @@ def measure_cpu(bench: Bench, per_layout: int, rounds: int, workers: int,
             got = sides[side]
             n = got["n"]
             requests = {k: round(WireCounter.for_url(got["wire"], url) / n, 2) for k, url in where.items() if url}
-            return {"cpu_ms_per_rotation": round(got["cpu"] / n * 1000, 2), "rotations": n,
+            return {"cpu_ms_per_rotation": round(got["cpu"] / n * 1000, 2),
+                    "system_cpu_ms_per_rotation": round(got["sys"] / n * 1000, 2),
+                    "switches_per_rotation": round(got["switches"] / n, 1), "rotations": n,
                     "requests_per_rotation": {k: v for k, v in requests.items()
                                               if k == "issuer" or k in {"aws" if s == "ssm" else s for s in layout}}}
 
@@ -640,7 +655,9 @@ def measure_cpu(bench: Bench, per_layout: int, rounds: int, workers: int,
                 k: round(v * own, 2) for k, v in row["profile"]["components_share"].items()}
         rows.append(row)
         say(f"cpu {row['layout']}: peer {peer_row['cpu_ms_per_rotation']} ms, rotator"
-            f" {rotator_row['cpu_ms_per_rotation']} ms per rotation ({row['ratio']}x); requests"
+            f" {rotator_row['cpu_ms_per_rotation']} ms per rotation ({row['ratio']}x; system"
+            f" {peer_row['system_cpu_ms_per_rotation']} / {rotator_row['system_cpu_ms_per_rotation']}; switches"
+            f" {peer_row['switches_per_rotation']} / {rotator_row['switches_per_rotation']}); requests"
             f" {peer_row['requests_per_rotation']} / {rotator_row['requests_per_rotation']}")
     return rows
 
@@ -1049,12 +1066,16 @@ def markdown(results: dict[str, Any]) -> str:
         out.append(f"\nOwn CPU per rotation, one layout at a time ({r0['secrets']} secrets per side and layout,"
                    f" {r0['rounds']} interleaved rounds, {r0['workers']} workers, grace 0; requests per rotation by"
                    " destination):\n")
-        out.append("| layout | peer ms | rotator ms | ratio | requests peer | requests rotator |\n|---|---|---|---|---|---|")
+        out.append("| layout | peer ms | rotator ms | ratio | of which system, peer / rotator | context switches,"
+                   " peer / rotator | requests peer | requests rotator |\n|---|---|---|---|---|---|---|---|")
         for r in results["cpu"]:
             def reqs(side: dict[str, Any]) -> str:
                 return ", ".join(f"{k} {v}" for k, v in side["requests_per_rotation"].items())
-            out.append(f"| {r['layout']} | {r['peer']['cpu_ms_per_rotation']} | {r['rotator']['cpu_ms_per_rotation']} |"
-                       f" {r['ratio']}× | {reqs(r['peer'])} | {reqs(r['rotator'])} |")
+            p, q = r["peer"], r["rotator"]
+            out.append(f"| {r['layout']} | {p['cpu_ms_per_rotation']} | {q['cpu_ms_per_rotation']} | {r['ratio']}× |"
+                       f" {p.get('system_cpu_ms_per_rotation', '–')} / {q.get('system_cpu_ms_per_rotation', '–')} |"
+                       f" {p.get('switches_per_rotation', '–')} / {q.get('switches_per_rotation', '–')} |"
+                       f" {reqs(p)} | {reqs(q)} |")
         profiled = [r for r in results["cpu"] if r.get("profile")]
         if profiled:
             out.append("\nWhere rotator's CPU goes (cProfile of every thread in a further round; each component's"
