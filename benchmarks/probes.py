@@ -11,7 +11,9 @@ providers do today with the alternative, on the same servers:
   the deadline was kept before), a plain ``httpx.Client.get`` (the peer's way) and a plain urllib3 pool;
 * ``pool``         — whether more workers than the HTTP pools hold makes boto3/hvac drop connections;
 * ``boto_user_agent`` — boto3's client CPU per request with its default User-Agent (rebuilt twice
-  per request) against rotator's fixed one.
+  per request) against rotator's fixed one;
+* ``file_write``   — process CPU, user and system, per file write: the peer's (atomic, not durable)
+  against the file store's durable one, with 1 and 8 threads.
 
 Wall time (``perf_counter``) and CPU (this thread's ``thread_time`` plus the server process).
 """
@@ -25,6 +27,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from servers import cpu_seconds
@@ -282,4 +285,61 @@ def pool(moto_url: str, vault_url: str, token: str, workers: int = 16) -> dict[s
                                                             raise_on_deleted_version=True))
         sm.close()
         vault.adapter.close()
+    return result
+
+
+def file_write(directory: Path, files: int = 200, rounds: int = 7) -> dict[str, Any]:
+    """Process CPU (user and system) per write to one of ``files`` JSON files in one directory,
+    single-threaded and with 8 threads: the peer's write (``mkstemp``, ``json.dump``,
+    ``os.replace``: atomic, not durable) against the file store's ``deploy`` (flock, read,
+    exclusive temp file, ``fsync``, rename, ``fsync`` of the directory). Rounds alternate between
+    the two (the disk's own state moves the cost by several times); the median round of each.
+    What the durable writes of a rotation cost on this disk, before any of rotator's own work."""
+    import resource
+    import statistics
+    import tempfile
+
+    from rotator.models import KeyRef, Secret
+    from rotator.testing import provider_context
+    from rotator_providers.file import FileBackend
+
+    def peer_write(path: Path, value: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as out:
+            json.dump({"api_key": value}, out)
+        os.replace(tmp, path)
+
+    result: dict[str, Any] = {"files": files, "rounds": rounds}
+    for threads in (1, 8):
+        writers = {}
+        for variant in ("peer", "durable"):
+            where = Path(tempfile.mkdtemp(dir=directory, prefix=f"probe-{variant}-"))
+            backend = FileBackend("probe", {"directory": str(where)}, provider_context())
+            targets = [backend.target({"path": f"s{i:04d}.json"}) for i in range(files)]
+
+            def write(part: int, round_: int, variant: str = variant, backend: Any = backend,
+                      targets: list[Any] = targets) -> None:
+                for target in targets[part::threads]:
+                    value = Secret(f"probe-{round_}-{target.path.name}-0123456789abcdef")
+                    if variant == "peer":
+                        peer_write(target.path, value.reveal())
+                    else:
+                        backend.deploy(target, value, None, KeyRef.of(value, rotation_id="probe"))
+
+            for part in range(threads):                  # the files exist before anything is timed
+                write(part, -1)
+            writers[variant] = write
+        samples: dict[str, list[tuple[float, float]]] = {variant: [] for variant in writers}
+        for round_ in range(rounds):
+            for variant, write in writers.items():
+                usage0 = resource.getrusage(resource.RUSAGE_SELF)
+                with ThreadPoolExecutor(threads) as pool:
+                    list(pool.map(lambda part: write(part, round_), range(threads)))
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                samples[variant].append(((usage.ru_utime - usage0.ru_utime) / files * 1e6,
+                                         (usage.ru_stime - usage0.ru_stime) / files * 1e6))
+        for variant, got in samples.items():
+            result[f"{variant}_{threads}_threads"] = {
+                "user_us_per_write": round(statistics.median(u for u, _ in got)),
+                "system_us_per_write": round(statistics.median(s for _, s in got))}
     return result

@@ -784,6 +784,7 @@ def measure_probes(bench: Bench, quick: bool) -> dict[str, Any]:
                                             100 if quick else 300)
     if servers.moto and servers.bao:
         found["pool"] = probes.pool(servers.moto.url, servers.bao.url, servers.bao.root_token, 16)
+    found["file_write"] = probes.file_write(bench.workdir, 100 if quick else 200)
     admin = bench.emulator.add_user("probe@example.com")
     found["issuer_request"] = probes.issuer_request(bench.emulator, bench.emulator.add_user("probe-empty@example.com"),
                                                     100 if quick else 400)
