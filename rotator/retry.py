@@ -102,7 +102,10 @@ class Throttle:
       when ``SAMPLES`` requests or more went in it. An unpaced client's first 429 cuts to
       ``FIRST_CUT`` of the rate it was sending (over the last ``SPAN`` or, if higher, the last
       ``SHORTEST``), a guess: it regrows by ``FIRST_GROWTH`` of that rate a second until the
-      next 429.
+      next 429. Once a pace has grown past that rate and let go (unpaced again), a 429 at under
+      ``AGAIN`` times it is no new guess: the limit is just under the rate the workers reach,
+      so one ``DECREASE`` step, regrowing to ``HALFWAY`` of that rate (workers that barely
+      outrun a distant limit were otherwise cut to ``FIRST_CUT`` every few seconds).
     * **Additive increase**: a cut's pace grows by a constant step, ``GROWTH`` of it per second,
       up to the rate the server took; then not at all for ``PLATEAU`` seconds, then by ``PROBE``
       of the step. It grows only while the pace is what holds requests back, and never while a
@@ -136,6 +139,8 @@ class Throttle:
     REFUSED = 3          # ... or this many 429s: enough to tell what the server lets through
     FIRST_CUT = 0.45     # the first 429 of an unpaced client: this share of what it was sending
     FIRST_GROWTH = 0.25  # ... then it grows by this share of that a second until the next 429
+    AGAIN = 1.25         # unpaced again, then refused sending under this times what drew the last
+                         # first 429: the limit is just under it, one DECREASE step (not FIRST_CUT)
     DECREASE = 0.95      # a cut after fewer than REFUSED 429s (or the configured rate's first) ...
     HALFWAY = 0.975      # ... then the rate the server takes is taken as this share of the pace
     MARGIN = 0.95        # a cut after REFUSED: this share of what the server let through
@@ -286,9 +291,14 @@ class Throttle:
                 # the rate sent lately: a slow start sends faster and faster; a sparse sender's
                 # last SHORTEST may hold nothing at all
                 sending = max(self._sending(now), self._sending(now, self.SHORTEST))
+                again = self._ceiling is not None and sending <= self._ceiling * self.AGAIN
                 self._ceiling = sending
-                self._cut(now, sending * self.FIRST_CUT, end, "first 429")
-                self._step = self.FIRST_GROWTH * sending    # a guess: regrow fast until the next 429
+                if again:                   # refused at about the rate a learnt pace grew past
+                    self._cut(now, sending * self.DECREASE, end, "429 again")
+                    self._known = sending * self.HALFWAY
+                else:
+                    self._cut(now, sending * self.FIRST_CUT, end, "first 429")
+                    self._step = self.FIRST_GROWTH * sending    # a guess: regrow fast until the next 429
                 self._run = _Run(now, retry_after, end)
                 return
             if self._cut_at == self._closed_at and self._sent_at(ticket) < self._hold_until:

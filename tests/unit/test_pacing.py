@@ -173,6 +173,18 @@ def test_a_fixed_window_is_learnt_within_the_goals(rate, phase):
     assert result.worst_window()[0] <= 0, result.worst_window()
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_workers_that_barely_outrun_a_distant_limit_are_not_cut_to_half_again_and_again(seed):
+    """A 30 ms round trip: 16 workers send ~110/s against 100/s, so a learnt pace grows past the
+    rate that drew the first 429 and lets go. The next 429, at about that rate, is one DECREASE
+    step, not another FIRST_CUT guess (which cost 1.30-1.38x the bound on these seeds)."""
+    result = Simulation(bucket(100, burst=10, retry_after=1), 100, calls=1100, seed=seed,
+                        **{**REALISTIC, "round_trip": 0.03, "jitter": 0.03}).run()
+    assert result.ratio <= 1.2, result.summary()
+    assert result.refused_share <= 0.02, result.summary()
+    assert [what for _, what, _ in result.throttle.events].count("first 429") == 1
+
+
 def test_a_longer_window_is_held_not_hammered():
     """100 requests per 2 s: once a window is closed nobody sends until it ends, and from the
     second window on the pace is what a window allows."""
@@ -296,6 +308,35 @@ def test_a_sparse_senders_first_429_leaves_a_pace_that_grows():
     for _ in range(10):
         throttle.answered(throttle.acquire())
     assert throttle.pace is None or throttle.pace > cut             # grown, or unpaced again
+
+
+def test_a_429_after_the_pace_let_go_is_one_step_down_from_about_the_same_rate():
+    """The first 429 is a guess (FIRST_CUT); once the pace has grown past the rate that drew it
+    and let go, a 429 at about that rate again says the limit is just under it: one DECREASE
+    step, and the pace regrows only to HALFWAY of that rate before it waits."""
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    throttle.refused(sending(throttle, clock, 100, 0.01)[-1], 1.0)     # ~100/s: the first 429
+    assert throttle.pace == pytest.approx(100 * Throttle.FIRST_CUT, rel=0.05)
+    clock.sleep(1.0)
+    while throttle.pace is not None:                                   # no more 429s: it lets go
+        throttle.answered(throttle.acquire())
+    throttle.refused(sending(throttle, clock, 100, 0.01)[-1], 1.0)     # ~100/s again: refused again
+    assert cuts(throttle)[-2:] == ["unpaced again", "429 again"]
+    assert throttle.pace == pytest.approx(100 * Throttle.DECREASE, rel=0.05)
+    assert throttle._known == pytest.approx(100 * Throttle.HALFWAY, rel=0.05)
+
+
+def test_a_429_far_above_the_rate_that_drew_the_first_is_a_first_guess_again():
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    throttle.refused(sending(throttle, clock, 100, 0.01)[-1], 1.0)     # ~100/s
+    clock.sleep(1.0)
+    while throttle.pace is not None:
+        throttle.answered(throttle.acquire())
+    throttle.refused(sending(throttle, clock, 300, 0.0025)[-1], 1.0)   # ~400/s: the workers got faster
+    assert cuts(throttle)[-1] == "first 429"
+    assert throttle.pace == pytest.approx(400 * Throttle.FIRST_CUT, rel=0.15)
 
 
 def test_a_429_holds_back_only_the_request_it_refused():
