@@ -201,8 +201,12 @@ def test_an_unreadable_config_is_exit_2_without_traceback(tmp_path):
 def test_ctrl_c_is_exit_130_with_one_line(cfg, emulator, command):
     emulator.faults.set_latency(3)                  # the issuer answers slowly: the command is still waiting
     try:
+        # Ctrl-C as a terminal's foreground job gets it: a test run started in the background
+        # (``cmd &`` in a script, nohup) hands its children SIGINT ignored, and Python then keeps
+        # ignoring it, as it should
         proc = subprocess.Popen([ROTATOR, command, "-c", str(cfg.config), "--log-level", "error"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         wait_for(lambda: sum(emulator.counters().values()), what="the request to reach the emulator")
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
