@@ -189,7 +189,7 @@ class FileBackend:
         with self._edge("delete", target):
             if not target.path.parent.is_dir():
                 return
-            with _locked(target.lock_path):
+            with _held(_lock(target.lock_path)):
                 _remove_stale_temps(target.path)
                 _unlink_if_present(target.path)
                 _unlink_if_present(target.lock_path)
@@ -293,7 +293,7 @@ class FileBackend:
                 cas: bool, expect: str | None = None) -> str:
         """Read, compare (when ``cas``), change and atomically replace, all under the lock."""
         with self._edge(op, target):
-            with self._locked_in_place(target):
+            with _held(self._lock_in_place(target)):
                 raw = _read_bytes(target.path)
                 found = _version(raw)
                 if cas and found != expect:
@@ -307,12 +307,12 @@ class FileBackend:
                     _replace_atomically(target.path, data, self._mode)
                 return _digest(data)
 
-    @contextmanager
-    def _locked_in_place(self, target: FileTarget) -> Iterator[None]:
-        """Hold the target's lock, making its directory first when it is missing (and allowed):
-        the directory is looked at only when the lock file cannot be opened, not on every write."""
+    def _lock_in_place(self, target: FileTarget) -> int:
+        """:func:`_lock` on the target's lock file, making its directory first when it is missing
+        (and allowed): the directory is looked at only when the lock file cannot be opened, not
+        on every write."""
         try:
-            fd = _lock(target.lock_path)
+            return _lock(target.lock_path)
         except FileNotFoundError:
             directory = target.path.parent
             if not directory.is_dir():       # (else another writer made it since: try again)
@@ -320,11 +320,7 @@ class FileBackend:
                     raise _Problem(SecretMissing, f"directory {directory} does not exist and"
                                                   " create_if_missing is false") from None
                 _make_private_dirs(directory)
-            fd = _lock(target.lock_path)
-        try:
-            yield
-        finally:
-            os.close(fd)
+            return _lock(target.lock_path)
 
     @contextmanager
     def _edge(self, op: str, target: FileTarget) -> Iterator[None]:
@@ -449,12 +445,12 @@ def _lock(lock_path: Path) -> int:
 
 
 @contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    fd = _lock(lock_path)
+def _held(lock_fd: int) -> Iterator[None]:
+    """Keep the lock ``lock_fd`` holds for the block; closing it releases it."""
     try:
         yield
     finally:
-        os.close(fd)
+        os.close(lock_fd)
 
 
 def _replace_atomically(path: Path, data: bytes, mode: int) -> None:
