@@ -290,8 +290,8 @@ def pool(moto_url: str, vault_url: str, token: str, workers: int = 16) -> dict[s
 
 def file_write(directory: Path, files: int = 200, rounds: int = 7) -> dict[str, Any]:
     """Process CPU (user and system) per write to one of ``files`` JSON files in one directory,
-    single-threaded and with 8 threads: the peer's write (``mkstemp``, ``json.dump``,
-    ``os.replace``: atomic, not durable) against the file store's ``deploy`` (flock, read,
+    single-threaded and with 8 threads: the peer's own write (``Peer.write``: ``mkstemp``,
+    ``json.dump``, ``os.replace``: atomic, not durable) against the file store's ``deploy`` (flock, read,
     exclusive temp file, ``fsync``, rename, ``fsync`` of the directory). Rounds alternate between
     the two (the disk's own state moves the cost by several times); the median round of each.
     What the durable writes of a rotation cost on this disk, before any of rotator's own work."""
@@ -299,30 +299,29 @@ def file_write(directory: Path, files: int = 200, rounds: int = 7) -> dict[str, 
     import statistics
     import tempfile
 
+    from baseline import Peer
+
     from rotator.models import KeyRef, Secret
     from rotator.testing import provider_context
     from rotator_providers.file import FileBackend
 
-    def peer_write(path: Path, value: str) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as out:
-            json.dump({"api_key": value}, out)
-        os.replace(tmp, path)
-
     result: dict[str, Any] = {"files": files, "rounds": rounds}
+    peers = []
     for threads in (1, 8):
         writers = {}
         for variant in ("peer", "durable"):
             where = Path(tempfile.mkdtemp(dir=directory, prefix=f"probe-{variant}-"))
             backend = FileBackend("probe", {"directory": str(where)}, provider_context())
+            peer = Peer(quiva="http://127.0.0.1:9", admin_key="", files=where)     # its files only
+            peers.append(peer)
             targets = [backend.target({"path": f"s{i:04d}.json"}) for i in range(files)]
 
             def write(part: int, round_: int, variant: str = variant, backend: Any = backend,
-                      targets: list[Any] = targets) -> None:
+                      peer: Any = peer, targets: list[Any] = targets) -> None:
                 for target in targets[part::threads]:
                     value = Secret(f"probe-{round_}-{target.path.name}-0123456789abcdef")
                     if variant == "peer":
-                        peer_write(target.path, value.reveal())
+                        peer.write("file", target.path.name, value.reveal())
                     else:
                         backend.deploy(target, value, None, KeyRef.of(value, rotation_id="probe"))
 
@@ -342,4 +341,6 @@ def file_write(directory: Path, files: int = 200, rounds: int = 7) -> dict[str, 
             result[f"{variant}_{threads}_threads"] = {
                 "user_us_per_write": round(statistics.median(u for u, _ in got)),
                 "system_us_per_write": round(statistics.median(s for _, s in got))}
+    for peer in peers:
+        peer.close()
     return result

@@ -84,8 +84,7 @@ def say(message: str) -> None:
 
 
 def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return own_usage()[0]
 
 
 def own_usage() -> tuple[float, float, int]:
