@@ -158,7 +158,9 @@ class Throttle:
     START_BURST = 8      # an unpaced client's slow start: this many turns at once, ...
     START = 40.0         # ... then this many a second, ...
     DOUBLING = 0.05      # ... doubled every this many seconds ...
-    OPEN = 640.0         # ... until this: unpaced
+    OPEN = 640.0         # ... until this: unpaced, but for bursts: UNPACED_BURST turns at once,
+    UNPACED_BURST = 4    # then at AHEAD times the rate sent over the last SPAN
+    AHEAD = 3.0
     MEMORY = 60.0        # seconds of accepted requests kept to measure a window
 
     def __init__(self, rate: float | None, burst: int, now: Callable[[], float],
@@ -170,6 +172,7 @@ class Throttle:
         self._lock = threading.Lock()
         self.pace: float | None = rate
         self._tat = _NEVER              # the pace's next free turn (GCRA "theoretical arrival time")
+        self._spread = _NEVER           # the same, unpaced: a burst spread out
         self._went = _NEVER             # the same, counted on the times requests went (configured rate)
         self._last_slot = _NEVER        # the latest turn given
         self._epoch = 0                 # a cut or a closed window renews it: waiting turns re-queue
@@ -224,8 +227,10 @@ class Throttle:
             pace = self._current(now)
             ramp = self._ramp(now) if pace is None else None
             start = max(now, self._hold_until)
-            if pace is None and ramp is None:
-                slot = start
+            if pace is None and ramp is None:    # unpaced: only a burst is spread out
+                spacing = 1.0 / (self.AHEAD * max(self._sending(now), self.START))
+                slot, self._spread = self._reserve(self._spread, start, spacing,
+                                                   (self.UNPACED_BURST - 1) * spacing)
             else:
                 pace = pace or ramp
                 spacing = 1.0 / pace
@@ -237,15 +242,20 @@ class Throttle:
                     tolerance = (self.LEARNT_BURST - 1) * spacing
                 else:                            # (but not inside an announced retry_after window)
                     tolerance = 0.0
-                slot = max(start, self._tat - tolerance)
-                if slot > start:                 # a turn to come: after every one already given
-                    slot = max(slot, self._last_slot + spacing)
-                self._tat = max(self._tat, slot) + spacing
-                self._last_slot = max(self._last_slot, slot)
+                slot, self._tat = self._reserve(self._tat, start, spacing, tolerance)
             ticket = Ticket(slot, self._epoch, ticket.waited if ticket else 0.0)
             if slot <= now:
                 return self._send(ticket, now)
             return slot - now, ticket
+
+    def _reserve(self, tat: float, start: float, spacing: float, tolerance: float) -> tuple[float, float]:
+        """The next turn from ``start`` at ``spacing``, ``tolerance`` early at most (GCRA on the
+        theoretical arrival time ``tat``), after every turn already given: (slot, the new tat)."""
+        slot = max(start, tat - tolerance)
+        if slot > start:                         # a turn to come: after every one already given
+            slot = max(slot, self._last_slot + spacing)
+        self._last_slot = max(self._last_slot, slot)
+        return slot, max(tat, slot) + spacing
 
     def _send(self, ticket: Ticket, now: float) -> tuple[float, Ticket]:
         """The turn goes now (``(0, ticket)``, counted as sent), unless at the configured rate it

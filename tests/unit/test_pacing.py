@@ -224,8 +224,8 @@ def cuts(throttle: Throttle) -> list[str]:
 
 
 def test_an_unpaced_client_starts_each_period_of_sending_slowly():
-    """START_BURST turns at once, then START a second doubling every DOUBLING, unpaced from OPEN;
-    again after IDLE seconds without a request."""
+    """START_BURST turns at once, then START a second doubling every DOUBLING, unpaced from OPEN
+    (but for bursts); again after IDLE seconds without a request."""
     clock = Clock()
     throttle = Throttle(None, 1, clock.now, clock.sleep)
     for _ in range(2):
@@ -238,12 +238,40 @@ def test_an_unpaced_client_starts_each_period_of_sending_slowly():
             throttle.acquire()
         sent = clock.t - start
         assert 0.15 < sent < 0.3
-        burst = [throttle.acquire() for _ in range(100)]
-        assert clock.t == pytest.approx(start + sent, abs=0.01)            # open: unpaced
-        assert sum(t.waited for t in burst) < 0.01
+        burst = [throttle.acquire() for _ in range(100)]                   # open: unpaced, ...
+        first = Throttle.UNPACED_BURST - 1       # (the rate sent grows with each: the spacing shrinks)
+        assert [t.waited for t in burst[:first]] == [0] * first
+        assert 0 < clock.t - (start + sent) < 0.5                          # ... a burst spread out
         assert throttle.pace is None
         clock.sleep(Throttle.IDLE + 1)
     assert [what for _, what, _ in throttle.events] == ["slow start", "slow start"]
+
+
+def test_an_unpaced_burst_is_spread_so_a_429_stops_most_of_it():
+    """Workers released together (a shared key listing answered) ask for turns at the same
+    instant. Unpaced, UNPACED_BURST go at once and the rest at AHEAD times the rate sent lately,
+    so the first 429, answered a round trip later, cuts the pace before most of the burst went:
+    all sixteen once went at once into an empty bucket and all were refused (issue 18: 5-14
+    refusals within 15 ms of the first at 50/s, 1-2 with the burst spread)."""
+    clock = Clock()
+    throttle = Throttle(None, 1, clock.now, clock.sleep)
+    sending(throttle, clock, 100, 0.01)                          # 100/s for a second: open, unpaced
+    assert throttle.pace is None
+    clock.sleep(0.1)
+    waits = [throttle.turn() for _ in range(16)]                 # sixteen at the same instant
+    went = [ticket for wait, ticket in waits if wait == 0]
+    assert Throttle.UNPACED_BURST - 1 <= len(went) <= Throttle.UNPACED_BURST
+    spacing = [b[0] - a[0] for a, b in zip(waits[Throttle.UNPACED_BURST:], waits[Throttle.UNPACED_BURST + 1:])]
+    rate = Throttle.AHEAD * 100
+    assert all(s == pytest.approx(1 / rate, rel=0.2) for s in spacing)
+    trip = 0.010                                                 # a round trip later: the first 429
+    clock.sleep(trip)
+    throttle.refused(went[0], 1.0)
+    assert cuts(throttle) == ["first 429"]
+    before = sum(1 for wait, _ in waits if wait <= trip)         # the turns that went before it
+    assert before <= Throttle.UNPACED_BURST + rate * trip + 1    # ~7 of the 16
+    late = [throttle.turn(ticket) for wait, ticket in waits if wait > trip]
+    assert all(wait > 0 for wait, _ in late)                     # the rest re-queue at the cut pace
 
 
 def test_an_unpaced_client_sends_on_for_minutes_without_a_pause():
@@ -494,7 +522,7 @@ def test_a_learnt_pace_lets_go_once_the_limit_has_gone():
         if throttle.learned is None:
             break
     assert throttle.pace is None                                  # ... past what drew the 429: unpaced
-    assert [throttle.acquire().waited for _ in range(50)] == [0] * 50
+    assert [t.waited for t in sending(throttle, clock, 50, 0.005)] == [0] * 50
 
 
 def test_an_idle_client_does_not_grow_its_pace():
