@@ -76,8 +76,12 @@ class Watch:
         return worst
 
 
+CLIENTS = ("configured", "learnt")
+
+
 def measure_rate(bench: Any, rates: list[float], models: list[str], runs: int, seconds: float = 11.0,
-                 workers: int = WORKERS, say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                 workers: int = WORKERS, say: Callable[[str], None] = print,
+                 clients: tuple[str, ...] = CLIENTS) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for rate in rates:
         size = math.ceil(rate * seconds / 3)
@@ -92,8 +96,9 @@ def measure_rate(bench: Any, rates: list[float], models: list[str], runs: int, s
         seeding.close()
         first = True
         for model in models:
-            for label, issuer in (("rate_limit = R", {"rate_limit": rate, "rate_burst": CLIENT_BURST}),
-                                  ("no rate_limit (learnt)", {})):
+            variants = {"configured": ("rate_limit = R", {"rate_limit": rate, "rate_burst": CLIENT_BURST}),
+                        "learnt": ("no rate_limit (learnt)", {})}
+            for label, issuer in (variants[client] for client in clients):
                 for run in range(runs):
                     bench.shift(10 * DAY if first else 80 * DAY)        # every key due again
                     first = False

@@ -1136,6 +1136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-models", default="token_bucket,fixed_window",
                         help="the emulator's limiter models to measure (default token_bucket,fixed_window)")
     parser.add_argument("--rate-runs", type=int, default=1, help="runs of each rate cell (default 1)")
+    parser.add_argument("--rate-clients", default="configured,learnt",
+                        help="rotator with rate_limit = R (configured), without (learnt), or both (default)")
     parser.add_argument("--rate-seconds", type=float, help="each rate job's bound, calls / R (default 11; --quick 4)")
     parser.add_argument("--idle-seconds", type=float, help="idle window (default 60; --quick 10)")
     parser.add_argument("--cpu-secrets", type=int, help="secrets per layout in the CPU measurement (default 200;"
@@ -1181,7 +1183,8 @@ def main(argv: list[str] | None = None) -> int:
                 if "rate" in only:
                     rates = [args.rate] if args.rate else [float(r) for r in args.rates.split(",")]
                     results["rate"] = measure_rate(bench, rates, args.rate_models.split(","), args.rate_runs,
-                                                   args.rate_seconds or (4 if quick else 11), say=say)
+                                                   args.rate_seconds or (4 if quick else 11), say=say,
+                                                   clients=tuple(args.rate_clients.split(",")))
                 if "probes" in only:
                     results["probes"] = measure_probes(bench, quick)
             finally:

@@ -126,7 +126,11 @@ class Throttle:
     then ``START`` a second, doubled every ``DOUBLING`` until ``OPEN`` (0.2 s): sixteen workers
     set off together would otherwise all be in flight when a limiter's burst runs out, and all
     be refused. Then it sends as fast as its workers go until the first 429, and goes back to
-    unpaced once the pace has grown above the rate that drew that 429.
+    unpaced once the pace has grown above the rate that drew that 429. Unpaced, only a burst is
+    held back: ``UNPACED_BURST`` turns at once, the rest ``AHEAD`` times as fast as the rate sent
+    over the last ``SPAN`` (workers released together, by a shared key listing say, otherwise
+    all go within a few ms, and all are in flight when a limiter runs out: the first 429 comes
+    back too late to stop any of them). A steady sender never waits for it.
 
     Turns are reserved under the lock and slept outside it, so callers queue fairly; a cut or a
     hold makes every waiting turn take a new place at the new pace. Outside announced windows a
