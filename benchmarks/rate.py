@@ -82,8 +82,13 @@ CLIENTS = ("configured", "learnt")
 def measure_rate(bench: Any, rates: list[float], models: list[str], runs: int, seconds: float = 11.0,
                  workers: int = WORKERS, say: Callable[[str], None] = print,
                  clients: tuple[str, ...] = CLIENTS) -> list[dict[str, Any]]:
+    unknown = set(clients) - set(CLIENTS)
+    if unknown:
+        raise ValueError(f"rate clients {sorted(unknown)}: expected some of {', '.join(CLIENTS)}")
     rows: list[dict[str, Any]] = []
     for rate in rates:
+        variants = {"configured": ("rate_limit = R", {"rate_limit": rate, "rate_burst": CLIENT_BURST}),
+                    "learnt": ("no rate_limit (learnt)", {})}
         size = math.ceil(rate * seconds / 3)
         tag = f"rate{rate:g}"
         bench.use(f"{tag}@example.com")
@@ -96,8 +101,6 @@ def measure_rate(bench: Any, rates: list[float], models: list[str], runs: int, s
         seeding.close()
         first = True
         for model in models:
-            variants = {"configured": ("rate_limit = R", {"rate_limit": rate, "rate_burst": CLIENT_BURST}),
-                        "learnt": ("no rate_limit (learnt)", {})}
             for label, issuer in (variants[client] for client in clients):
                 for run in range(runs):
                     bench.shift(10 * DAY if first else 80 * DAY)        # every key due again

@@ -56,7 +56,7 @@ from fleet import (  # noqa: E402
     FLEET_LAYOUTS, PEER_USER, ROTATOR_USER, Endpoints, OffsetClock, build, layout_name, parse_layouts,
     rotator_config, seed_for_peer, seed_for_rotator, set_env,
 )
-from rate import measure_rate  # noqa: E402
+from rate import CLIENTS, measure_rate  # noqa: E402
 from servers import EmulatorProcess, Servers, context_switches, cpu_seconds, rss_mib  # noqa: E402
 
 from rotator import drift  # noqa: E402
@@ -1136,7 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-models", default="token_bucket,fixed_window",
                         help="the emulator's limiter models to measure (default token_bucket,fixed_window)")
     parser.add_argument("--rate-runs", type=int, default=1, help="runs of each rate cell (default 1)")
-    parser.add_argument("--rate-clients", default="configured,learnt",
+    parser.add_argument("--rate-clients", default=",".join(CLIENTS),
                         help="rotator with rate_limit = R (configured), without (learnt), or both (default)")
     parser.add_argument("--rate-seconds", type=float, help="each rate job's bound, calls / R (default 11; --quick 4)")
     parser.add_argument("--idle-seconds", type=float, help="idle window (default 60; --quick 10)")
