@@ -105,7 +105,10 @@ class Throttle:
       next 429. Once a pace has grown past that rate and let go (unpaced again), a 429 at under
       ``AGAIN`` times it is no new guess: the limit is just under the rate the workers reach,
       so one ``DECREASE`` step, regrowing to ``HALFWAY`` of that rate (workers that barely
-      outrun a distant limit were otherwise cut to ``FIRST_CUT`` every few seconds).
+      outrun a distant limit were otherwise cut to ``FIRST_CUT`` every few seconds). Nor is a
+      429 to a burst sent faster than that while the server took no more than ``AGAIN`` times
+      it over the last ``SPAN`` (the workers the pace held back, let go at once): one
+      ``DECREASE`` step from that rate.
     * **Additive increase**: a cut's pace grows by a constant step, ``GROWTH`` of it per second,
       up to the rate the server took; then not at all for ``PLATEAU`` seconds, then by ``PROBE``
       of the step. It grows only while the pace is what holds requests back, and never while a
@@ -116,7 +119,10 @@ class Throttle:
       passes, unlike a limiter that says "1 s" every time. Nobody sends until the latest end
       named, and the pace becomes what the window allowed (the requests accepted since the
       previous closed window ended, or since sending began, over the time to this one's end;
-      ``WINDOW_MARGIN`` of it): one cut per window, and no regrowing into it. Refusals of
+      ``WINDOW_MARGIN`` of it): one cut per window, and no regrowing into it once a window has
+      closed on a known start (the previous one's end). The first of a period of sending is
+      counted from the first request, which may have gone in an earlier window only partly
+      used: a guess, so the pace regrows from it until a window closes again. Refusals of
       requests sent before that end only extend the hold to the end they name.
 
     With ``rate`` configured the pace starts there and never goes above it (its burst comes back
@@ -305,11 +311,11 @@ class Throttle:
                 # the rate sent lately: a slow start sends faster and faster; a sparse sender's
                 # last SHORTEST may hold nothing at all
                 sending = max(self._sending(now), self._sending(now, self.SHORTEST))
-                again = self._ceiling is not None and sending <= self._ceiling * self.AGAIN
-                self._ceiling = sending
-                if again:                   # refused at about the rate a learnt pace grew past
-                    self._cut(now, sending * self.DECREASE, end, "429 again")
-                    self._known = sending * self.HALFWAY
+                drew = self._again(now, sending)
+                self._ceiling = sending if drew is None else drew
+                if drew is not None:        # refused at about the rate a learnt pace grew past
+                    self._cut(now, drew * self.DECREASE, end, "429 again")
+                    self._known = drew * self.HALFWAY
                 else:
                     self._cut(now, sending * self.FIRST_CUT, end, "first 429")
                     self._step = self.FIRST_GROWTH * sending    # a guess: regrow fast until the next 429
@@ -350,6 +356,20 @@ class Throttle:
                     share, known = min(share, self.MARGIN * took / pace), min(known, took)
                 self._cut(now, pace * max(self.DEEPEST, share), end, "429")
                 self._known = max(known, self.pace)
+
+    def _again(self, now: float, sending: float) -> float | None:
+        """Unpaced again after a learnt pace let go, and refused: the rate the limit is just under
+        (None: no such rate, the first 429 is a new guess). That is the rate sent, when it is
+        under AGAIN times the one that drew the last first 429 (the ceiling); else the ceiling
+        itself, when the server took no more than that over the last SPAN: the workers the pace
+        held back, let go at once, sent a burst well over the rate the server goes on taking."""
+        ceiling = self._ceiling
+        if ceiling is None:
+            return None
+        if sending <= ceiling * self.AGAIN:
+            return sending
+        took = self._taken(now)
+        return ceiling if took is not None and took <= ceiling * self.AGAIN else None
 
     # ---- the pace ---------------------------------------------------------------------------
 
@@ -432,10 +452,12 @@ class Throttle:
     def _close(self, now: float, run: _Run) -> None:
         """Nothing got through since the cut and the 429s name one end: the window is closed.
         Nobody sends before the latest end they named, and the pace becomes what the window
-        allowed: the requests accepted since the previous closed window ended (or since this
-        period of sending began: then an upper bound, the window may have begun before) over the
-        time to this one's end. (Each 429 names the end a little late, by its answer's delay:
-        the earliest named is the closest.)"""
+        allowed: the requests accepted since the previous closed window ended over the time to
+        this one's end, and no regrowing into it. With no previous window, since this period of
+        sending began: a guess (too high if the window began before, too low if an earlier
+        window only partly used is in the count: 0.89 of the limit with a slow start), so the
+        pace regrows until a window closes on a known start. (Each 429 names the end a little
+        late, by its answer's delay: the earliest named is the closest.)"""
         end = run.low
         start = self._boundary if self._boundary is not None else \
             (self._accepts[0] if self._accepts else now)
@@ -443,9 +465,10 @@ class Throttle:
         allowed = pace = self.pace or self._sending(now)
         if end - start >= self.INTERVAL:    # (not a window of a few answers' delays)
             allowed = min(accepted / (end - start), max(pace, self._sending(now)))
+        counted = self._boundary is not None     # from a known start
         self._hold_until, self._closed_at, self._boundary = run.high, now, end
         self._cut(now, allowed * self.WINDOW_MARGIN, run.high, "closed window")
-        self._known = self.pace
+        self._known = self.pace if counted else None
 
 
 @dataclass
