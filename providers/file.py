@@ -418,19 +418,19 @@ def _read_bytes(path: Path) -> bytes | None:
         os.close(fd)
 
 
-#: Read in chunks of this size: one read for any payload rotator writes.
+#: Read in chunks of this size: one read for any payload rotator writes (and one that finds the end).
 _CHUNK = 1 << 16
 
 
 def _read_all(fd: int) -> bytes:
-    """Everything from ``fd``, a regular file: with raw reads, not a buffered file object (which
-    costs an fstat, an ioctl and a seek per open, and releases the GIL for each)."""
+    """Everything from ``fd``: with raw reads, not a buffered file object (which costs an fstat,
+    an ioctl and a seek per open, and releases the GIL for each). Read until a read returns
+    nothing: a local file reads short only at its end, but a FUSE or network file system may
+    return less at any point, and a document cut there would look corrupt."""
     chunks = []
-    while True:
-        chunk = os.read(fd, _CHUNK)
+    while chunk := os.read(fd, _CHUNK):
         chunks.append(chunk)
-        if len(chunk) < _CHUNK:         # a regular file reads short only at its end
-            return b"".join(chunks)
+    return b"".join(chunks)
 
 
 def _lock(lock_path: Path) -> int:

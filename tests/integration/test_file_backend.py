@@ -160,6 +160,22 @@ def test_deploy_records_the_key_metadata_and_rewrites_nothing_when_repeated(back
     assert section["meta"]["fingerprint"] == current.fingerprint
 
 
+def test_a_file_system_that_reads_short_anywhere_still_reads_the_whole_document(backend, target, monkeypatch):
+    """FUSE and network file systems may return fewer bytes than asked at any point, not only
+    at the end: the document is read until a read returns nothing, not cut at the first short
+    read (which made a whole file look corrupt)."""
+    current, previous = secret("new"), secret("old")
+    backend.deploy(target, current, previous, ref(current, "r-9"))
+    write_raw(target, json.dumps({**load(target), "padding": "x" * 200_000}, indent=2))
+    real_read = os.read
+    monkeypatch.setattr(file_store.os, "read", lambda fd, size: real_read(fd, min(size, 4093)))
+
+    snapshot = backend.read(target)
+
+    assert snapshot.current == current
+    assert snapshot.previous == previous
+
+
 def test_other_fields_an_application_put_in_the_file_survive_every_write(backend, target):
     old, new = secret("old"), secret("new")
     app_fields = {"endpoint": "https://api.quiva.ai", "api_key": old.reveal(), "options": {"retries": 3}}
