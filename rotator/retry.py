@@ -459,13 +459,12 @@ class Throttle:
         pace regrows until a window closes on a known start. (Each 429 names the end a little
         late, by its answer's delay: the earliest named is the closest.)"""
         end = run.low
-        start = self._boundary if self._boundary is not None else \
-            (self._accepts[0] if self._accepts else now)
+        counted = self._boundary is not None     # from a known start
+        start = self._boundary if counted else (self._accepts[0] if self._accepts else now)
         accepted = sum(1 for sent in self._accepts if sent >= start)
         allowed = pace = self.pace or self._sending(now)
         if end - start >= self.INTERVAL:    # (not a window of a few answers' delays)
             allowed = min(accepted / (end - start), max(pace, self._sending(now)))
-        counted = self._boundary is not None     # from a known start
         self._hold_until, self._closed_at, self._boundary = run.high, now, end
         self._cut(now, allowed * self.WINDOW_MARGIN, run.high, "closed window")
         self._known = self.pace if counted else None
